@@ -1,0 +1,41 @@
+# greengate: `make run` sets up and starts the gateway; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch pinned in the same call (and by constraints): an unpinned torch pulls GBs of CUDA.
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0 -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Starts the mock echo upstream the example pool points at, then the gateway.
+run: setup
+	@$(BIN)/greengate mock-upstream --port 9000 & MOCK=$$!; \
+	trap "kill $$MOCK 2>/dev/null" EXIT INT TERM; \
+	$(BIN)/greengate serve --config greengate.yaml
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python bench/overhead.py --out bench/results/overhead.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

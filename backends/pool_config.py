@@ -1,0 +1,131 @@
+"""The pool file (greengate.yaml): typed, validated, and explained when wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(Exception):
+    """A bad pool file; the message names the file, the field and the problem."""
+
+
+class Price(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input_per_1m: float = Field(ge=0)
+    output_per_1m: float = Field(ge=0)
+
+
+class EnergyProfile(BaseModel):
+    """What we know about a member's energy: active parameters or a J/token figure, and where
+    that number comes from. It feeds the estimator; measured energy overrides it."""
+
+    model_config = ConfigDict(extra="forbid")
+    active_params_b: float | None = Field(None, gt=0, description="Active parameters, billions.")
+    j_per_token: float | None = Field(None, gt=0, description="Joules per output token.")
+    j_per_input_token: float | None = Field(None, ge=0)
+    source: str | None = Field(None, description="Where the figure comes from (URL, paper).")
+    region: str | None = None
+
+    @model_validator(mode="after")
+    def _one_figure(self) -> EnergyProfile:
+        if self.active_params_b is None and self.j_per_token is None:
+            raise ValueError("give active_params_b or j_per_token")
+        return self
+
+
+class Timeouts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    connect_s: float = Field(5.0, gt=0)
+    first_byte_s: float = Field(60.0, gt=0)
+    total_s: float = Field(600.0, gt=0)
+
+
+class MemberConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._:/-]+$")
+    kind: Literal["openai", "litellm", "engine"]
+    model: str = Field(min_length=1)
+    mode: Literal["chat", "embedding"] = "chat"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    price: Price | None = None
+    context_window: int | None = Field(None, gt=0)
+    tags: list[str] = Field(default_factory=list)
+    energy: EnergyProfile | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    retries: int | None = Field(None, ge=0, le=10)
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> MemberConfig:
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("kind 'openai' needs base_url")
+        if self.name == "auto":
+            raise ValueError("'auto' is reserved for routing")
+        return self
+
+
+class PoolConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pool: list[MemberConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names(self) -> PoolConfig:
+        names = [m.name for m in self.pool]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate member names: {', '.join(dupes)}")
+        for m in self.pool:
+            for fb in m.fallbacks:
+                if fb not in names:
+                    raise ValueError(f"member {m.name!r} falls back to unknown member {fb!r}")
+        return self
+
+    def member(self, name: str) -> MemberConfig | None:
+        return next((m for m in self.pool if m.name == name), None)
+
+
+def _where(loc: tuple, data: object) -> str:
+    """Turn ('pool', 0, 'price') into 'pool[0] (fake-small).price'."""
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            if isinstance(node, list) and part < len(node):
+                node = node[part]
+                if isinstance(node, dict) and "name" in node:
+                    out += f" ({node['name']})"
+            else:
+                node = None
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "(top level)"
+
+
+def load_pool(path: Path) -> PoolConfig:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read pool file: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'pool' list at the top level")
+    try:
+        return PoolConfig.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{path}: invalid pool configuration"]
+        for err in e.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {_where(tuple(err['loc']), data)}: {msg}")
+        raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,115 @@
+"""The ASGI application: /v1 (OpenAI protocol), /health, /admin."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from backends.pool_config import PoolConfig
+from gateway import admin, database
+from gateway.errors import GatewayError, error_response
+from gateway.runtime import Runtime
+from gateway.settings import Settings
+
+log = logging.getLogger("greengate")
+
+
+def create_app(settings: Settings, pool_config: PoolConfig, admin_key: str) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.rt = await Runtime.start(settings, pool_config, admin_key)
+        try:
+            yield
+        finally:
+            await app.state.rt.stop()
+
+    app = FastAPI(
+        title="greengate",
+        version="0.1.0",
+        summary="Energy-aware multi-model routing gateway (OpenAI-compatible).",
+        lifespan=lifespan,
+    )
+
+    def rt(request: Request) -> Runtime:
+        return request.app.state.rt
+
+    # /v1 endpoints read the raw body: the pass-through path must not pay for model parsing.
+    async def chat(request: Request) -> Response:
+        return await rt(request).proxy.handle(request, "chat/completions")
+
+    async def completions(request: Request) -> Response:
+        return await rt(request).proxy.handle(request, "completions")
+
+    async def embeddings(request: Request) -> Response:
+        return await rt(request).proxy.handle(request, "embeddings")
+
+    app.add_route("/v1/chat/completions", chat, methods=["POST"])
+    app.add_route("/v1/completions", completions, methods=["POST"])
+    app.add_route("/v1/embeddings", embeddings, methods=["POST"])
+
+    @app.get("/v1/models", tags=["openai"])
+    async def models(request: Request) -> Response:
+        r = rt(request)
+        principal = await r.auth.authenticate(request)
+        created = int(time.time())
+        data = [{"id": "auto", "object": "model", "created": created, "owned_by": "greengate",
+                 "description": "let greengate choose a member"}]
+        for m in r.pool.members.values():
+            if principal.may_use(m.name):
+                data.append({"id": m.name, "object": "model", "created": created,
+                             "owned_by": f"greengate:{m.cfg.kind}", "mode": m.cfg.mode,
+                             "context_window": m.context_window})
+        return Response(orjson.dumps({"object": "list", "data": data}),
+                        media_type="application/json")
+
+    @app.get("/health/live", tags=["health"])
+    async def live() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/health/ready", tags=["health"])
+    async def ready(request: Request) -> Response:
+        r = rt(request)
+        try:
+            from starlette.concurrency import run_in_threadpool
+
+            await run_in_threadpool(database.ping, r.engine)
+        except Exception as e:  # any driver error means "not ready"
+            return JSONResponse({"status": "unavailable", "database": f"unreachable: {e!r}"[:300]},
+                                status_code=503)
+        members = {m.name: m.breaker.state() for m in r.pool.members.values()}
+        return JSONResponse({"status": "ok", "database": "ok", "members": members,
+                             "decisions_pending": r.decisions.pending})
+
+    app.include_router(admin.router)
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(_: Request, exc: GatewayError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        errs = exc.errors()
+        first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        return error_response(GatewayError(422, f"{param or 'request'}: {first['msg']}",
+                                           param=param, code="invalid_field"))
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> Response:
+        return error_response(GatewayError(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(GatewayError(500, "Internal error in greengate; it has been logged."))
+
+    return app

@@ -1,0 +1,193 @@
+"""`greengate` command line: serve, keys, teams, migrate, mock-upstream."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+# Before anything can import litellm: without it litellm fetches prices from the internet.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from gateway.settings import Settings
+
+    overrides = {k: v for k, v in {
+        "config": getattr(args, "config", None),
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "database_url": getattr(args, "database_url", None),
+    }.items() if v is not None}
+    return Settings(**overrides)
+
+
+def _admin_key(settings) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """The admin key and where it came from. Generated once and kept 0600 when not given."""
+    if settings.admin_key is not None:
+        return settings.admin_key.get_secret_value(), "GREENGATE_ADMIN_KEY"
+    path = Path(settings.state_dir) / "admin_key"
+    if path.exists():
+        return path.read_text().strip(), str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = "gg-admin-" + secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key, f"{path} (generated)"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from backends.pool_config import ConfigError, load_pool
+    from gateway.app import create_app
+
+    settings = _settings(args)
+    try:
+        pool = load_pool(settings.config)
+    except ConfigError as e:
+        print(f"greengate: {e}", file=sys.stderr)
+        return 2
+    key, where = _admin_key(settings)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
+    print(f"greengate: pool from {settings.config}, database {settings.database_url}",
+          file=sys.stderr)
+    print(f"greengate: admin key from {where}; OpenAI base URL "
+          f"http://{settings.host}:{settings.port}/v1", file=sys.stderr)
+    app = create_app(settings, pool, key)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=30, access_log=False)
+    return 0
+
+
+def _repo(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from gateway import database
+    from gateway.keys import KeyRepo
+
+    settings = _settings(args)
+    database.upgrade(settings.database_url)
+    return KeyRepo(database.make_engine(settings.database_url))
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    if args.action == "create":
+        models = [m.strip() for m in args.models.split(",")] if args.models else None
+        secret, info = repo.create_key(args.team, args.name, models)
+        print(json.dumps({**info.to_json(), "key": secret}, indent=2))
+        print("Store this key now: greengate keeps only its hash.", file=sys.stderr)
+    elif args.action == "list":
+        for k in repo.list_keys(args.team):
+            state = "revoked" if k.revoked_at else "active"
+            models = ",".join(k.allowed_models) if k.allowed_models is not None else "*"
+            print(f"{k.id}\t{k.prefix}…\t{k.team}\t{k.name or ''}\t{models}\t{state}")
+    else:
+        try:
+            info = repo.revoke(args.key)
+        except LookupError as e:
+            print(f"greengate: {e}", file=sys.stderr)
+            return 1
+        print(f"revoked key {info.id} ({info.prefix}…) of team {info.team}")
+    return 0
+
+
+def cmd_teams(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    if args.action == "create":
+        try:
+            print(json.dumps(repo.create_team(args.name)))
+        except ValueError as e:
+            print(f"greengate: {e}", file=sys.stderr)
+            return 1
+    else:
+        for t in repo.list_teams():
+            print(f"{t['id']}\t{t['name']}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from gateway import database
+
+    settings = _settings(args)
+    if args.direction == "up":
+        database.upgrade(settings.database_url, args.revision or "head")
+    else:
+        database.downgrade(settings.database_url, args.revision or "base")
+    return 0
+
+
+def cmd_mock_upstream(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from backends.mock_upstream import create_app
+
+    print(f"greengate: mock OpenAI upstream (echoes prompts, not a model) on "
+          f"http://{args.host}:{args.port}/v1", file=sys.stderr)
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="greengate", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def db_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--database-url", help="overrides GREENGATE_DATABASE_URL")
+
+    s = sub.add_parser("serve", help="start the gateway")
+    s.add_argument("--config", type=Path, help="pool file (default greengate.yaml)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    db_opt(s)
+    s.set_defaults(func=cmd_serve)
+
+    k = sub.add_parser("keys", help="create, list and revoke virtual keys")
+    ksub = k.add_subparsers(dest="action", required=True)
+    kc = ksub.add_parser("create")
+    kc.add_argument("--team", required=True)
+    kc.add_argument("--name")
+    kc.add_argument("--models", help="comma-separated members (or auto) the key may use")
+    kl = ksub.add_parser("list")
+    kl.add_argument("--team")
+    kr = ksub.add_parser("revoke")
+    kr.add_argument("key", help="key id or prefix")
+    for sp in (kc, kl, kr):
+        db_opt(sp)
+    k.set_defaults(func=cmd_keys)
+
+    t = sub.add_parser("teams", help="create and list teams")
+    tsub = t.add_subparsers(dest="action", required=True)
+    tc = tsub.add_parser("create")
+    tc.add_argument("name")
+    tl = tsub.add_parser("list")
+    for sp in (tc, tl):
+        db_opt(sp)
+    t.set_defaults(func=cmd_teams)
+
+    m = sub.add_parser("migrate", help="apply or roll back database migrations")
+    m.add_argument("direction", choices=["up", "down"])
+    m.add_argument("--revision")
+    db_opt(m)
+    m.set_defaults(func=cmd_migrate)
+
+    mu = sub.add_parser("mock-upstream", help="run an echoing OpenAI-protocol server (demo)")
+    mu.add_argument("--host", default="127.0.0.1")
+    mu.add_argument("--port", type=int, default=9000)
+    mu.set_defaults(func=cmd_mock_upstream)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Teams and virtual keys in SQL. Secrets are shown once and stored only as SHA-256 hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from gateway.schema import ApiKey, Team
+
+KEY_PREFIX = "gg-"
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: int
+    team: str
+    name: str | None
+    prefix: str
+    allowed_models: tuple[str, ...] | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "team": self.team,
+            "name": self.name,
+            "prefix": self.prefix,
+            "allowed_models": list(self.allowed_models) if self.allowed_models is not None else None,
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+def _info(k: ApiKey, team: str) -> KeyInfo:
+    return KeyInfo(
+        id=k.id,
+        team=team,
+        name=k.name,
+        prefix=k.prefix,
+        allowed_models=tuple(k.allowed_models) if k.allowed_models is not None else None,
+        created_at=k.created_at,
+        revoked_at=k.revoked_at,
+    )
+
+
+
+
+class KeyRepo:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create_team(self, name: str) -> dict:
+        with Session(self.engine) as s, s.begin():
+            existing = s.scalar(select(Team).where(Team.name == name))
+            if existing is not None:
+                raise ValueError(f"team {name!r} already exists")
+            team = Team(name=name, created_at=datetime.now(UTC))
+            s.add(team)
+            s.flush()
+            return {"id": team.id, "name": team.name, "created_at": team.created_at.isoformat()}
+
+    def list_teams(self) -> list[dict]:
+        with Session(self.engine) as s:
+            return [
+                {"id": t.id, "name": t.name, "created_at": t.created_at.isoformat()}
+                for t in s.scalars(select(Team).order_by(Team.name))
+            ]
+
+    def create_key(
+        self,
+        team: str,
+        name: str | None = None,
+        allowed_models: list[str] | None = None,
+        create_team: bool = True,
+    ) -> tuple[str, KeyInfo]:
+        """Returns the secret (shown once) and the stored record."""
+        secret = new_secret()
+        with Session(self.engine) as s, s.begin():
+            t = s.scalar(select(Team).where(Team.name == team))
+            if t is None:
+                if not create_team:
+                    raise LookupError(f"no team {team!r}")
+                t = Team(name=team, created_at=datetime.now(UTC))
+                s.add(t)
+                s.flush()
+            k = ApiKey(
+                team_id=t.id,
+                name=name,
+                key_hash=hash_key(secret),
+                prefix=secret[:10],
+                allowed_models=allowed_models,
+                created_at=datetime.now(UTC),
+            )
+            s.add(k)
+            s.flush()
+            return secret, _info(k, t.name)
+
+    def list_keys(self, team: str | None = None, include_revoked: bool = True) -> list[KeyInfo]:
+        with Session(self.engine) as s:
+            q = select(ApiKey, Team.name).join(Team, Team.id == ApiKey.team_id).order_by(ApiKey.id)
+            if team is not None:
+                q = q.where(Team.name == team)
+            if not include_revoked:
+                q = q.where(ApiKey.revoked_at.is_(None))
+            return [_info(k, tname) for k, tname in s.execute(q)]
+
+    def revoke(self, ident: str | int) -> KeyInfo:
+        """Revoke by id or by prefix."""
+        with Session(self.engine) as s, s.begin():
+            q = select(ApiKey, Team.name).join(Team, Team.id == ApiKey.team_id)
+            if isinstance(ident, int) or str(ident).isdigit():
+                q = q.where(ApiKey.id == int(ident))
+            else:
+                q = q.where(ApiKey.prefix == str(ident))
+            rows = s.execute(q).all()
+            if not rows:
+                raise LookupError(f"no key {ident!r}")
+            if len(rows) > 1:
+                raise LookupError(f"prefix {ident!r} matches {len(rows)} keys; use the id")
+            k, tname = rows[0]
+            if k.revoked_at is None:
+                k.revoked_at = datetime.now(UTC)
+            return _info(k, tname)
+
+    def find_by_hash(self, key_hash: str) -> KeyInfo | None:
+        with Session(self.engine) as s:
+            row = s.execute(
+                select(ApiKey, Team.name)
+                .join(Team, Team.id == ApiKey.team_id)
+                .where(ApiKey.key_hash == key_hash)
+            ).first()
+            return _info(row[0], row[1]) if row else None

@@ -1,0 +1,109 @@
+"""The running pool: members built from the pool file, their prices, health and cooldowns."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import httpx
+
+from backends.base import Member
+from backends.health import CircuitBreaker
+from backends.litellm_member import LiteLLMMember
+from backends.openai_compat import OpenAICompatMember
+from backends.pool_config import MemberConfig, PoolConfig
+from gateway.settings import Settings
+from routing.router import Candidate
+from telemetry.cost import Prices, litellm_context_window, litellm_prices
+from telemetry.energy import EnergyReading, estimate_from_declared
+
+log = logging.getLogger("greengate.pool")
+
+
+@dataclass
+class PoolMember:
+    cfg: MemberConfig
+    backend: Member
+    breaker: CircuitBreaker
+    prices: Prices | None
+    context_window: int | None
+    retries: int
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        return self.prices.cost(prompt_tokens, completion_tokens) if self.prices else None
+
+    def energy(self, prompt_tokens: int, completion_tokens: int) -> EnergyReading | None:
+        e = self.cfg.energy
+        if e is None:
+            return None
+        return estimate_from_declared(
+            e.j_per_token, e.j_per_input_token, prompt_tokens, completion_tokens
+        )
+
+    def candidate(self) -> Candidate:
+        p = self.prices
+        return Candidate(
+            name=self.name,
+            input_per_1m=p.input_per_1m if p else 0.0,
+            output_per_1m=p.output_per_1m if p else 0.0,
+            healthy=self.breaker.available(),
+            context_window=self.context_window,
+            tags=tuple(self.cfg.tags),
+        )
+
+
+def _prices(cfg: MemberConfig) -> Prices | None:
+    if cfg.price is not None:
+        return Prices(cfg.price.input_per_1m, cfg.price.output_per_1m, "config")
+    found = litellm_prices(cfg.model)
+    if found is None:
+        log.warning("member %s: no price in the pool file and none known to litellm; "
+                    "its cost is logged as unknown", cfg.name)
+    return found
+
+
+class Pool:
+    def __init__(self, config: PoolConfig, settings: Settings) -> None:
+        self.config = config
+        self.http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            # Each member sets its own timeouts per request; this is only the fallback.
+            timeout=httpx.Timeout(600.0, connect=5.0),
+        )
+        self.members: dict[str, PoolMember] = {}
+        for cfg in config.pool:
+            if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+                log.warning("member %s: $%s is not set; calling without a key",
+                            cfg.name, cfg.api_key_env)
+            backend: Member
+            if cfg.kind == "openai":
+                backend = OpenAICompatMember(cfg, self.http)
+            elif cfg.kind == "litellm":
+                backend = LiteLLMMember(cfg)
+            else:
+                raise ValueError(f"member {cfg.name}: kind 'engine' is not available yet")
+            self.members[cfg.name] = PoolMember(
+                cfg=cfg,
+                backend=backend,
+                breaker=CircuitBreaker(settings.cooldown_failures, settings.cooldown_s),
+                prices=_prices(cfg),
+                context_window=cfg.context_window or litellm_context_window(cfg.model),
+                retries=cfg.retries if cfg.retries is not None else settings.retries,
+            )
+
+    def get(self, name: str) -> PoolMember | None:
+        return self.members.get(name)
+
+    def serving(self, endpoint: str) -> list[PoolMember]:
+        mode = "embedding" if endpoint == "embeddings" else "chat"
+        return [m for m in self.members.values() if m.cfg.mode == mode]
+
+    async def aclose(self) -> None:
+        for m in self.members.values():
+            await m.backend.aclose()
+        await self.http.aclose()

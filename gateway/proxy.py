@@ -1,0 +1,471 @@
+"""The request path of /v1: authenticate, validate, plan the members, call with retries and
+fallback, pass the answer through, and queue the decision row. One row per request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from backends.base import Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse
+from gateway import tokens
+from gateway.auth import Authenticator, Principal
+from gateway.decision_log import DecisionLog
+from gateway.errors import GatewayError, error_body, error_response
+from gateway.pool import Pool, PoolMember
+from gateway.settings import Settings
+from routing.router import RouteRequest, Router
+
+log = logging.getLogger("greengate.proxy")
+
+_REQUIRED = {"chat/completions": "messages", "completions": "prompt", "embeddings": "input"}
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+@dataclass(slots=True)
+class Plan:
+    members: list[PoolMember]
+    reason: str
+    candidates: list[dict[str, Any]]
+
+
+def _bad(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
+    return GatewayError(400, message, param=param, code=code)
+
+
+def validate(endpoint: Endpoint, body: Any) -> None:
+    """Enough checking that a malformed request gets a clear 400 here, not an upstream 500."""
+    if not isinstance(body, dict):
+        raise _bad("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("'model' is required and must be a non-empty string.", "model")
+    field = _REQUIRED[endpoint]
+    value = body.get(field)
+    if endpoint == "chat/completions":
+        if not isinstance(value, list) or not value:
+            raise _bad("'messages' must be a non-empty array of message objects.", "messages")
+        for i, m in enumerate(value):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise _bad(f"messages[{i}] must be an object with a string 'role'.",
+                           f"messages[{i}]")
+    elif not isinstance(value, (str, list)) or (isinstance(value, list) and not value):
+        raise _bad(f"'{field}' must be a string or a non-empty array.", field)
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise _bad("'stream' must be a boolean.", "stream")
+    if body.get("stream") and endpoint == "embeddings":
+        raise _bad("Embeddings cannot be streamed.", "stream")
+    so = body.get("stream_options")
+    if so is not None and not isinstance(so, dict):
+        raise _bad("'stream_options' must be an object.", "stream_options")
+    for name, lo, hi in (("temperature", 0, 2), ("top_p", 0, 1),
+                         ("presence_penalty", -2, 2), ("frequency_penalty", -2, 2)):
+        v = body.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not lo <= v <= hi):
+            raise _bad(f"'{name}' must be a number between {lo} and {hi}.", name)
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        v = body.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise _bad(f"'{name}' must be a positive integer.", name)
+    for name in ("tools", "stop") if endpoint != "embeddings" else ():
+        v = body.get(name)
+        if name == "tools" and v is not None and not isinstance(v, list):
+            raise _bad("'tools' must be an array.", "tools")
+        if name == "stop" and v is not None and not isinstance(v, (str, list)):
+            raise _bad("'stop' must be a string or an array of strings.", "stop")
+
+
+def _sse(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def _error_event(message: str, type_: str, code: str | None = None) -> bytes:
+    return _sse(orjson.dumps(error_body(message, type_, None, code)))
+
+
+def _completion_text(endpoint: str, data: dict) -> str:
+    """The generated text of a (non-streamed) response, for counting tokens ourselves."""
+    parts: list[str] = []
+    for choice in data.get("choices") or []:
+        if endpoint == "completions":
+            parts.append(str(choice.get("text") or ""))
+            continue
+        msg = choice.get("message") or choice.get("delta") or {}
+        parts.append(str(msg.get("content") or ""))
+        for tc in msg.get("tool_calls") or []:
+            fn = tc.get("function") or {}
+            parts.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
+    return "".join(parts)
+
+
+def _streamed_text(endpoint: str, payloads: list[bytes]) -> tuple[str, dict | None]:
+    """The text generated so far in a stream, and its last chunk (for a usage chunk's ids)."""
+    parts: list[str] = []
+    last: dict | None = None
+    for p in payloads:
+        try:
+            d = orjson.loads(p)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(d, dict):
+            last = d
+            parts.append(_completion_text(endpoint, d))
+    return "".join(parts), last
+
+
+def _prompt_tokens(endpoint: str, body: dict, model: str) -> int:
+    if endpoint == "chat/completions":
+        return tokens.count_messages(body["messages"], model, body.get("tools"))
+    return tokens.count_prompt(body.get(_REQUIRED[endpoint]), model)
+
+
+class Proxy:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: Pool,
+        auth: Authenticator,
+        decisions: DecisionLog,
+        router: Router,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.auth = auth
+        self.decisions = decisions
+        self.router = router
+
+    # ---- entry -------------------------------------------------------------------------
+    async def handle(self, request: Request, endpoint: Endpoint) -> Response:
+        t0 = time.perf_counter()
+        rid = uuid.uuid4().hex
+        row: dict[str, Any] | None = None
+        try:
+            principal = await self.auth.authenticate(request)
+            row = self._new_row(rid, principal, endpoint)
+            body = await self._read_json(request)
+            if isinstance(body, dict) and isinstance(body.get("model"), str):
+                row["requested_model"] = body["model"][:256]
+            validate(endpoint, body)
+            row["stream"] = bool(body.get("stream"))
+            plan = self._plan(principal, endpoint, body)
+            row["route_reason"] = plan.reason
+            row["candidates"] = plan.candidates
+            if row["stream"]:
+                return await self._stream(rid, t0, row, endpoint, body, plan)
+            return await self._complete(rid, t0, row, endpoint, body, plan)
+        except GatewayError as e:
+            if row is not None:
+                row.update(status=e.status, error=e.message[:2000],
+                           latency_ms=(time.perf_counter() - t0) * 1000)
+                self.decisions.submit(row)
+            return error_response(e, {"x-request-id": rid})
+
+    def _new_row(self, rid: str, p: Principal, endpoint: str) -> dict[str, Any]:
+        return {
+            "id": rid, "created_at": datetime.now(UTC), "key_id": p.key_id,
+            "key_prefix": p.key_prefix, "team": p.team, "endpoint": endpoint,
+            "requested_model": None, "served_member": None, "upstream_model": None,
+            "route_reason": None, "candidates": None, "attempts": [], "features": None,
+            "stream": False, "status": 0, "error": None, "latency_ms": None, "ttft_ms": None,
+            "prompt_tokens": None, "completion_tokens": None, "usage_source": None,
+            "cost_usd": None, "energy_j": None, "energy_source": None, "cache_hit": False,
+        }
+
+    async def _read_json(self, request: Request) -> Any:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        too_big = GatewayError(413, f"Request body is larger than {limit} bytes.",
+                               code="request_too_large")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise too_big
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw:
+            raise _bad("The request body is empty; send a JSON object.")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise _bad(f"The request body is not valid JSON: {e}", code="invalid_json") from None
+
+    # ---- planning ----------------------------------------------------------------------
+    def _plan(self, principal: Principal, endpoint: Endpoint, body: dict) -> Plan:
+        model = body["model"]
+        if model == "auto":
+            allowed = [m for m in self.pool.serving(endpoint) if principal.may_use(m.name)]
+            if not allowed:
+                raise GatewayError(403, f"No pool member this key may use serves /v1/{endpoint}.",
+                                   param="model", code="model_not_allowed")
+            ranked = self.router.rank(
+                RouteRequest(endpoint=endpoint, body=body, team=principal.team),
+                [m.candidate() for m in allowed],
+            )
+            members = [self.pool.members[r.name] for r in ranked]
+            return Plan(members, f"auto:{self.router.name}",
+                        [{"member": r.name, "score": r.score, **r.detail} for r in ranked])
+        member = self.pool.get(model)
+        if member is None:
+            raise GatewayError(
+                404, f"The model '{model}' does not exist in this greengate pool; "
+                "GET /v1/models lists the members and 'auto'.",
+                param="model", code="model_not_found")
+        if not principal.may_use(model):
+            raise GatewayError(403, f"This key may not use the model '{model}'.",
+                               param="model", code="model_not_allowed")
+        wanted = "embedding" if endpoint == "embeddings" else "chat"
+        if member.cfg.mode != wanted:
+            raise _bad(f"The model '{model}' is a {member.cfg.mode} model and does not serve "
+                       f"/v1/{endpoint}.", "model", "wrong_endpoint")
+        members = [member] + [
+            self.pool.members[f] for f in member.cfg.fallbacks
+            if principal.may_use(f) and self.pool.members[f].cfg.mode == wanted
+        ]
+        cands = [{"member": m.name, "role": "requested" if i == 0 else "fallback"}
+                 for i, m in enumerate(members)]
+        return Plan(members, "requested", cands)
+
+    # ---- calling with retries and fallback ---------------------------------------------
+    def _backoff(self, attempt: int, err: UpstreamError) -> float:
+        s = self.settings
+        if err.retry_after is not None:
+            return min(err.retry_after, s.retry_backoff_max_s)
+        return min(s.retry_backoff_s * (2**attempt), s.retry_backoff_max_s) * (
+            0.5 + random.random() / 2)
+
+    async def _call(
+        self, plan: Plan, endpoint: Endpoint, body: dict, stream: bool, row: dict
+    ) -> tuple[PoolMember, Any]:
+        attempts: list[dict[str, Any]] = row["attempts"]
+        last: UpstreamError | None = None
+        cooling: list[PoolMember] = []
+        for m in plan.members:
+            if not m.breaker.available():
+                cooling.append(m)
+                attempts.append({"member": m.name, "skipped": "cooldown"})
+                continue
+            req = UpstreamRequest(endpoint, {**body, "model": m.backend.upstream_model}, stream)
+            if stream:
+                req.body["stream_options"] = {**(body.get("stream_options") or {}),
+                                              "include_usage": True}
+            for attempt in range(m.retries + 1):
+                t = time.perf_counter()
+                try:
+                    result = await (self._open_stream(m, req) if stream else self._once(m, req))
+                except UpstreamError as e:
+                    attempts.append({"member": m.name, "status": e.status, "kind": e.kind,
+                                     "error": str(e)[:300],
+                                     "ms": round((time.perf_counter() - t) * 1000, 2)})
+                    if e.client_fault:
+                        raise self._client_fault(e, len(attempts) > 1) from None
+                    m.breaker.record_failure()
+                    last = e
+                    if not e.retryable or attempt == m.retries or not m.breaker.available():
+                        break
+                    await asyncio.sleep(self._backoff(attempt, e))
+                    continue
+                m.breaker.record_success()
+                attempts.append({"member": m.name, "status": 200,
+                                 "ms": round((time.perf_counter() - t) * 1000, 2)})
+                return m, result
+        raise self._exhausted(last, cooling, attempts)
+
+    async def _once(self, m: PoolMember, req: UpstreamRequest) -> UpstreamResponse:
+        try:
+            async with asyncio.timeout(m.cfg.timeouts.total_s):
+                return await m.backend.complete(req)
+        except TimeoutError:
+            raise UpstreamError(f"no complete answer in {m.cfg.timeouts.total_s} s",
+                                kind="timeout") from None
+
+    async def _open_stream(
+        self, m: PoolMember, req: UpstreamRequest
+    ) -> tuple[AsyncIterator[bytes], bytes]:
+        agen = m.backend.stream(req)
+        try:
+            first = await asyncio.wait_for(anext(agen), m.cfg.timeouts.first_byte_s)
+        except TimeoutError:
+            await agen.aclose()
+            raise UpstreamError(f"no first token in {m.cfg.timeouts.first_byte_s} s",
+                                kind="timeout") from None
+        except StopAsyncIteration:
+            raise UpstreamError("upstream closed the stream without data",
+                                kind="protocol") from None
+        except BaseException:
+            await agen.aclose()
+            raise
+        return agen, first
+
+    @staticmethod
+    def _client_fault(e: UpstreamError, retried: bool) -> GatewayError:
+        msg, type_, param, code = str(e), None, None, None
+        try:
+            err = orjson.loads(e.body or b"{}").get("error")
+            if isinstance(err, dict):
+                msg = str(err.get("message") or msg)
+                type_, param, code = err.get("type"), err.get("param"), err.get("code")
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+        headers = {"x-should-retry": "false"} if retried else {}
+        return GatewayError(e.status or 400, msg, type=type_, param=param, code=code,
+                            headers=headers)
+
+    @staticmethod
+    def _exhausted(
+        last: UpstreamError | None, cooling: list[PoolMember], attempts: list[dict]
+    ) -> GatewayError:
+        tried = sum(1 for a in attempts if "skipped" not in a)
+        headers = {"x-should-retry": "false"} if tried > 1 else {}
+        if last is None:
+            wait = min(m.breaker.cooling_down_for() for m in cooling) if cooling else 0
+            names = ", ".join(m.name for m in cooling)
+            return GatewayError(
+                503, f"Every candidate member is cooling down after repeated failures "
+                f"({names}); retry in {wait:.0f} s.", code="members_cooling_down",
+                headers={**headers, "retry-after": str(max(1, round(wait)))})
+        summary = f"after {tried} attempt(s): {last}"
+        if last.kind == "timeout":
+            return GatewayError(504, f"Upstream timed out {summary}", code="upstream_timeout",
+                                headers=headers)
+        if last.status == 429:
+            if last.retry_after is not None:
+                headers["retry-after"] = str(max(1, round(last.retry_after)))
+            return GatewayError(429, f"Upstream is rate limiting {summary}",
+                                code="upstream_rate_limited", headers=headers)
+        return GatewayError(502, f"Upstream failed {summary}", code="upstream_error",
+                            headers=headers)
+
+    # ---- accounting --------------------------------------------------------------------
+    def _account(self, row: dict, m: PoolMember, usage: dict | None, endpoint: str,
+                 body: dict, completion_text: str | None) -> dict:
+        """Fill tokens, cost and energy; count tokens ourselves when the upstream sent none."""
+        model = m.backend.upstream_model
+        if usage and isinstance(usage.get("prompt_tokens"), int):
+            prompt = usage["prompt_tokens"]
+            completion = int(usage.get("completion_tokens") or 0)
+            row["usage_source"] = "upstream"
+        else:
+            prompt = _prompt_tokens(endpoint, body, model)
+            completion = tokens.count_text(completion_text or "", model)
+            row["usage_source"] = "counted:tiktoken"
+            usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+                     "total_tokens": prompt + completion}
+            if endpoint == "embeddings":
+                usage = {"prompt_tokens": prompt, "total_tokens": prompt}
+        row["prompt_tokens"], row["completion_tokens"] = prompt, completion
+        row["cost_usd"] = m.cost(prompt, completion)
+        energy = m.energy(prompt, completion)
+        if energy is not None:
+            row["energy_j"], row["energy_source"] = energy.joules, energy.source
+        return usage
+
+    def _served_headers(self, rid: str, m: PoolMember) -> dict[str, str]:
+        return {"x-request-id": rid, "x-greengate-member": m.name}
+
+    # ---- non-streamed ------------------------------------------------------------------
+    async def _complete(self, rid: str, t0: float, row: dict, endpoint: Endpoint, body: dict,
+                        plan: Plan) -> Response:
+        m, resp = await self._call(plan, endpoint, body, False, row)
+        upstream_usage = resp.data.get("usage")
+        usage = self._account(row, m, upstream_usage, endpoint, body,
+                              None if upstream_usage else _completion_text(endpoint, resp.data))
+        content = resp.content
+        if not upstream_usage:
+            content = orjson.dumps({**resp.data, "usage": usage})
+        elapsed = (time.perf_counter() - t0) * 1000
+        row.update(served_member=m.name, upstream_model=resp.data.get("model") or
+                   m.backend.upstream_model, status=200, latency_ms=elapsed, ttft_ms=elapsed)
+        self.decisions.submit(row)
+        return Response(content, media_type="application/json",
+                        headers=self._served_headers(rid, m))
+
+    # ---- streamed ----------------------------------------------------------------------
+    async def _stream(self, rid: str, t0: float, row: dict, endpoint: Endpoint, body: dict,
+                      plan: Plan) -> Response:
+        m, (agen, first) = await self._call(plan, endpoint, body, True, row)
+        row["ttft_ms"] = (time.perf_counter() - t0) * 1000
+        row["served_member"] = m.name
+        row["upstream_model"] = m.backend.upstream_model
+        client_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        deadline = t0 + m.cfg.timeouts.total_s
+        return StreamingResponse(
+            self._relay(row, t0, m, endpoint, body, agen, first, client_usage, deadline),
+            media_type="text/event-stream",
+            headers={**_SSE_HEADERS, **self._served_headers(rid, m)},
+        )
+
+    async def _relay(self, row: dict, t0: float, m: PoolMember, endpoint: Endpoint, body: dict,
+                     agen: AsyncIterator[bytes], first: bytes, client_usage: bool,
+                     deadline: float) -> AsyncIterator[bytes]:
+        usage: dict | None = None
+        seen: list[bytes] = []  # kept only to count tokens if no usage arrives
+        finished = False
+        try:
+            payload: bytes | None = first
+            while payload is not None:
+                forward = True
+                if b'"usage"' in payload or b'"error"' in payload:
+                    data = orjson.loads(payload)
+                    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+                        row["status"] = 502
+                        row["error"] = str(data["error"].get("message"))[:2000]
+                        m.breaker.record_failure()
+                        yield _sse(payload)
+                        return
+                    if isinstance(data, dict) and data.get("usage"):
+                        usage = data["usage"]
+                        forward = bool(data.get("choices")) or client_usage
+                if usage is None:
+                    seen.append(payload)
+                if forward:
+                    yield _sse(payload)
+                if time.perf_counter() > deadline:
+                    raise UpstreamError(f"stream exceeded {m.cfg.timeouts.total_s} s",
+                                        kind="timeout")
+                payload = await anext(agen, None)
+            if usage is None:
+                text, last_chunk = _streamed_text(endpoint, seen)
+                usage = self._account(row, m, None, endpoint, body, text)
+                if client_usage and last_chunk is not None:
+                    yield _sse(orjson.dumps({
+                        "id": last_chunk.get("id"), "object": last_chunk.get("object"),
+                        "created": last_chunk.get("created"), "model": last_chunk.get("model"),
+                        "choices": [], "usage": usage}))
+            else:
+                self._account(row, m, usage, endpoint, body, None)
+            yield b"data: [DONE]\n\n"
+            row["status"] = 200
+            finished = True
+        except UpstreamError as e:
+            m.breaker.record_failure()
+            row["status"] = 504 if e.kind == "timeout" else 502
+            row["error"] = f"after the first token: {e}"[:2000]
+            yield _error_event(f"The upstream stream failed: {e}", "upstream_error",
+                               "upstream_stream_error")
+        finally:
+            with anyio.CancelScope(shield=True):
+                await agen.aclose()
+            if not finished and row["status"] in (0, 200):
+                row["status"] = 499
+                row["error"] = "client disconnected before the end of the stream"
+            if row["prompt_tokens"] is None:
+                # Disconnected or failed mid-way: bill what was generated so far.
+                self._account(row, m, usage, endpoint, body, _streamed_text(endpoint, seen)[0])
+            row["latency_ms"] = (time.perf_counter() - t0) * 1000
+            self.decisions.submit(row)

@@ -1,0 +1,69 @@
+"""SQL tables. Alembic migrations in migrations/ create them; this module only describes them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Team(Base):
+    __tablename__ = "teams"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), nullable=False, index=True)
+    name: Mapped[str | None] = mapped_column(String(128))
+    # sha256 of the secret; the secret itself is never stored.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Decision(Base):
+    """One row per request served (or refused after auth): who, what, which member, why, cost."""
+
+    __tablename__ = "decisions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    key_id: Mapped[int | None] = mapped_column(Integer)
+    key_prefix: Mapped[str | None] = mapped_column(String(16))
+    team: Mapped[str | None] = mapped_column(String(128))
+    endpoint: Mapped[str] = mapped_column(String(32), nullable=False)
+    requested_model: Mapped[str | None] = mapped_column(String(256))
+    served_member: Mapped[str | None] = mapped_column(String(256))
+    upstream_model: Mapped[str | None] = mapped_column(String(256))
+    route_reason: Mapped[str | None] = mapped_column(String(64))
+    candidates: Mapped[list | None] = mapped_column(JSON)
+    attempts: Mapped[list | None] = mapped_column(JSON)
+    features: Mapped[dict | None] = mapped_column(JSON)
+    stream: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    status: Mapped[int] = mapped_column(Integer, nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    usage_source: Mapped[str | None] = mapped_column(String(32))
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    energy_j: Mapped[float | None] = mapped_column(Float)
+    energy_source: Mapped[str | None] = mapped_column(String(64))
+    cache_hit: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+    __table_args__ = (
+        Index("ix_decisions_created_at", "created_at"),
+        Index("ix_decisions_team_created", "team", "created_at"),
+        Index("ix_decisions_member_created", "served_member", "created_at"),
+    )

@@ -1,0 +1,42 @@
+"""The one typed settings object. Every knob comes from GREENGATE_* variables (or .env)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GREENGATE_", env_file=".env", extra="ignore")
+
+    config: Path = Field(Path("greengate.yaml"), description="YAML file that declares the pool.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = Field(
+        "sqlite:///greengate.db", description="SQLAlchemy URL of the decision log and state."
+    )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="Admin key; also valid on /v1. When unset, `serve` generates one into "
+        "state_dir/admin_key and prints where it is.",
+    )
+    state_dir: Path = Path(".greengate")
+    max_body_bytes: int = 4 * 1024 * 1024
+    router: str = Field("cheapest", description="Name of the router used for model 'auto'.")
+
+    # Decision log: rows are queued and inserted in batches, off the response path.
+    log_queue_size: int = 10_000
+    log_batch_size: int = 500
+    log_flush_interval_s: float = 0.5
+
+    # Upstream resilience defaults; each pool member may override them.
+    retries: int = 2
+    retry_backoff_s: float = 0.1
+    retry_backoff_max_s: float = 2.0
+    cooldown_failures: int = 3
+    cooldown_s: float = 30.0
+
+    key_cache_ttl_s: float = 10.0
+    log_level: str = "info"

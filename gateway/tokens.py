@@ -1,0 +1,75 @@
+"""Counting tokens ourselves, for upstreams that report no usage."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import tiktoken
+
+
+def _bundled_cache_dir() -> str | None:
+    # litellm ships the cl100k/o200k BPE files; pointing tiktoken there avoids a download.
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
+    return str(d) if d.is_dir() else None
+
+
+@cache
+def encoding(model: str = "") -> tiktoken.Encoding:
+    if "TIKTOKEN_CACHE_DIR" not in os.environ and (d := _bundled_cache_dir()):
+        os.environ["TIKTOKEN_CACHE_DIR"] = d
+    name = "o200k_base" if any(p in model for p in ("gpt-4o", "gpt-4.1", "o1", "o3", "o4")) else (
+        "cl100k_base"
+    )
+    return tiktoken.get_encoding(name)
+
+
+def count_text(text: str, model: str = "") -> int:
+    return len(encoding(model).encode(text, disallowed_special=()))
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # multimodal parts: count the text parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def count_messages(messages: list[dict], model: str = "", tools: list | None = None) -> int:
+    """OpenAI's documented accounting: 3 tokens per message, 1 per name, 3 to prime the reply."""
+    enc = encoding(model)
+    total = 3
+    for m in messages:
+        total += 3
+        for key, value in m.items():
+            if key == "content":
+                total += len(enc.encode(_content_text(value), disallowed_special=()))
+            elif key == "tool_calls" and isinstance(value, list):
+                for tc in value:
+                    fn = tc.get("function", {}) if isinstance(tc, dict) else {}
+                    total += len(enc.encode(str(fn.get("name", "")), disallowed_special=()))
+                    total += len(enc.encode(str(fn.get("arguments", "")), disallowed_special=()))
+            elif isinstance(value, str):
+                total += len(enc.encode(value, disallowed_special=()))
+                if key == "name":
+                    total += 1
+    if tools:
+        import orjson
+
+        total += len(enc.encode(orjson.dumps(tools).decode(), disallowed_special=()))
+    return total
+
+
+def count_prompt(prompt: Any, model: str = "") -> int:
+    if isinstance(prompt, str):
+        return count_text(prompt, model)
+    if isinstance(prompt, list):
+        return sum(count_text(p, model) if isinstance(p, str) else len(p) for p in prompt)
+    return 0

@@ -1,0 +1,74 @@
+"""The routing seam: one abstract method, a registry of implementations.
+
+The gateway hands a router the candidates the key and policy allow; the router ranks them.
+The bandit router (routing brain issue) registers itself here beside the default."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    name: str
+    input_per_1m: float
+    output_per_1m: float
+    healthy: bool
+    context_window: int | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    endpoint: str
+    body: dict
+    team: str | None
+    features: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    name: str
+    score: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Router(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def rank(self, request: RouteRequest, candidates: list[Candidate]) -> list[Ranked]:
+        """Best first. Unhealthy candidates may be kept at the end as a last resort."""
+
+
+ROUTERS: dict[str, type[Router]] = {}
+
+
+def register(cls: type[Router]) -> type[Router]:
+    ROUTERS[cls.name] = cls
+    return cls
+
+
+def make_router(name: str) -> Router:
+    try:
+        return ROUTERS[name]()
+    except KeyError:
+        raise ValueError(f"unknown router {name!r}; known: {', '.join(sorted(ROUTERS))}") from None
+
+
+@register
+class CheapestRouter(Router):
+    """Cheapest healthy member first (blended price: input plus output per 1M tokens)."""
+
+    name = "cheapest"
+
+    def rank(self, request: RouteRequest, candidates: list[Candidate]) -> list[Ranked]:
+        ordered = sorted(
+            candidates, key=lambda c: (not c.healthy, c.input_per_1m + c.output_per_1m, c.name)
+        )
+        return [
+            Ranked(c.name, -(c.input_per_1m + c.output_per_1m), {"healthy": c.healthy})
+            for c in ordered
+        ]
