@@ -119,7 +119,6 @@ def create_app(behaviour: MockBehaviour | None = None) -> Starlette:
             return b"data: " + orjson.dumps(c) + b"\n\n"
 
         async def events():  # type: ignore[no-untyped-def]
-            sent = 0
             parts: list[bytes] = [chunk({"role": "assistant", "content": ""})]
             if tool_call:
                 args = tool_call["function"]["arguments"]
@@ -135,13 +134,12 @@ def create_app(behaviour: MockBehaviour | None = None) -> Starlette:
                 for i, w in enumerate(words):
                     parts.append(chunk({"content": w if i == 0 else " " + w}))
                 parts.append(chunk({}, "stop"))
-            for p in parts:
+            for sent, p in enumerate(parts):
                 if b.disconnect_after_chunks is not None and sent >= b.disconnect_after_chunks:
                     raise ConnectionAbortedError("mock: dropping the connection mid-stream")
                 if b.chunk_delay_s:
                     await asyncio.sleep(b.chunk_delay_s)
                 yield p
-                sent += 1
             if include_usage and not b.omit_usage:
                 u = {"id": rid, "object": "chat.completion.chunk", "created": created,
                      "model": model, "choices": [], "usage": usage}

@@ -10,8 +10,8 @@ import httpx
 import orjson
 
 from backends.base import Member, UpstreamError, UpstreamRequest, UpstreamResponse
-from backends.sse import iter_sse_data
 from backends.pool_config import MemberConfig
+from backends.sse import iter_sse_data
 
 
 def _retry_after(resp: httpx.Response) -> float | None:

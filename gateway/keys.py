@@ -39,7 +39,7 @@ class KeyInfo:
             "team": self.team,
             "name": self.name,
             "prefix": self.prefix,
-            "allowed_models": list(self.allowed_models) if self.allowed_models is not None else None,
+            "allowed_models": None if self.allowed_models is None else list(self.allowed_models),
             "created_at": self.created_at.isoformat(),
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
         }

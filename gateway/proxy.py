@@ -25,7 +25,7 @@ from gateway.decision_log import DecisionLog
 from gateway.errors import GatewayError, error_body, error_response
 from gateway.pool import Pool, PoolMember
 from gateway.settings import Settings
-from routing.router import RouteRequest, Router
+from routing.router import Router, RouteRequest
 
 log = logging.getLogger("greengate.proxy")
 

@@ -8,6 +8,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import orjson
 import tiktoken
 
 
@@ -61,8 +62,6 @@ def count_messages(messages: list[dict], model: str = "", tools: list | None = N
                 if key == "name":
                     total += 1
     if tools:
-        import orjson
-
         total += len(enc.encode(orjson.dumps(tools).decode(), disallowed_special=()))
     return total
 
