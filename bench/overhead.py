@@ -35,6 +35,7 @@ import platform
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,25 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def log_problems(path: Path) -> list[str]:
+    """Lines of a server log that report an error (the servers log nothing per request)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [ln for ln in lines if any(w in ln for w in ("ERROR", "CRITICAL", "Traceback"))]
+
+
+def decision_rows(db: Path) -> dict[str, int] | None:
+    """Rows the gateway wrote to its decision log, by HTTP status (None if unreadable)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            rows = conn.execute("SELECT status, COUNT(*) FROM decisions GROUP BY status")
+            return {str(status): int(n) for status, n in rows}
+    except sqlite3.Error:
+        return None
 
 
 def wait_ready(service: Service, url: str, timeout_s: float) -> None:
@@ -233,11 +253,11 @@ def failure(target: Target, resp: httpx.Response, why: str) -> BenchError:
 
 def call_plain(target: Target, body: bytes) -> Sample:
     t0 = time.perf_counter()
-    resp = target.client.post("chat/completions", content=body)
-    data = resp.json() if resp.status_code == 200 else None
+    resp = target.client.post("chat/completions", content=body)  # reads the whole body
     elapsed = time.perf_counter() - t0
-    if data is None:
+    if resp.status_code != 200:
         raise failure(target, resp, "non-stream request failed")
+    data = resp.json()
     if not data.get("choices") or not data["choices"][0].get("message", {}).get("content"):
         raise failure(target, resp, "response without content")
     return Sample(elapsed)
@@ -287,14 +307,22 @@ def scenarios() -> list[Scenario]:
 Pair = tuple[Sample, Sample]  # (direct, gateway)
 
 
+def call(scenario: Scenario, target: Target) -> Sample:
+    """One request; transport and decoding errors become a BenchError that names the target."""
+    try:
+        return scenario.call(target, scenario.body)
+    except (httpx.HTTPError, ValueError) as e:
+        raise BenchError(f"{target.name}: {scenario.name} request failed: {e!r}") from e
+
+
 def run_pair(scenario: Scenario, direct: Target, gateway: Target, index: int) -> Pair:
     """One call to each target; the order alternates with `index`."""
     if index % 2 == 0:
-        d = scenario.call(direct, scenario.body)
-        g = scenario.call(gateway, scenario.body)
+        d = call(scenario, direct)
+        g = call(scenario, gateway)
     else:
-        g = scenario.call(gateway, scenario.body)
-        d = scenario.call(direct, scenario.body)
+        g = call(scenario, gateway)
+        d = call(scenario, direct)
     return d, g
 
 
@@ -359,7 +387,7 @@ def table_row(name: str, s: dict[str, Any]) -> str:
     ms = [s["direct_ms"]["p50"], s["direct_ms"]["p99"], s["gateway_ms"]["p50"],
           s["gateway_ms"]["p99"], s["overhead_ms"]["p50"], s["overhead_ms"]["p99"],
           s["paired_diff_ms"]["p50"], s["paired_diff_ms"]["p99"]]
-    cells = [f"{v:10.3f}" for v in ms] + [f"{s['ratio'][q]:10.2f}" for q in ("p50", "p99")]
+    cells = [f"{v:11.3f}" for v in ms] + [f"{s['ratio'][q]:11.2f}" for q in ("p50", "p99")]
     return f"{name:<22}" + "".join(cells)
 
 
@@ -368,7 +396,7 @@ def print_table(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> Non
           f"{meta['concurrency']}, {meta['cpu_count']} CPUs, Python {meta['python']}")
     print("times in ms; ovh = gateway pXX - direct pXX; pair = pXX of (gateway - direct) "
           "per request")
-    print(f"{'scenario.metric':<22}" + "".join(f"{c:>10}" for c in COLUMNS))
+    print(f"{'scenario.metric':<22}" + "".join(f"{c:>11}" for c in COLUMNS))
     for scenario, metrics in results.items():
         for metric, summary in metrics.items():
             print(table_row(f"{scenario}.{metric}", summary))
@@ -408,9 +436,8 @@ def measure(direct: Target, gateway: Target, args: argparse.Namespace
             ) -> tuple[dict[str, dict[str, Any]], dict[str, list[Pair]]]:
     results: dict[str, dict[str, Any]] = {}
     raw: dict[str, list[Pair]] = {}
-    with ExitStack() as stack:
-        pool = (stack.enter_context(ThreadPoolExecutor(args.concurrency))
-                if args.concurrency > 1 else None)
+    pool = ThreadPoolExecutor(args.concurrency) if args.concurrency > 1 else None
+    try:
         for sc in scenarios():
             print(f"{sc.name}: {args.warmup} warm-up + {args.requests} measured pairs",
                   file=sys.stderr)
@@ -418,6 +445,9 @@ def measure(direct: Target, gateway: Target, args: argparse.Namespace
             pairs = run_pairs(sc, direct, gateway, args.requests, pool)
             raw[sc.name] = pairs
             results[sc.name] = {m: summarize(pairs, m) for m in sc.metrics}
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # after an error: drop queued pairs
     return results, raw
 
 
@@ -441,27 +471,34 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             make_client(gw_url, key, args.concurrency)))
         results, raw = measure(direct, gateway, args)
     meta = machine_meta(args)
+    meta["server_log_errors"] = {n: log_problems(workdir / f"{n}.log")[:20]
+                                 for n in ("mock", "gateway")}
+    meta["gateway_requests_sent"] = 2 * (args.warmup + args.requests)
+    meta["gateway_decision_rows"] = decision_rows(workdir / "bench.db")
     document: dict[str, Any] = {"meta": meta, "results": results}
     if args.samples:
         document["samples"] = samples_json(raw)
     return document
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}")
+        return value
+
+    return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--requests", type=positive, default=400,
+    p.add_argument("--requests", type=at_least(1), default=400,
                    help="measured pairs (direct + gateway) per scenario (default 400)")
-    p.add_argument("--warmup", type=int, default=50,
+    p.add_argument("--warmup", type=at_least(0), default=50,
                    help="unmeasured pairs per scenario before measuring (default 50)")
-    p.add_argument("--concurrency", type=positive, default=1,
+    p.add_argument("--concurrency", type=at_least(1), default=1,
                    help="client threads sending pairs at once (default 1: sequential)")
     p.add_argument("--startup-timeout", type=float, default=60.0,
                    help="seconds to wait for each server to be ready (default 60)")
@@ -484,6 +521,15 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
             return 1
     print_table(document["results"], document["meta"])
+    meta = document["meta"]
+    if meta["gateway_decision_rows"] != {"200": meta["gateway_requests_sent"]}:
+        print(f"warning: sent {meta['gateway_requests_sent']} requests to the gateway; its "
+              f"decision log has {meta['gateway_decision_rows']} rows by status",
+              file=sys.stderr)
+    for name, problems in meta["server_log_errors"].items():
+        if problems:
+            print(f"warning: {name} logged errors:\n  " + "\n  ".join(problems),
+                  file=sys.stderr)
     if args.out:
         write_json(args.out, document)
     return 0

@@ -338,7 +338,8 @@ class Proxy:
             return GatewayError(
                 503, f"Every candidate member is cooling down after repeated failures "
                 f"({names}); retry in {wait:.0f} s.", code="members_cooling_down",
-                headers={**headers, "retry-after": str(max(1, round(wait)))})
+                # The SDK's own retries would land inside the cooldown: say so.
+                headers={"x-should-retry": "false", "retry-after": str(max(1, round(wait)))})
         summary = f"after {tried} attempt(s): {last}"
         if last.kind == "timeout":
             return GatewayError(504, f"Upstream timed out {summary}", code="upstream_timeout",
