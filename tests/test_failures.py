@@ -125,13 +125,12 @@ def test_mid_stream_disconnect_ends_with_error_event(gw: Gateway, fake) -> None:
     fake.disconnect_after_chunks = 3
     sdk = openai.OpenAI(base_url=gw.v1, api_key=gw.admin_key, max_retries=0)
     got = []
-    with pytest.raises(openai.APIError) as info:
-        with sdk.chat.completions.with_streaming_response.create(
-            model="fake-small", stream=True, messages=MSG
-        ) as raw:
-            rid = raw.headers["x-request-id"]
-            for chunk in raw.parse():
-                got.append(chunk)
+    with pytest.raises(openai.APIError) as info, \
+            sdk.chat.completions.with_streaming_response.create(
+                model="fake-small", stream=True, messages=MSG) as raw:
+        rid = raw.headers["x-request-id"]
+        for chunk in raw.parse():
+            got.append(chunk)
     assert "upstream stream failed" in str(info.value)
     assert len(got) == 3
     row = gw.decision(rid)
