@@ -60,10 +60,11 @@ def create_app(behaviour: MockBehaviour | None = None) -> Starlette:
         b.requests.append(
             {"path": request.url.path, "body": body, "auth": request.headers.get("authorization")}
         )
+        # Decide the outcome on arrival: a slow request must not take a later request's failure.
+        status = b.fail_statuses.pop(0) if b.fail_statuses else None
         if b.latency_s:
             await asyncio.sleep(b.latency_s)
-        if b.fail_statuses:
-            status = b.fail_statuses.pop(0)
+        if status is not None:
             headers = {"retry-after": b.retry_after} if b.retry_after else {}
             err = {"error": {"message": f"mock failure {status}", "type": "server_error",
                              "param": None, "code": None}}

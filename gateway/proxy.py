@@ -171,6 +171,14 @@ class Proxy:
                            latency_ms=(time.perf_counter() - t0) * 1000)
                 self.decisions.submit(row)
             return error_response(e, {"x-request-id": rid})
+        except Exception as e:  # a bug of ours: still answer cleanly and keep the row
+            log.exception("request %s failed inside greengate", rid)
+            err = GatewayError(500, "Internal error in greengate; it has been logged.")
+            if row is not None:
+                row.update(status=500, error=repr(e)[:2000],
+                           latency_ms=(time.perf_counter() - t0) * 1000)
+                self.decisions.submit(row)
+            return error_response(err, {"x-request-id": rid})
 
     def _new_row(self, rid: str, p: Principal, endpoint: str) -> dict[str, Any]:
         return {

@@ -118,6 +118,18 @@ class Gateway:
                 raise AssertionError(f"no decision row for request {rid}")
             time.sleep(0.02)
 
+    def latest_decision(self, expected_total: int, timeout: float = 10.0) -> dict[str, Any]:
+        """The newest row once `expected_total` rows exist (for calls made without an id)."""
+        deadline = time.monotonic() + timeout
+        while self.count_decisions() < expected_total:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {expected_total} decision rows")
+            time.sleep(0.02)
+        with self.engine.connect() as conn:
+            rid = conn.execute(sa.text(
+                "SELECT id FROM decisions ORDER BY created_at DESC LIMIT 1")).scalar_one()
+        return self.decision(rid)
+
     def count_decisions(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar_one()

@@ -89,6 +89,8 @@ def test_stream_include_usage_honoured(gw: Gateway, fake) -> None:
     chunks = list(stream)
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.prompt_tokens == 2 and chunks[-1].usage.completion_tokens == 4
+    row = gw.latest_decision(1)
+    assert row["stream"] and (row["prompt_tokens"], row["completion_tokens"]) == (2, 4)
 
 
 def test_tools_non_stream(gw: Gateway, fake) -> None:
@@ -100,6 +102,8 @@ def test_tools_non_stream(gw: Gateway, fake) -> None:
     assert json.loads(call.function.arguments) == {"city": "Paris", "unit": "celsius"}
     sent = fake.requests[-1]["body"]
     assert sent["tools"] == [WEATHER_TOOL] and sent["tool_choice"] == "auto"
+    row = gw.latest_decision(1)
+    assert row["status"] == 200 and row["completion_tokens"] == resp.usage.completion_tokens
 
 
 def test_tool_call_deltas_streamed_intact(gw: Gateway, fake) -> None:
@@ -122,6 +126,8 @@ def test_tool_call_deltas_streamed_intact(gw: Gateway, fake) -> None:
     assert name == "get_weather" and len(ids) == 1
     assert json.loads(args) == {"city": "Paris", "unit": "celsius"}
     assert finish == "tool_calls"
+    row = gw.latest_decision(1)
+    assert row["stream"] and row["status"] == 200 and row["usage_source"] == "upstream"
 
 
 def test_response_format_passed_through(gw: Gateway, fake) -> None:
@@ -131,6 +137,7 @@ def test_response_format_passed_through(gw: Gateway, fake) -> None:
     sent = fake.requests[-1]["body"]
     assert sent["response_format"] == {"type": "json_object"}
     assert sent["temperature"] == 0.2 and sent["seed"] == 7
+    assert gw.latest_decision(1)["status"] == 200
 
 
 def test_missing_usage_counted_non_stream(gw: Gateway, fake) -> None:
@@ -179,6 +186,8 @@ def test_legacy_completions(gw: Gateway, fake) -> None:
                    c.completions.create(model="fake-small", prompt="stream it", stream=True)
                    if ch.choices)
     assert text == "You said: stream it"
+    row = gw.latest_decision(2)
+    assert row["endpoint"] == "completions" and row["stream"] and row["completion_tokens"] == 4
 
 
 def test_embeddings(gw: Gateway, fake) -> None:
@@ -221,6 +230,9 @@ def test_litellm_member(gw: Gateway, fake) -> None:
         model="lite", stream=True, messages=[{"role": "user", "content": "stream lite"}])
         if ch.choices)
     assert text == "You said: stream lite"
+    row = gw.latest_decision(2)
+    assert row["served_member"] == "lite" and row["stream"] and row["status"] == 200
+    assert row["completion_tokens"] == 4
 
 
 def test_langchain_chat_openai(gw: Gateway, fake) -> None:
@@ -230,3 +242,5 @@ def test_langchain_chat_openai(gw: Gateway, fake) -> None:
     assert llm.invoke("hi from langchain").content == "You said: hi from langchain"
     streamed = "".join(str(part.content) for part in llm.stream("stream from langchain"))
     assert streamed == "You said: stream from langchain"
+    row = gw.latest_decision(2)
+    assert row["stream"] and row["served_member"] == "fake-small" and row["status"] == 200

@@ -74,6 +74,8 @@ def test_upstream_client_error_passed_through_without_retry(gw: Gateway, fake) -
     assert r.status_code == 400
     assert r.json()["error"]["message"] == "mock failure 400"
     assert len(fake.requests) == 1
+    row = gw.decision(r.headers["x-request-id"])
+    assert row["status"] == 400 and row["attempts"][0]["status"] == 400
 
 
 def test_429_retry_after_is_honoured(make_gateway: GatewayFactory, fake) -> None:
@@ -84,6 +86,7 @@ def test_429_retry_after_is_honoured(make_gateway: GatewayFactory, fake) -> None
     r = post_chat(gw, "fake-large")
     assert r.status_code == 200
     assert time.monotonic() - t >= 0.9
+    assert [a["status"] for a in gw.decision(r.headers["x-request-id"])["attempts"]] == [429, 200]
 
 
 def test_first_byte_timeout_gives_504(make_gateway: GatewayFactory, fake, fake_url) -> None:
@@ -95,6 +98,7 @@ def test_first_byte_timeout_gives_504(make_gateway: GatewayFactory, fake, fake_u
     r = post_chat(gw, "fake-large")
     assert r.status_code == 504
     assert r.json()["error"]["code"] == "upstream_timeout"
+    assert gw.decision(r.headers["x-request-id"])["attempts"][0]["kind"] == "timeout"
     r = post_chat(gw, "fake-large", stream=True)
     assert r.status_code == 504
     assert gw.decision(r.headers["x-request-id"])["status"] == 504
@@ -114,11 +118,15 @@ def test_cooldown_skips_failing_member(make_gateway: GatewayFactory, fake, fake_
     assert r.headers["x-should-retry"] == "false"
     assert int(r.headers["retry-after"]) > 0
     assert len(fake.requests) == n  # skipped: no call went upstream
+    row = gw.decision(r.headers["x-request-id"])
+    assert row["status"] == 503 and row["attempts"] == [
+        {"member": "fake-large", "skipped": "cooldown"}]
     pool_state = httpx.get(gw.url + "/admin/pool", headers=gw.headers(), timeout=10).json()
     assert {m["name"]: m["state"] for m in pool_state}["fake-large"] == "cooldown"
     # 'auto' routes around the member in cooldown.
     r = post_chat(gw, "auto")
     assert r.status_code == 200
+    assert gw.decision(r.headers["x-request-id"])["served_member"] == "fake-small"
 
 
 def test_mid_stream_disconnect_ends_with_error_event(gw: Gateway, fake) -> None:
