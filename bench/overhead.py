@@ -178,8 +178,10 @@ def running(name: str, cmd: list[str], env: dict[str, str], workdir: Path, ready
     """Start `cmd` (output to workdir/NAME.log), wait until ready, always stop it at the end."""
     log_path = workdir / f"{name}.log"
     log_file = log_path.open("wb")
+    # Own session: a Ctrl-C meant for the benchmark does not reach the servers mid-run; the
+    # benchmark stops them itself.
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-                            stdout=log_file, stderr=subprocess.STDOUT)
+                            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     service = Service(name, proc, log_path, log_file)
     try:
         wait_ready(service, ready_url, timeout_s)
@@ -419,6 +421,7 @@ def machine_meta(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "concurrency": args.concurrency,
         "cpu_count": os.cpu_count(),
+        "loadavg_1m_at_end": os.getloadavg()[0],  # other work on the machine skews the figures
         "python": platform.python_version(),
         "platform": platform.platform(),
         "httpx": httpx.__version__,
@@ -508,8 +511,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def exit_on_sigterm(signum: int, _frame: object) -> None:
+    sys.exit(128 + signum)  # SystemExit unwinds the finally blocks that stop the servers
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     with tempfile.TemporaryDirectory(prefix="greengate-bench-") as tmp:
         workdir = Path(tmp)
         try:
