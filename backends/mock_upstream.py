@@ -60,6 +60,8 @@ def create_app(behaviour: MockBehaviour | None = None) -> Starlette:
         b.requests.append(
             {"path": request.url.path, "body": body, "auth": request.headers.get("authorization")}
         )
+        if len(b.requests) > 10_000:  # a long demo or benchmark must not grow without bound
+            del b.requests[:5_000]
         # Decide the outcome on arrival: a slow request must not take a later request's failure.
         status = b.fail_statuses.pop(0) if b.fail_statuses else None
         if b.latency_s:

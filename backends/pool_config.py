@@ -25,6 +25,7 @@ class EnergyProfile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     active_params_b: float | None = Field(None, gt=0, description="Active parameters, billions.")
+    total_params_b: float | None = Field(None, gt=0, description="Total parameters (MoE).")
     j_per_token: float | None = Field(None, gt=0, description="Joules per output token.")
     j_per_input_token: float | None = Field(None, ge=0)
     source: str | None = Field(None, description="Where the figure comes from (URL, paper).")

@@ -16,7 +16,7 @@ from backends.pool_config import MemberConfig, PoolConfig
 from gateway.settings import Settings
 from routing.router import Candidate
 from telemetry.cost import Prices, litellm_context_window, litellm_prices
-from telemetry.energy import EnergyReading, estimate_from_declared
+from telemetry.energy import EnergyReading, estimate_from_declared, estimate_from_params
 
 log = logging.getLogger("greengate.pool")
 
@@ -43,7 +43,7 @@ class PoolMember:
             return None
         return estimate_from_declared(
             e.j_per_token, e.j_per_input_token, prompt_tokens, completion_tokens
-        )
+        ) or estimate_from_params(e.active_params_b, e.total_params_b, completion_tokens)
 
     def candidate(self) -> Candidate:
         p = self.prices

@@ -22,3 +22,16 @@ def estimate_from_declared(
         return None
     joules = completion_tokens * j_per_output_token + prompt_tokens * (j_per_input_token or 0.0)
     return EnergyReading(joules=joules, source="estimated:declared-j-per-token")
+
+
+def estimate_from_params(
+    active_params_b: float | None, total_params_b: float | None, completion_tokens: int
+) -> EnergyReading | None:
+    """Estimate from model size with the ML.ENERGY fit. The measured J/token figures are a
+    request's whole energy over its output tokens, so prefill is already folded in."""
+    if active_params_b is None:
+        return None
+    from telemetry.estimator import METHOD, shipped_fit
+
+    per_token = shipped_fit().j_per_output_token(active_params_b, total_params_b)
+    return EnergyReading(joules=completion_tokens * per_token, source=f"estimated:{METHOD}")
