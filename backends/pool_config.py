@@ -59,6 +59,8 @@ class MemberConfig(BaseModel):
     tags: list[str] = Field(default_factory=list)
     energy: EnergyProfile | None = None
     fallbacks: list[str] = Field(default_factory=list)
+    prior: str | None = Field(
+        None, description="Model name in the warm-start priors (default: `model`).")
     timeouts: Timeouts = Field(default_factory=Timeouts)
     retries: int | None = Field(None, ge=0, le=10)
     extra_headers: dict[str, str] = Field(default_factory=dict)

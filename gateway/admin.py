@@ -13,6 +13,7 @@ from gateway.auth import Principal
 from gateway.errors import GatewayError
 from gateway.runtime import Runtime
 from gateway.schema import Decision
+from routing.policy import Policy
 
 
 def runtime(request: Request) -> Runtime:
@@ -133,3 +134,42 @@ def get_decision(rid: str, rt: Rt) -> dict:
             raise GatewayError(404, f"No decision {rid!r} (it may still be queued).",
                                code="decision_not_found")
         return _decision_json(d)
+
+
+@router.get("/policies")
+def list_policies(rt: Rt) -> dict[str, dict]:
+    """Every stored policy by team; 'default' applies to teams without one."""
+    return rt.routing.policies.list()
+
+
+@router.get("/policies/{team}")
+def get_policy(team: str, rt: Rt) -> dict:
+    p = rt.routing.policies.get(team)
+    if p is None:
+        raise GatewayError(404, f"No policy for team {team!r}; it uses the default policy.",
+                           code="policy_not_found")
+    return p.to_json()
+
+
+@router.put("/policies/{team}")
+def put_policy(team: str, policy: Policy, rt: Rt) -> dict:
+    names = set(rt.pool.members)
+    listed = (policy.allowed_members or []) + policy.fallback_order + [
+        m for r in policy.rules for m in r.members]
+    unknown = sorted({m for m in listed if m not in names})
+    if unknown:
+        raise GatewayError(400, f"Unknown members: {', '.join(unknown)}", code="model_not_found")
+    rt.routing.policies.put(team, policy)
+    return policy.to_json()
+
+
+@router.delete("/policies/{team}")
+def delete_policy(team: str, rt: Rt) -> dict:
+    if not rt.routing.policies.delete(team):
+        raise GatewayError(404, f"No policy for team {team!r}.", code="policy_not_found")
+    return {"team": team, "deleted": True}
+
+
+@router.get("/feedback")
+def list_feedback(rt: Rt, limit: int = Query(50, ge=1, le=1000)) -> list[dict]:
+    return rt.routing.recent_feedback(limit)

@@ -6,10 +6,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,10 +25,26 @@ from gateway.settings import Settings
 log = logging.getLogger("greengate")
 
 
-def create_app(settings: Settings, pool_config: PoolConfig, admin_key: str) -> FastAPI:
+class FeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1, max_length=64, description="The x-request-id.")
+    score: float | None = Field(None, ge=0, le=1)
+    thumbs: Literal["up", "down"] | None = None
+    comment: str | None = Field(None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _one(self) -> FeedbackIn:
+        if (self.score is None) == (self.thumbs is None):
+            raise ValueError("give exactly one of score (0..1) or thumbs (up/down)")
+        return self
+
+
+def create_app(
+    settings: Settings, pool_config: PoolConfig, admin_key: str, extractor: Any | None = None
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.rt = await Runtime.start(settings, pool_config, admin_key)
+        app.state.rt = await Runtime.start(settings, pool_config, admin_key, extractor)
         try:
             yield
         finally:
@@ -70,6 +88,24 @@ def create_app(settings: Settings, pool_config: PoolConfig, admin_key: str) -> F
                              "context_window": m.context_window})
         return Response(orjson.dumps({"object": "list", "data": data}),
                         media_type="application/json")
+
+    @app.post("/v1/feedback", tags=["routing"], openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {
+            "schema": FeedbackIn.model_json_schema()}}}})
+    async def feedback(request: Request) -> dict:
+        """Quality feedback on a served request: a score in [0, 1] or thumbs up/down. It is
+        joined to the request's decision row and teaches the router; late feedback counts."""
+        r = rt(request)
+        principal = await r.auth.authenticate(request)  # before reading: no key, no parsing
+        try:
+            body = FeedbackIn.model_validate_json(await request.body())
+        except ValidationError as e:
+            first = e.errors()[0]
+            param = ".".join(str(p) for p in first["loc"]) or None
+            raise GatewayError(400, f"{param or 'body'}: {first['msg']}", param=param,
+                               code="invalid_feedback") from None
+        score = body.score if body.score is not None else (1.0 if body.thumbs == "up" else 0.0)
+        return await r.routing.feedback(principal, body.request_id, score, body.comment)
 
     @app.get("/health/live", tags=["health"])
     async def live() -> dict:

@@ -29,6 +29,11 @@ class PoolMember:
     prices: Prices | None
     context_window: int | None
     retries: int
+    latency_ewma_ms: float | None = None  # time to the first byte, recent calls weighted most
+
+    def observe_latency(self, ms: float) -> None:
+        prev = self.latency_ewma_ms
+        self.latency_ewma_ms = ms if prev is None else 0.8 * prev + 0.2 * ms
 
     @property
     def name(self) -> str:

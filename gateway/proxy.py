@@ -24,8 +24,8 @@ from gateway.auth import Authenticator, Principal
 from gateway.decision_log import DecisionLog
 from gateway.errors import GatewayError, error_body, error_response
 from gateway.pool import Pool, PoolMember
+from gateway.routing_service import RoutingService
 from gateway.settings import Settings
-from routing.router import Router, RouteRequest
 
 log = logging.getLogger("greengate.proxy")
 
@@ -38,6 +38,7 @@ class Plan:
     members: list[PoolMember]
     reason: str
     candidates: list[dict[str, Any]]
+    features: dict[str, Any] | None = None
 
 
 def _bad(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
@@ -125,12 +126,6 @@ def _streamed_text(endpoint: str, payloads: list[bytes]) -> tuple[str, dict | No
     return "".join(parts), last
 
 
-def _prompt_tokens(endpoint: str, body: dict, model: str) -> int:
-    if endpoint == "chat/completions":
-        return tokens.count_messages(body["messages"], model, body.get("tools"))
-    return tokens.count_prompt(body.get(_REQUIRED[endpoint]), model)
-
-
 class Proxy:
     def __init__(
         self,
@@ -138,13 +133,13 @@ class Proxy:
         pool: Pool,
         auth: Authenticator,
         decisions: DecisionLog,
-        router: Router,
+        routing: RoutingService,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.auth = auth
         self.decisions = decisions
-        self.router = router
+        self.routing = routing
 
     # ---- entry -------------------------------------------------------------------------
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
@@ -159,9 +154,10 @@ class Proxy:
                 row["requested_model"] = body["model"][:256]
             validate(endpoint, body)
             row["stream"] = bool(body.get("stream"))
-            plan = self._plan(principal, endpoint, body)
+            plan = await self._plan(principal, endpoint, body)
             row["route_reason"] = plan.reason
             row["candidates"] = plan.candidates
+            row["features"] = plan.features
             if row["stream"]:
                 return await self._stream(rid, t0, row, endpoint, body, plan)
             return await self._complete(rid, t0, row, endpoint, body, plan)
@@ -214,20 +210,15 @@ class Proxy:
             raise _bad(f"The request body is not valid JSON: {e}", code="invalid_json") from None
 
     # ---- planning ----------------------------------------------------------------------
-    def _plan(self, principal: Principal, endpoint: Endpoint, body: dict) -> Plan:
+    async def _plan(self, principal: Principal, endpoint: Endpoint, body: dict) -> Plan:
         model = body["model"]
         if model == "auto":
             allowed = [m for m in self.pool.serving(endpoint) if principal.may_use(m.name)]
             if not allowed:
                 raise GatewayError(403, f"No pool member this key may use serves /v1/{endpoint}.",
                                    param="model", code="model_not_allowed")
-            ranked = self.router.rank(
-                RouteRequest(endpoint=endpoint, body=body, team=principal.team),
-                [m.candidate() for m in allowed],
-            )
-            members = [self.pool.members[r.name] for r in ranked]
-            return Plan(members, f"auto:{self.router.name}",
-                        [{"member": r.name, "score": r.score, **r.detail} for r in ranked])
+            auto = await self.routing.plan_auto(principal, endpoint, body, allowed)
+            return Plan(auto.members, auto.reason, auto.candidates, auto.features)
         member = self.pool.get(model)
         if member is None:
             raise GatewayError(
@@ -289,6 +280,7 @@ class Proxy:
                     await asyncio.sleep(self._backoff(attempt, e))
                     continue
                 m.breaker.record_success()
+                m.observe_latency((time.perf_counter() - t) * 1000)
                 attempts.append({"member": m.name, "status": 200,
                                  "ms": round((time.perf_counter() - t) * 1000, 2)})
                 return m, result
@@ -370,7 +362,7 @@ class Proxy:
             completion = int(usage.get("completion_tokens") or 0)
             row["usage_source"] = "upstream"
         else:
-            prompt = _prompt_tokens(endpoint, body, model)
+            prompt = tokens.prompt_tokens(endpoint, body, model)
             completion = tokens.count_text(completion_text or "", model)
             row["usage_source"] = "counted:tiktoken"
             usage = {"prompt_tokens": prompt, "completion_tokens": completion,

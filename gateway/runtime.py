@@ -5,18 +5,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 
 from backends.pool_config import PoolConfig
+from bandits import make_bandit
 from gateway import database
 from gateway.auth import Authenticator
+from gateway.bandit_store import BanditStore
 from gateway.decision_log import DecisionLog
 from gateway.keys import KeyRepo
+from gateway.policies import PolicyStore
 from gateway.pool import Pool
 from gateway.proxy import Proxy
+from gateway.routing_service import BANDIT_NAME, RoutingService
 from gateway.settings import Settings
-from routing.router import make_router
+from routing.bandit_router import BanditRouter  # noqa: F401 - registers "bandit"
+from routing.priors import load_priors
+from routing.reward import RewardBounds
+from routing.router import ROUTERS
 
 log = logging.getLogger("greengate")
 
@@ -30,23 +38,69 @@ class Runtime:
     decisions: DecisionLog
     pool: Pool
     proxy: Proxy
+    routing: RoutingService
+
 
     @classmethod
-    async def start(cls, settings: Settings, pool_config: PoolConfig, admin_key: str) -> Runtime:
+    async def start(
+        cls, settings: Settings, pool_config: PoolConfig, admin_key: str,
+        extractor: Any | None = None,
+    ) -> Runtime:
         await asyncio.to_thread(database.upgrade, settings.database_url)
         engine = database.make_engine(settings.database_url)
         keys = KeyRepo(engine)
         auth = Authenticator(keys, admin_key, settings.key_cache_ttl_s)
+        pool = Pool(pool_config, settings)
+        routing = await _routing(settings, engine, pool, extractor)
         decisions = DecisionLog(
             engine, settings.log_queue_size, settings.log_batch_size, settings.log_flush_interval_s
         )
         decisions.start()
-        pool = Pool(pool_config, settings)
-        proxy = Proxy(settings, pool, auth, decisions, make_router(settings.router))
-        log.info("greengate ready: %d members (%s)", len(pool.members), ", ".join(pool.members))
-        return cls(settings, engine, keys, auth, decisions, pool, proxy)
+        routing.start()
+        proxy = Proxy(settings, pool, auth, decisions, routing)
+        log.info("greengate ready: %d members (%s), router %s", len(pool.members),
+                 ", ".join(pool.members), settings.router)
+        return cls(settings, engine, keys, auth, decisions, pool, proxy, routing)
 
     async def stop(self) -> None:
+        await self.routing.stop()
         await self.decisions.stop()
         await self.pool.aclose()
         self.engine.dispose()
+
+
+async def _routing(
+    settings: Settings, engine: Engine, pool: Pool, extractor: Any | None
+) -> RoutingService:
+    """The router for 'auto' and what it needs: features and a bandit (restored from SQL, or
+    new with warm-start priors) when it learns, nothing more when it does not."""
+    try:
+        router_cls = ROUTERS[settings.router]
+    except KeyError:
+        raise ValueError(f"unknown router {settings.router!r}; "
+                         f"known: {', '.join(sorted(ROUTERS))}") from None
+    policies = PolicyStore(engine)
+    if not router_cls.needs_features:
+        return RoutingService(settings, engine, pool, router_cls.create(), policies)
+    if extractor is None:
+        from routing.features import FeatureExtractor
+
+        log.info("loading the query feature models (MiniLM, task classifier, clusters)")
+        extractor = await asyncio.to_thread(FeatureExtractor.default, settings.clusters)
+    loaded = await asyncio.to_thread(BanditStore(engine).load, BANDIT_NAME)
+    if loaded is not None and loaded[0].dim == extractor.dim:
+        bandit, updates = loaded
+        log.info("bandit restored from the database (%d feedback updates)", updates)
+    else:
+        params = {"alpha": settings.bandit_alpha} if settings.bandit == "linucb" else {}
+        bandit = make_bandit(settings.bandit, extractor.dim, **params)
+    priors = load_priors(settings.priors, extractor.dim, extractor.layout)
+    for m in pool.members.values():
+        if m.cfg.mode == "chat" and m.name not in bandit.arms:
+            prior = priors.get(m.cfg.prior or m.cfg.model)
+            bandit.add_arm(m.name, prior)
+            log.info("bandit arm %s: %s", m.name,
+                     f"warm prior from {m.cfg.prior or m.cfg.model}" if prior else "cold start")
+    bounds = RewardBounds(settings.reward_energy_max_j, settings.reward_cost_max_usd)
+    router = router_cls.create(bandit=bandit, bounds=bounds)
+    return RoutingService(settings, engine, pool, router, policies, extractor, bandit)

@@ -67,3 +67,39 @@ class Decision(Base):
         Index("ix_decisions_team_created", "team", "created_at"),
         Index("ix_decisions_member_created", "served_member", "created_at"),
     )
+
+
+class PolicyRow(Base):
+    """A team's routing policy (routing.policy.Policy as JSON); team 'default' is the fallback."""
+
+    __tablename__ = "policies"
+    team: Mapped[str] = mapped_column(String(128), primary_key=True)
+    policy: Mapped[dict] = mapped_column(JSON, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class Feedback(Base):
+    """Quality feedback on a served request; it becomes the bandit's reward."""
+
+    __tablename__ = "feedback"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(32), nullable=False, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    team: Mapped[str | None] = mapped_column(String(128))
+    key_id: Mapped[int | None] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float, nullable=False)
+    reward: Mapped[float | None] = mapped_column(Float)
+    member: Mapped[str | None] = mapped_column(String(256))
+    applied: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    comment: Mapped[str | None] = mapped_column(Text)
+
+
+class BanditState(Base):
+    """Serialised bandit state, so learning survives restarts."""
+
+    __tablename__ = "bandit_state"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(32), nullable=False)
+    state: Mapped[dict] = mapped_column(JSON, nullable=False)
+    updates: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

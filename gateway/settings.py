@@ -24,7 +24,17 @@ class Settings(BaseSettings):
     )
     state_dir: Path = Path(".greengate")
     max_body_bytes: int = 4 * 1024 * 1024
-    router: str = Field("cheapest", description="Name of the router used for model 'auto'.")
+    router: str = Field("bandit", description="Router for model 'auto': bandit or cheapest.")
+    bandit: str = Field("linucb", description="linucb, lints or egreedy.")
+    bandit_alpha: float = Field(0.5, description="LinUCB exploration width.")
+    priors: Path | None = Field(
+        None, description="Warm-start priors (greengate fit-priors); default: the shipped ones.")
+    clusters: int = Field(3, ge=1, description="Semantic clusters (GreenServ uses 3).")
+    reward_energy_max_j: float = Field(
+        500.0, gt=0, description="Energy normalisation bound: this many joules count as 1.")
+    reward_cost_max_usd: float = Field(
+        0.01, gt=0, description="Cost normalisation bound: this many dollars count as 1.")
+    bandit_save_interval_s: float = 5.0
 
     # Decision log: rows are queued and inserted in batches, off the response path.
     log_queue_size: int = 10_000

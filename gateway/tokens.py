@@ -72,3 +72,10 @@ def count_prompt(prompt: Any, model: str = "") -> int:
     if isinstance(prompt, list):
         return sum(count_text(p, model) if isinstance(p, str) else len(p) for p in prompt)
     return 0
+
+
+def prompt_tokens(endpoint: str, body: dict, model: str = "") -> int:
+    """Prompt tokens of an OpenAI request body, for any of the three endpoints."""
+    if endpoint == "chat/completions":
+        return count_messages(body["messages"], model, body.get("tools"))
+    return count_prompt(body.get("prompt" if endpoint == "completions" else "input"), model)

@@ -9,6 +9,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
@@ -18,6 +20,10 @@ class Candidate:
     healthy: bool
     context_window: int | None = None
     tags: tuple[str, ...] = ()
+    # What serving this request is expected to cost, from the request's tokens:
+    expected_cost_usd: float | None = None
+    expected_energy_j: float | None = None
+    latency_ms: float | None = None  # recent latency (EWMA), for SLOs
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +32,10 @@ class RouteRequest:
     body: dict
     team: str | None
     features: dict[str, Any] = field(default_factory=dict)
+    context: np.ndarray | None = None  # the bandit's context vector
+    lambda_: float = 0.4  # weight of energy (team policy)
+    mu: float = 0.1  # weight of cost (team policy)
+    explore: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +47,12 @@ class Ranked:
 
 class Router(ABC):
     name: ClassVar[str]
+
+    needs_features: ClassVar[bool] = False
+
+    @classmethod
+    def create(cls, **deps: Any) -> Router:
+        return cls()
 
     @abstractmethod
     def rank(self, request: RouteRequest, candidates: list[Candidate]) -> list[Ranked]:
@@ -51,11 +67,13 @@ def register(cls: type[Router]) -> type[Router]:
     return cls
 
 
-def make_router(name: str) -> Router:
+def make_router(name: str, **deps: Any) -> Router:
+    """Build a registered router; each takes the dependencies it needs from `deps`."""
     try:
-        return ROUTERS[name]()
+        cls = ROUTERS[name]
     except KeyError:
         raise ValueError(f"unknown router {name!r}; known: {', '.join(sorted(ROUTERS))}") from None
+    return cls.create(**deps)
 
 
 @register

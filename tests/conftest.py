@@ -153,7 +153,7 @@ def make_gateway(
     def factory(pool: list[dict] | None = None, database_url: str | None = None,
                 **overrides: Any) -> Gateway:
         url = database_url or f"sqlite:///{tmp_path}/gg-{len(started)}.db"
-        fast = {"log_flush_interval_s": 0.02, "retry_backoff_s": 0.01,
+        fast = {"router": "cheapest", "log_flush_interval_s": 0.02, "retry_backoff_s": 0.01,
                 "retry_backoff_max_s": 0.05}
         settings = Settings(_env_file=None, database_url=url, **{**fast, **overrides})
         cfg = PoolConfig.model_validate({"pool": pool or default_pool(fake_url)})

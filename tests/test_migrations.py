@@ -12,7 +12,7 @@ from alembic.migration import MigrationContext
 from gateway import database
 from gateway.schema import Base
 
-TABLES = {"teams", "api_keys", "decisions"}
+TABLES = {"teams", "api_keys", "decisions", "policies", "feedback", "bandit_state"}
 
 
 def _tables(url: str) -> set[str]:

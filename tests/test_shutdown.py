@@ -42,6 +42,7 @@ def test_sigterm_loses_no_decision(tmp_path: Path, fake, fake_url: str) -> None:
     port = _free_port()
     env = {**os.environ, "GREENGATE_DATABASE_URL": db, "GREENGATE_ADMIN_KEY": "gg-admin-drain",
            "GREENGATE_LOG_FLUSH_INTERVAL_S": "120", "GREENGATE_LOG_BATCH_SIZE": "100000",
+           "GREENGATE_ROUTER": "cheapest",
            "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--port", str(port)],

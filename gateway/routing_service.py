@@ -1,0 +1,216 @@
+"""Routing for model 'auto': features, team policy, candidates with their expected energy and
+cost, the router's ranking; and learning from feedback, with the bandit kept in SQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bandits import Bandit
+from gateway import tokens
+from gateway.auth import Principal
+from gateway.bandit_store import BanditStore
+from gateway.errors import GatewayError
+from gateway.policies import PolicyStore
+from gateway.pool import Pool, PoolMember
+from gateway.schema import Decision, Feedback
+from gateway.settings import Settings
+from routing.policy import NoCandidate, Policy, apply, with_fallback_order
+from routing.reward import RewardBounds, reward
+from routing.router import Candidate, Router, RouteRequest, make_router
+
+log = logging.getLogger("greengate.routing")
+
+BANDIT_NAME = "global"
+# Expected completion length when the request sets no max_tokens.
+OUTPUT_TOKENS = {"short": 64, "medium": 256, "long": 1024}
+
+
+@dataclass
+class AutoPlan:
+    members: list[PoolMember]
+    reason: str
+    candidates: list[dict[str, Any]]
+    features: dict[str, Any] | None = field(default=None)
+
+
+class RoutingService:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        pool: Pool,
+        router: Router,
+        policies: PolicyStore,
+        extractor: Any | None = None,
+        bandit: Bandit | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.pool = pool
+        self.router = router
+        self.policies = policies
+        self.extractor = extractor
+        self.bandit = bandit
+        self.bounds = RewardBounds(settings.reward_energy_max_j, settings.reward_cost_max_usd)
+        self._plain = make_router("cheapest")
+        self._store = BanditStore(engine)
+        self._updates = 0
+        self._saved_updates = 0
+        self._saver: asyncio.Task | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        if self.bandit is not None:
+            self._saver = asyncio.create_task(self._save_loop(), name="bandit-saver")
+
+    async def stop(self) -> None:
+        if self._saver is not None:
+            self._saver.cancel()
+            await asyncio.gather(self._saver, return_exceptions=True)
+        await self.save()
+
+    async def save(self) -> None:
+        if self.bandit is None or self._updates == self._saved_updates:
+            return
+        updates = self._updates
+        await asyncio.to_thread(self._store.save, BANDIT_NAME, self.bandit.state(), updates)
+        self._saved_updates = updates
+
+    async def _save_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.bandit_save_interval_s)
+            try:
+                await self.save()
+            except Exception:  # the next tick or shutdown tries again
+                log.exception("saving bandit state failed")
+
+    # ---- planning ----------------------------------------------------------------------
+    def _expected(self, m: PoolMember, prompt_tokens: int, output_tokens: int) -> Candidate:
+        c = m.candidate()
+        energy = m.energy(prompt_tokens, output_tokens)
+        return Candidate(
+            name=c.name, input_per_1m=c.input_per_1m, output_per_1m=c.output_per_1m,
+            healthy=c.healthy, context_window=c.context_window, tags=c.tags,
+            expected_cost_usd=m.cost(prompt_tokens, output_tokens),
+            expected_energy_j=energy.joules if energy else None,
+            latency_ms=m.latency_ewma_ms,
+        )
+
+    async def plan_auto(
+        self, principal: Principal, endpoint: str, body: dict, members: list[PoolMember],
+        flags: frozenset[str] = frozenset(),
+    ) -> AutoPlan:
+        policy = await self.policies.for_team(principal.team)
+        features: dict[str, Any] = {"policy": {"lambda": policy.lambda_, "mu": policy.mu,
+                                               "exploration": policy.exploration},
+                                    "flags": sorted(flags)}
+        context = None
+        use_features = self.router.needs_features and endpoint != "embeddings"
+        if use_features and self.extractor is not None:
+            qf = await self.extractor.extract(body)
+            context = self.extractor.vector(qf)
+            features["query"] = qf.to_json()
+            features["context"] = [round(float(v), 6) for v in context]
+            prompt_tokens = qf.prompt_tokens
+            output_class = qf.output_class
+        else:
+            prompt_tokens = tokens.prompt_tokens(endpoint, body)
+            output_class = "medium"
+        max_out = body.get("max_completion_tokens") or body.get("max_tokens")
+        out_tokens = int(max_out) if max_out else OUTPUT_TOKENS.get(output_class, 256)
+
+        fits = [m for m in members if m.context_window is None
+                or m.context_window >= prompt_tokens + (int(max_out) if max_out else 0)]
+        if not fits:
+            raise GatewayError(400, f"The prompt ({prompt_tokens} tokens) does not fit the "
+                               "context window of any member this key may use.",
+                               param="messages", code="context_length_exceeded")
+        try:
+            allowed = apply(policy, [self._expected(m, prompt_tokens, out_tokens) for m in fits],
+                            flags)
+        except NoCandidate as e:
+            raise GatewayError(403, f"No member can serve this request: {e}.",
+                               code="policy_no_candidate") from None
+        # Without features (embeddings, or no extractor) a feature-based router cannot rank.
+        router = self.router if context is not None or not self.router.needs_features else (
+            self._plain)
+        ranked = router.rank(
+            RouteRequest(endpoint=endpoint, body=body, team=principal.team,
+                         features=features.get("query", {}), context=context,
+                         lambda_=policy.lambda_, mu=policy.mu, explore=policy.exploration),
+            allowed,
+        )
+        order = with_fallback_order(policy, [r.name for r in ranked])
+        by_name = {m.name: m for m in fits}
+        return AutoPlan(
+            members=[by_name[n] for n in order],
+            reason=f"auto:{router.name}",
+            candidates=[{"member": r.name, "score": round(r.score, 6), **r.detail}
+                        for r in ranked],
+            features=features,
+        )
+
+    # ---- feedback ----------------------------------------------------------------------
+    def _decision(self, rid: str) -> Decision | None:
+        with Session(self.engine) as s:
+            return s.get(Decision, rid)
+
+    async def _wait_decision(self, rid: str) -> Decision | None:
+        # The row may still sit in the write queue for a moment after the response.
+        deadline = time.monotonic() + max(2.0, 4 * self.settings.log_flush_interval_s)
+        while True:
+            d = await asyncio.to_thread(self._decision, rid)
+            if d is not None or time.monotonic() > deadline:
+                return d
+            await asyncio.sleep(0.05)
+
+    def _insert_feedback(self, fb: Feedback) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.add(fb)
+
+    async def feedback(self, principal: Principal, rid: str, score: float,
+                       comment: str | None) -> dict[str, Any]:
+        d = await self._wait_decision(rid)
+        if d is None or (not principal.is_admin and d.team != principal.team):
+            raise GatewayError(404, f"No request '{rid}' for this key's team.",
+                               param="request_id", code="request_not_found")
+        if d.status != 200 or d.served_member is None:
+            raise GatewayError(409, f"Request '{rid}' was not served (status {d.status}); "
+                               "there is nothing to learn from.", code="request_not_served")
+        feats = d.features or {}
+        pol = feats.get("policy") or {}
+        policy = Policy(**{"lambda": pol.get("lambda", 0.4), "mu": pol.get("mu", 0.1)})
+        r = reward(score, d.energy_j, d.cost_usd, policy.lambda_, policy.mu, self.bounds)
+        context = feats.get("context")
+        applicable = (self.bandit is not None and context is not None
+                      and self.extractor is not None and len(context) == self.extractor.dim)
+        fb = Feedback(request_id=rid, created_at=datetime.now(UTC), team=principal.team,
+                      key_id=principal.key_id, score=score, reward=r, member=d.served_member,
+                      applied=applicable, comment=comment)
+        try:
+            await asyncio.to_thread(self._insert_feedback, fb)
+        except IntegrityError:
+            raise GatewayError(409, f"Feedback for request '{rid}' was already recorded.",
+                               param="request_id", code="feedback_exists") from None
+        if applicable:
+            assert self.bandit is not None
+            self.bandit.update(np.asarray(context, dtype=float), d.served_member, score)
+            self._updates += 1
+        return {"request_id": rid, "member": d.served_member, "score": score,
+                "reward": round(r, 6), "applied_to_bandit": applicable}
+
+    def recent_feedback(self, limit: int = 50) -> list[dict]:
+        with Session(self.engine) as s:
+            q = select(Feedback).order_by(Feedback.id.desc()).limit(limit)
+            return [{"request_id": f.request_id, "score": f.score, "reward": f.reward,
+                     "member": f.member, "applied": f.applied} for f in s.scalars(q)]

@@ -1,0 +1,95 @@
+"""Team policies: which members a team may use, how it weighs quality against energy and cost,
+and rules for flagged requests. Pure logic; the gateway stores policies in SQL."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from routing.router import Candidate
+
+
+class Rule(BaseModel):
+    """For requests carrying `flag` (e.g. "pii", "jailbreak"), pin the choice to `members` or
+    exclude them."""
+
+    model_config = ConfigDict(extra="forbid")
+    flag: str = Field(min_length=1, max_length=64)
+    action: Literal["pin", "exclude"]
+    members: list[str] = Field(min_length=1)
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    allowed_members: list[str] | None = Field(
+        None, description="Members 'auto' may choose; null means all the key allows.")
+    lambda_: float = Field(0.4, alias="lambda", ge=0, le=1,
+                           description="Weight of energy against quality (GreenServ: 0.4).")
+    mu: float = Field(0.1, ge=0, le=1, description="Weight of cost.")
+    max_cost_per_request_usd: float | None = Field(None, gt=0)
+    latency_slo_ms: float | None = Field(
+        None, gt=0, description="Members whose recent latency exceeds it are avoided.")
+    exploration: bool = Field(True, description="Off: always the best current estimate.")
+    fallback_order: list[str] = Field(
+        default_factory=list, description="Tried in this order after the chosen member fails.")
+    rules: list[Rule] = Field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return self.model_dump(by_alias=True)
+
+
+class NoCandidate(Exception):
+    """The policy leaves no member to serve the request; the message says why."""
+
+
+def apply(
+    policy: Policy,
+    candidates: list[Candidate],
+    flags: frozenset[str] = frozenset(),
+) -> list[Candidate]:
+    """The candidates the policy allows for this request, in their original order."""
+    out = candidates
+    if policy.allowed_members is not None:
+        allowed = set(policy.allowed_members)
+        out = [c for c in out if c.name in allowed]
+        if not out:
+            raise NoCandidate("the team policy allows none of the members this key may use")
+    for rule in policy.rules:
+        if rule.flag not in flags:
+            continue
+        chosen = set(rule.members)
+        if rule.action == "pin":
+            out = [c for c in out if c.name in chosen]
+            if not out:
+                raise NoCandidate(f"requests flagged '{rule.flag}' are pinned to "
+                                  f"{', '.join(rule.members)}, and none of them is available")
+        else:
+            out = [c for c in out if c.name not in chosen]
+            if not out:
+                raise NoCandidate(f"requests flagged '{rule.flag}' exclude every "
+                                  "available member")
+    if policy.max_cost_per_request_usd is not None:
+        cap = policy.max_cost_per_request_usd
+        within = [c for c in out if c.expected_cost_usd is None or c.expected_cost_usd <= cap]
+        if not within:
+            cheapest = min(c.expected_cost_usd or 0.0 for c in out)
+            raise NoCandidate(f"every member's expected cost exceeds the policy's "
+                              f"${cap:.6f} per request (cheapest: ${cheapest:.6f})")
+        out = within
+    if policy.latency_slo_ms is not None:
+        slo = policy.latency_slo_ms
+        fast = [c for c in out if c.latency_ms is None or c.latency_ms <= slo]
+        # The SLO is soft: when nobody meets it, serving slowly beats not serving.
+        out = fast or out
+    return out
+
+
+def with_fallback_order(policy: Policy, ranked: list[str]) -> list[str]:
+    """The first choice, then the policy's fallback order, then the rest of the ranking."""
+    if not ranked or not policy.fallback_order:
+        return ranked
+    head, rest = ranked[0], ranked[1:]
+    order = [m for m in policy.fallback_order if m in rest]
+    return [head, *order, *[m for m in rest if m not in order]]
