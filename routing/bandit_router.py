@@ -51,5 +51,5 @@ class BanditRouter(Router):
                 "expected_cost_usd": c.expected_cost_usd,
                 "healthy": c.healthy,
             }))
-        ranked.sort(key=lambda r: (not r.detail["healthy"], -r.score))
+        ranked.sort(key=lambda r: (not r.detail["healthy"], -r.score, r.detail["energy_imputed"]))
         return ranked
