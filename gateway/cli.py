@@ -123,6 +123,38 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_priors(args: argparse.Namespace) -> int:
+    """Fit warm-start priors from per-query outcome files (RouterBench CSV, RouterDC JSON)."""
+    import numpy as np
+    from routing.features import FeatureExtractor
+
+    from routing.outcomes import load_outcomes
+    from routing.priors import SHIPPED, fit_priors, save_priors
+
+    outcomes = load_outcomes(args.data)
+    if not outcomes:
+        print("greengate: no usable rows in the given files", file=sys.stderr)
+        return 1
+    extractor = FeatureExtractor.default(args.clusters)
+    feats = extractor.extract_many([o.prompt for o in outcomes])
+    contexts = np.stack([extractor.vector(f) for f in feats])
+    priors = fit_priors(outcomes, contexts, extractor.layout)
+    priors["source"] = [str(p) for p in args.data]
+    out = args.out or SHIPPED
+    save_priors(priors, out)
+    summary = {m: {"n": v["n"], "mean_quality": round(v["mean_quality"], 4)}
+               for m, v in priors["models"].items()}
+    print(json.dumps({"out": str(out), "rows": len(outcomes), "models": summary}, indent=2))
+    return 0
+
+
+def cmd_train_task_classifier(args: argparse.Namespace) -> int:
+    from routing.task_classifier import train
+
+    print(json.dumps(train(args.data, args.out), indent=2, default=str))
+    return 0
+
+
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -176,6 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--revision")
     db_opt(m)
     m.set_defaults(func=cmd_migrate)
+
+    fp = sub.add_parser("fit-priors", help="fit warm-start bandit priors from outcome files")
+    fp.add_argument("--data", type=Path, nargs="+", required=True,
+                    help="RouterBench-format CSVs and/or RouterDC-format JSON files")
+    fp.add_argument("--out", type=Path, help="default: the priors shipped with greengate")
+    fp.add_argument("--clusters", type=int, default=3)
+    fp.set_defaults(func=cmd_fit_priors)
+
+    tr = sub.add_parser("train-task-classifier",
+                        help="train the task-type classifier on labelled prompts")
+    tr.add_argument("--data", type=Path, nargs="+", required=True)
+    tr.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "routing"
+                    / "artifacts")
+    tr.set_defaults(func=cmd_train_task_classifier)
 
     mu = sub.add_parser("mock-upstream", help="run an echoing OpenAI-protocol server (demo)")
     mu.add_argument("--host", default="127.0.0.1")

@@ -110,6 +110,7 @@ class RoutingService:
         self, principal: Principal, endpoint: str, body: dict, members: list[PoolMember],
         flags: frozenset[str] = frozenset(),
     ) -> AutoPlan:
+        t0 = time.perf_counter()
         policy = await self.policies.for_team(principal.team)
         features: dict[str, Any] = {"policy": {"lambda": policy.lambda_, "mu": policy.mu,
                                                "exploration": policy.exploration},
@@ -118,6 +119,7 @@ class RoutingService:
         use_features = self.router.needs_features and endpoint != "embeddings"
         if use_features and self.extractor is not None:
             qf = await self.extractor.extract(body)
+            features["features_ms"] = round((time.perf_counter() - t0) * 1000, 3)
             context = self.extractor.vector(qf)
             features["query"] = qf.to_json()
             features["context"] = [round(float(v), 6) for v in context]
@@ -151,6 +153,7 @@ class RoutingService:
             allowed,
         )
         order = with_fallback_order(policy, [r.name for r in ranked])
+        features["route_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         by_name = {m.name: m for m in fits}
         return AutoPlan(
             members=[by_name[n] for n in order],
