@@ -151,20 +151,21 @@ def make_gateway(
     started: list[tuple[ServerThread, Engine]] = []
 
     def factory(pool: list[dict] | None = None, database_url: str | None = None,
-                **overrides: Any) -> Gateway:
+                extractor: Any = None, **overrides: Any) -> Gateway:
         url = database_url or f"sqlite:///{tmp_path}/gg-{len(started)}.db"
         fast = {"router": "cheapest", "log_flush_interval_s": 0.02, "retry_backoff_s": 0.01,
                 "retry_backoff_max_s": 0.05}
         settings = Settings(_env_file=None, database_url=url, **{**fast, **overrides})
         cfg = PoolConfig.model_validate({"pool": pool or default_pool(fake_url)})
-        server = ServerThread(create_gateway(settings, cfg, ADMIN_KEY)).start()
+        server = ServerThread(create_gateway(settings, cfg, ADMIN_KEY, extractor)).start()
         engine = sa.create_engine(url)
         started.append((server, engine))
         return Gateway(server, engine)
 
     yield factory
     for server, engine in started:
-        server.stop()
+        if not server.server.should_exit:
+            server.stop()
         engine.dispose()
 
 
