@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench bench-replay bench-routing clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/overhead.py --out bench/results/overhead.json
+
+bench-replay: setup
+	$(BIN)/python bench/replay.py --out bench/results/replay.json
+
+bench-routing: setup
+	$(BIN)/python bench/routing_latency.py --out bench/results/routing_latency.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

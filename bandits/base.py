@@ -85,6 +85,10 @@ class Bandit(ABC):
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, float]] = {}
+    # True when exploring means "this arm, whatever the estimates" (epsilon-greedy), rather
+    # than an optimistic score to be weighed like any other (UCB, Thompson sampling). A caller
+    # that adds its own terms to the score must then honour the pick, or it never explores.
+    explores_by_choice: ClassVar[bool] = False
 
     def __init__(
         self, dim: int, ridge: float = 1.0, seed: int | None = None, **params: float

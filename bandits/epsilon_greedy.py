@@ -21,6 +21,7 @@ class EpsilonGreedy(Bandit):
     and needs no extra state (it is read off the per-arm counts)."""
 
     name = "egreedy"
+    explores_by_choice = True
     defaults = {"epsilon0": 1.0}
 
     @property

@@ -126,8 +126,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_fit_priors(args: argparse.Namespace) -> int:
     """Fit warm-start priors from per-query outcome files (RouterBench CSV, RouterDC JSON)."""
     import numpy as np
-    from routing.features import FeatureExtractor
 
+    from routing.features import FeatureExtractor
     from routing.outcomes import load_outcomes
     from routing.priors import SHIPPED, fit_priors, save_priors
 

@@ -51,5 +51,12 @@ class BanditRouter(Router):
                 "expected_cost_usd": c.expected_cost_usd,
                 "healthy": c.healthy,
             }))
-        ranked.sort(key=lambda r: (not r.detail["healthy"], -r.score, r.detail["energy_imputed"]))
+        explored = {n for n, s in scores.items() if s.bonus > 0} if (
+            request.explore and self.bandit.explores_by_choice) else set()
+        for r in ranked:
+            r.detail["explored"] = r.name in explored
+        # An epsilon-greedy exploration pick goes first: weighed against energy and cost it
+        # would almost never win, and the bandit would never explore.
+        ranked.sort(key=lambda r: (not r.detail["healthy"], not r.detail["explored"], -r.score,
+                                   r.detail["energy_imputed"]))
         return ranked

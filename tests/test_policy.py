@@ -116,3 +116,15 @@ def test_bandit_router_imputes_unknown_energy_as_worst() -> None:
     d = {r.name: r.detail for r in ranked}
     assert d["unknown"]["energy_imputed"] and d["unknown"]["expected_energy_j"] == 80
     assert ranked[0].name == "known"  # a tie never goes to the member with missing data
+
+
+def test_epsilon_greedy_exploration_is_honoured_by_the_router() -> None:
+    bandit = make_bandit("egreedy", 2, epsilon0=1.0, seed=3)  # cold: always exploring
+    router = BanditRouter(bandit, RewardBounds(energy_max_j=100, cost_max_usd=0.01))
+    pool = [cand("cheap", 0.0001, 1), cand("pricey", 0.009, 90)]
+    req = RouteRequest("chat/completions", {}, None, context=np.ones(2), lambda_=0.8, mu=0.1)
+    tops = {router.rank(req, pool)[0].name for _ in range(40)}
+    assert tops == {"cheap", "pricey"}  # the penalised member is still explored
+    off = RouteRequest("chat/completions", {}, None, context=np.ones(2), lambda_=0.8, mu=0.1,
+                       explore=False)
+    assert {router.rank(off, pool)[0].name for _ in range(10)} == {"cheap"}
