@@ -53,6 +53,7 @@ class RoutingService:
         policies: PolicyStore,
         extractor: Any | None = None,
         bandit: Bandit | None = None,
+        owns_extractor: bool = True,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -60,6 +61,7 @@ class RoutingService:
         self.router = router
         self.policies = policies
         self.extractor = extractor
+        self._owns_extractor = owns_extractor  # a shared one (tests) is closed by its owner
         self.bandit = bandit
         self.bounds = RewardBounds(settings.reward_energy_max_j, settings.reward_cost_max_usd)
         self._plain = make_router("cheapest")
@@ -78,6 +80,8 @@ class RoutingService:
             self._saver.cancel()
             await asyncio.gather(self._saver, return_exceptions=True)
         await self.save()
+        if self.extractor is not None and self._owns_extractor:
+            await self.extractor.aclose()
 
     async def save(self) -> None:
         if self.bandit is None or self._updates == self._saved_updates:

@@ -82,11 +82,13 @@ async def _routing(
     policies = PolicyStore(engine)
     if not router_cls.needs_features:
         return RoutingService(settings, engine, pool, router_cls.create(), policies)
+    owned = extractor is None
     if extractor is None:
         from routing.features import FeatureExtractor
 
         log.info("loading the query feature models (MiniLM, task classifier, clusters)")
-        extractor = await asyncio.to_thread(FeatureExtractor.default, settings.clusters)
+        extractor = await asyncio.to_thread(
+            lambda: FeatureExtractor.default(settings.clusters).load())
     loaded = await asyncio.to_thread(BanditStore(engine).load, BANDIT_NAME)
     if loaded is not None and loaded[0].dim == extractor.dim:
         bandit, updates = loaded
@@ -103,4 +105,4 @@ async def _routing(
                      f"warm prior from {m.cfg.prior or m.cfg.model}" if prior else "cold start")
     bounds = RewardBounds(settings.reward_energy_max_j, settings.reward_cost_max_usd)
     router = router_cls.create(bandit=bandit, bounds=bounds)
-    return RoutingService(settings, engine, pool, router, policies, extractor, bandit)
+    return RoutingService(settings, engine, pool, router, policies, extractor, bandit, owned)
