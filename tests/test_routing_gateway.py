@@ -170,3 +170,28 @@ def test_policy_admin_api_and_max_cost(gw: Gateway, fake: Any) -> None:
                                          "messages": [{"role": "user", "content": "hi"}]},
                 key=key)
     assert r.status_code == 200
+
+
+def test_shipped_priors_warm_start_members(
+    make_gateway: GatewayFactory, extractor: Any, fake: Any, fake_url: str
+) -> None:
+    """Members named after models in the public outcome data start from their priors: with no
+    feedback at all, a quality-only policy already prefers the stronger model."""
+    pool = [member("weak", fake_url, model="mistralai/mistral-7b-chat"),
+            member("strong", fake_url, model="gpt-4-1106-preview"),
+            member("unknown", fake_url)]
+    gw = make_gateway(pool, router="bandit", extractor=extractor)
+    put_policy(gw, "default", exploration=False, mu=0.0, **{"lambda": 0.0})
+    r = ask(gw, "Write a Python function that returns the n-th Fibonacci number.")
+    assert r.headers["x-greengate-member"] == "strong"
+    cands = {c["member"]: c for c in gw.decision(r.headers["x-request-id"])["candidates"]}
+    assert cands["strong"]["quality_estimate"] > cands["weak"]["quality_estimate"] > 0.3
+    assert cands["unknown"]["quality_estimate"] == 0.0  # no prior: cold
+
+
+def test_priors_for_other_features_are_ignored(tmp_path: Path, extractor: Any) -> None:
+    from routing.priors import SHIPPED, load_priors
+
+    assert load_priors(SHIPPED, extractor.dim, extractor.layout)  # the shipped ones fit
+    assert load_priors(SHIPPED, extractor.dim, "some-other-layout") == {}
+    assert load_priors(tmp_path / "missing.json", extractor.dim, extractor.layout) == {}
