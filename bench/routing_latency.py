@@ -103,6 +103,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--requests", type=int, default=640)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--upstream-latency-ms", type=float, default=0.0,
+                   help="the mock's answer time; 0 saturates the CPU with routing work")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     texts = prompts(args.requests)
@@ -111,7 +113,8 @@ def main() -> int:
         mock_port, gw_port = free_port(), free_port()
         env = subprocess_env({})
         stack.enter_context(running(
-            "mock", greengate_cmd("mock-upstream", "--host", HOST, "--port", str(mock_port)),
+            "mock", greengate_cmd("mock-upstream", "--host", HOST, "--port", str(mock_port),
+                                  "--latency-ms", str(args.upstream_latency_ms)),
             env, work, f"http://{HOST}:{mock_port}/v1/models", 60))
         members = "".join(MEMBER.format(name=n, host=HOST, port=mock_port, price=pr, params=pa)
                           for n, pr, pa in (("small", 0.2, 8), ("medium", 1.0, 34),
@@ -135,6 +138,7 @@ def main() -> int:
         route_ms, features_ms = route_ms[64:], features_ms[64:]  # drop the warm-up's rows
     result = {
         "requests": args.requests, "concurrency": args.concurrency, "cpus": os.cpu_count(),
+        "upstream_latency_ms": args.upstream_latency_ms,
         "route_ms": describe(route_ms), "features_ms": describe(features_ms),
         "end_to_end_auto_ms": describe(auto), "end_to_end_named_ms": describe(named),
         "targets": {"route_p50_under_10ms": describe(route_ms)["p50"] < 10,

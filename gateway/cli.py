@@ -158,11 +158,12 @@ def cmd_train_task_classifier(args: argparse.Namespace) -> int:
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from backends.mock_upstream import create_app
+    from backends.mock_upstream import MockBehaviour, create_app
 
     print(f"greengate: mock OpenAI upstream (echoes prompts, not a model) on "
           f"http://{args.host}:{args.port}/v1", file=sys.stderr)
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(MockBehaviour(latency_s=args.latency_ms / 1000)), host=args.host,
+                port=args.port, log_level="warning")
     return 0
 
 
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     mu = sub.add_parser("mock-upstream", help="run an echoing OpenAI-protocol server (demo)")
     mu.add_argument("--host", default="127.0.0.1")
     mu.add_argument("--port", type=int, default=9000)
+    mu.add_argument("--latency-ms", type=float, default=0.0,
+                    help="wait this long before answering, like a real model would")
     mu.set_defaults(func=cmd_mock_upstream)
     return p
 

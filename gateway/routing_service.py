@@ -122,7 +122,7 @@ class RoutingService:
         context = None
         use_features = self.router.needs_features and endpoint != "embeddings"
         if use_features and self.extractor is not None:
-            qf = await self.extractor.extract(body)
+            qf = await self.extractor.extract(body, budget_ms=self.settings.features_budget_ms)
             features["features_ms"] = round((time.perf_counter() - t0) * 1000, 3)
             context = self.extractor.vector(qf)
             features["query"] = qf.to_json()

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     reward_cost_max_usd: float = Field(
         0.01, gt=0, description="Cost normalisation bound: this many dollars count as 1.")
     bandit_save_interval_s: float = 5.0
+    features_budget_ms: float | None = Field(
+        15.0, description="Longest wait for a query embedding; beyond it (CPU saturated) a "
+        "request is routed on the cheap features alone. Empty: always wait.")
 
     # Decision log: rows are queued and inserted in batches, off the response path.
     log_queue_size: int = 10_000

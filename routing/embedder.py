@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -411,6 +412,8 @@ class MicroBatcher:
         self.max_queue = max_queue
         self.batches = 0  # encode calls made
         self.items = 0  # texts encoded
+        self.pending = 0  # texts submitted and not yet answered
+        self._s_per_item = 0.006  # recent encode seconds per text (batched), updated per batch
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue | None = None
@@ -420,6 +423,11 @@ class MicroBatcher:
     @property
     def mean_batch(self) -> float:
         return self.items / self.batches if self.batches else 0.0
+
+    def expected_wait_s(self) -> float:
+        """How long a text submitted now would wait for its embedding, from the backlog and
+        the recent cost per text. Callers with a latency budget use it to skip the queue."""
+        return (self.pending + 1) * self._s_per_item
 
     def _ensure_worker(self) -> asyncio.Queue:
         loop = asyncio.get_running_loop()
@@ -445,7 +453,11 @@ class MicroBatcher:
 
     async def embed(self, text: str) -> np.ndarray:
         """The (384,) float32 embedding of `text`, encoded together with concurrent calls."""
-        return await (await self.submit(text))
+        self.pending += 1
+        try:
+            return await (await self.submit(text))
+        finally:
+            self.pending -= 1
 
     async def _run(self, queue: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
@@ -475,9 +487,12 @@ class MicroBatcher:
                     if isinstance(self.embedder, Embedder)
                     else self._executor
                 )
+                started = time.perf_counter()
                 embs = await loop.run_in_executor(
                     executor, self.embedder.encode, [t for t, _ in live]
                 )
+                per_item = (time.perf_counter() - started) / len(live)
+                self._s_per_item = 0.7 * self._s_per_item + 0.3 * per_item
             except asyncio.CancelledError:
                 for _, f in live:
                     if not f.done():

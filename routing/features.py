@@ -51,6 +51,9 @@ class QueryFeatures:
     turns: int  # user turns in the conversation
     tools: bool  # request has tools
     output_class: str  # "short" | "medium" | "long"
+    # False when the embedding was skipped to keep routing within its latency budget: task
+    # and cluster are then unknown ("unknown", -1) and left out of the context vector.
+    embedded: bool = True
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -378,12 +381,25 @@ class FeatureExtractor:
             output_class=output_class(last, task, max_tokens),
         )
 
-    async def extract(self, body: dict, *, update_clusters: bool = True) -> QueryFeatures:
+    async def extract(
+        self, body: dict, *, update_clusters: bool = True, budget_ms: float | None = None
+    ) -> QueryFeatures:
         """Features of one request; the embedding is micro-batched with concurrent calls and
-        the k-means cluster is updated online (unless `update_clusters=False`)."""
+        the k-means cluster is updated online (unless `update_clusters=False`). With
+        `budget_ms`, a request that would wait longer than that for its embedding (the CPU
+        is saturated) is routed on the cheap features alone rather than queued."""
         text, last, turns = request_text(body)
-        emb = await self.batcher.embed(text)
         tools = bool(body.get("tools") or body.get("functions"))
+        if budget_ms is not None and self.batcher.expected_wait_s() * 1000 > budget_ms:
+            c = cx.complexity(last)
+            max_tokens = _max_tokens(body)
+            return QueryFeatures(
+                task="unknown", task_confidence=0.0, cluster=-1, complexity=float(c),
+                complexity_bin=cx.complexity_bin(c), prompt_tokens=_prompt_tokens(body, text),
+                has_code=cx.has_code(text), has_math=cx.has_math(text), turns=int(turns),
+                tools=tools, output_class=output_class(last, None, max_tokens), embedded=False,
+            )
+        emb = await self.batcher.embed(text)
         return self._assemble(
             emb,
             text,

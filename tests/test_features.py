@@ -553,3 +553,20 @@ def test_extract_many_matches_extract(fx: FeatureExtractor) -> None:
     assert same(many, single)
     fx.extract_many(texts[:2], update_clusters=True)
     assert sum(fx.kmeans.state()["counts"]) == sum(before["counts"]) + 2
+
+
+async def test_budget_skips_the_embedding_when_the_queue_is_too_long(
+    fx: FeatureExtractor,
+) -> None:
+    body = chat("Write a Python function that reverses a linked list.", max_tokens=50)
+    full = await fx.extract(body, budget_ms=10_000, update_clusters=False)
+    assert full.embedded and full.task == "code"
+    cheap = await fx.extract(body, budget_ms=0.0, update_clusters=False)
+    assert not cheap.embedded and cheap.task == "unknown" and cheap.cluster == -1
+    assert cheap.has_code and cheap.output_class == "short"
+    assert cheap.prompt_tokens == full.prompt_tokens
+    v = fx.vector(cheap)
+    names = fx.feature_names
+    assert all(v[i] == 0 for i, n in enumerate(names) if n.startswith(("task=", "cluster=")))
+    assert v[0] == 1.0 and v[names.index("has_code")] == 1.0
+    assert cheap.to_json()["embedded"] is False
