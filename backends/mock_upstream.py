@@ -4,6 +4,7 @@ fake provider in tests, which steer it through `MockBehaviour`. It is not a mode
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from starlette.routing import Route
 @dataclass
 class MockBehaviour:
     latency_s: float = 0.0  # before the response starts
+    latency_jitter_s: float = 0.0  # plus a uniform random share of this
     chunk_delay_s: float = 0.0
     fail_statuses: list[int] = field(default_factory=list)  # consumed one per request
     retry_after: str | None = None
@@ -64,8 +66,8 @@ def create_app(behaviour: MockBehaviour | None = None) -> Starlette:
             del b.requests[:5_000]
         # Decide the outcome on arrival: a slow request must not take a later request's failure.
         status = b.fail_statuses.pop(0) if b.fail_statuses else None
-        if b.latency_s:
-            await asyncio.sleep(b.latency_s)
+        if b.latency_s or b.latency_jitter_s:
+            await asyncio.sleep(b.latency_s + random.random() * b.latency_jitter_s)
         if status is not None:
             headers = {"retry-after": b.retry_after} if b.retry_after else {}
             err = {"error": {"message": f"mock failure {status}", "type": "server_error",

@@ -162,8 +162,9 @@ def cmd_mock_upstream(args: argparse.Namespace) -> int:
 
     print(f"greengate: mock OpenAI upstream (echoes prompts, not a model) on "
           f"http://{args.host}:{args.port}/v1", file=sys.stderr)
-    uvicorn.run(create_app(MockBehaviour(latency_s=args.latency_ms / 1000)), host=args.host,
-                port=args.port, log_level="warning")
+    behaviour = MockBehaviour(latency_s=args.latency_ms / 1000,
+                              latency_jitter_s=args.jitter_ms / 1000)
+    uvicorn.run(create_app(behaviour), host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -229,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     mu.add_argument("--port", type=int, default=9000)
     mu.add_argument("--latency-ms", type=float, default=0.0,
                     help="wait this long before answering, like a real model would")
+    mu.add_argument("--jitter-ms", type=float, default=0.0,
+                    help="plus a uniformly random extra wait of up to this much")
     mu.set_defaults(func=cmd_mock_upstream)
     return p
 

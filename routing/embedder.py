@@ -424,10 +424,11 @@ class MicroBatcher:
     def mean_batch(self) -> float:
         return self.items / self.batches if self.batches else 0.0
 
-    def expected_wait_s(self) -> float:
-        """How long a text submitted now would wait for its embedding, from the backlog and
-        the recent cost per text. Callers with a latency budget use it to skip the queue."""
-        return (self.pending + 1) * self._s_per_item
+    def backlog_wait_s(self) -> float:
+        """How long a text submitted now would wait behind the texts already queued, from the
+        recent cost per text. Callers with a latency budget use it to skip the queue. With no
+        backlog it is 0, so an idle batcher always embeds (and keeps its estimate current)."""
+        return self.pending * self._s_per_item
 
     def _ensure_worker(self) -> asyncio.Queue:
         loop = asyncio.get_running_loop()

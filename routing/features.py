@@ -390,7 +390,7 @@ class FeatureExtractor:
         is saturated) is routed on the cheap features alone rather than queued."""
         text, last, turns = request_text(body)
         tools = bool(body.get("tools") or body.get("functions"))
-        if budget_ms is not None and self.batcher.expected_wait_s() * 1000 > budget_ms:
+        if budget_ms is not None and self.batcher.backlog_wait_s() * 1000 > budget_ms:
             c = cx.complexity(last)
             max_tokens = _max_tokens(body)
             return QueryFeatures(

@@ -559,9 +559,16 @@ async def test_budget_skips_the_embedding_when_the_queue_is_too_long(
     fx: FeatureExtractor,
 ) -> None:
     body = chat("Write a Python function that reverses a linked list.", max_tokens=50)
-    full = await fx.extract(body, budget_ms=10_000, update_clusters=False)
-    assert full.embedded and full.task == "code"
-    cheap = await fx.extract(body, budget_ms=0.0, update_clusters=False)
+    full = await fx.extract(body, budget_ms=0.0, update_clusters=False)
+    assert full.embedded and full.task == "code"  # no backlog: always embedded
+    burst = await asyncio.gather(
+        *[fx.extract(body, budget_ms=0.0, update_clusters=False) for _ in range(6)])
+    assert burst[0].embedded  # the first one queues; the others would wait behind it
+    assert not any(f.embedded for f in burst[1:])
+    relaxed = await asyncio.gather(
+        *[fx.extract(body, budget_ms=10_000, update_clusters=False) for _ in range(6)])
+    assert all(f.embedded for f in relaxed)
+    cheap = burst[1]
     assert not cheap.embedded and cheap.task == "unknown" and cheap.cluster == -1
     assert cheap.has_code and cheap.output_class == "short"
     assert cheap.prompt_tokens == full.prompt_tokens
