@@ -66,8 +66,6 @@ How to run
 from __future__ import annotations
 
 import argparse
-import ast
-import csv
 import hashlib
 import json
 import os
@@ -177,54 +175,10 @@ class OutcomeTable:
         ]
 
 
-def _answer_text(cell: str) -> str:
-    """RouterBench stores most answers as a Python list literal of one string."""
-    if cell.startswith("[") and cell.endswith("]"):
-        try:
-            value = ast.literal_eval(cell)
-        except (ValueError, SyntaxError):
-            return cell
-        if isinstance(value, list):
-            return " ".join(str(v) for v in value)
-    return cell
-
-
-def _routerbench_output_tokens(path: Path, outcomes: list[Outcome]) -> list[dict[str, int]]:
-    """Output tokens of every model's recorded answer, for the rows load_outcomes kept (the same
-    filter is applied here, and the row count and datasets are checked against it). A missing
-    or unreadable answer column counts FALLBACK_OUTPUT_TOKENS."""
-    csv.field_size_limit(sys.maxsize)
-    out: list[dict[str, int]] = []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        models = [c for c in fields if f"{c}|total_cost" in fields]
-        for row in reader:
-            try:
-                for m in models:
-                    float(row[m])
-                    float(row[f"{m}|total_cost"])
-            except (TypeError, ValueError):
-                continue
-            if not row.get("prompt") or not row.get("eval_name"):
-                continue
-            tokens = {}
-            for m in models:
-                cell = row.get(f"{m}|model_response")
-                tokens[m] = count_text(_answer_text(cell)) if cell else FALLBACK_OUTPUT_TOKENS
-            out.append({"_dataset": row["eval_name"], **tokens})  # type: ignore[dict-item]
-    if len(out) != len(outcomes) or any(
-        t["_dataset"] != o.dataset for t, o in zip(out, outcomes, strict=True)
-    ):
-        print(
-            f"replay: warning: answers of {path} do not line up with its outcomes; using "
-            f"{FALLBACK_OUTPUT_TOKENS} output tokens per call",
-            file=sys.stderr,
-        )
-        return [{} for _ in outcomes]
-    for t in out:
-        del t["_dataset"]
-    return out
+def _output_tokens(outcomes: list[Outcome]) -> list[dict[str, int]]:
+    """Output tokens of every model's recorded answer (RouterBench files carry them; others
+    do not, and count FALLBACK_OUTPUT_TOKENS per call)."""
+    return [{m: count_text(a) for m, a in o.answers.items()} for o in outcomes]
 
 
 @cache
@@ -242,7 +196,7 @@ def load_table(paths: Sequence[Path]) -> tuple[OutcomeTable, dict[str, Any]]:
     files = []
     for p in paths:
         rows = load_outcomes([p])
-        tokens = _routerbench_output_tokens(p, rows) if p.suffix == ".csv" else [{} for _ in rows]
+        tokens = _output_tokens(rows)
         outcomes += rows
         out_tokens += tokens
         files.append(

@@ -7,7 +7,7 @@ import ast
 import csv
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Active parameters (billions) of the models in those files, for energy estimates when a file
@@ -35,6 +35,19 @@ class Outcome:
     dataset: str
     quality: dict[str, float]
     cost: dict[str, float]  # dollars per call; empty when the file records none
+    answers: dict[str, str] = field(default_factory=dict)  # each model's recorded answer
+
+
+def _answer_text(cell: str) -> str:
+    """RouterBench stores most answers as a Python list literal of one string."""
+    if cell.startswith("[") and cell.endswith("]"):
+        try:
+            value = ast.literal_eval(cell)
+        except (ValueError, SyntaxError):
+            return cell
+        if isinstance(value, list):
+            return " ".join(str(v) for v in value)
+    return cell
 
 
 def _prompt(cell: str) -> str:
@@ -63,7 +76,9 @@ def _routerbench(path: Path) -> list[Outcome]:
                 continue  # a few rows have empty cells
             if not row.get("prompt") or not row.get("eval_name"):
                 continue
-            out.append(Outcome(_prompt(row["prompt"]), row["eval_name"], quality, cost))
+            answers = {m: _answer_text(a) for m in models
+                       if (a := row.get(f"{m}|model_response"))}
+            out.append(Outcome(_prompt(row["prompt"]), row["eval_name"], quality, cost, answers))
     return out
 
 
