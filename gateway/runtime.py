@@ -89,6 +89,9 @@ async def _routing(
         log.info("loading the query feature models (MiniLM, task classifier, clusters)")
         extractor = await asyncio.to_thread(
             lambda: FeatureExtractor.default(settings.clusters).load())
+    # One request's worth of work now, so the first client does not pay for thread start-up.
+    await extractor.extract({"messages": [{"role": "user", "content": "warm-up"}]},
+                            update_clusters=False)
     loaded = await asyncio.to_thread(BanditStore(engine).load, BANDIT_NAME)
     if loaded is not None and loaded[0].dim == extractor.dim:
         bandit, updates = loaded
