@@ -122,8 +122,9 @@ class RoutingService:
         context = None
         use_features = self.router.needs_features and endpoint != "embeddings"
         if use_features and self.extractor is not None:
+            t_features = time.perf_counter()
             qf = await self.extractor.extract(body, budget_ms=self.settings.features_budget_ms)
-            features["features_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            features["features_ms"] = round((time.perf_counter() - t_features) * 1000, 3)
             context = self.extractor.vector(qf)
             features["query"] = qf.to_json()
             features["context"] = [round(float(v), 6) for v in context]

@@ -80,6 +80,7 @@ async def _routing(
         raise ValueError(f"unknown router {settings.router!r}; "
                          f"known: {', '.join(sorted(ROUTERS))}") from None
     policies = PolicyStore(engine)
+    await policies.for_team(None)  # the first ORM query pays for mapper set-up: pay it now
     if not router_cls.needs_features:
         return RoutingService(settings, engine, pool, router_cls.create(), policies)
     owned = extractor is None
