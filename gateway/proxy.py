@@ -185,6 +185,8 @@ class Proxy:
             "stream": False, "status": 0, "error": None, "latency_ms": None, "ttft_ms": None,
             "prompt_tokens": None, "completion_tokens": None, "usage_source": None,
             "cost_usd": None, "energy_j": None, "energy_source": None, "cache_hit": False,
+            "gco2e": None, "counterfactual_member": None, "counterfactual_cost_usd": None,
+            "counterfactual_energy_j": None,
         }
 
     async def _read_json(self, request: Request) -> Any:

@@ -61,9 +61,15 @@ class Decision(Base):
     energy_j: Mapped[float | None] = mapped_column(Float)
     energy_source: Mapped[str | None] = mapped_column(String(64))
     cache_hit: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    gco2e: Mapped[float | None] = mapped_column(Float)
+    # What the request would have cost had 'auto' sent it to the team's most capable member.
+    counterfactual_member: Mapped[str | None] = mapped_column(String(256))
+    counterfactual_cost_usd: Mapped[float | None] = mapped_column(Float)
+    counterfactual_energy_j: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         Index("ix_decisions_created_at", "created_at"),
+        Index("ix_decisions_key_created", "key_id", "created_at"),
         Index("ix_decisions_team_created", "team", "created_at"),
         Index("ix_decisions_member_created", "served_member", "created_at"),
     )
@@ -103,3 +109,19 @@ class BanditState(Base):
     state: Mapped[dict] = mapped_column(JSON, nullable=False)
     updates: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class Budget(Base):
+    """A spending cap: dollars or watt-hours per day or month, for a team or a key."""
+
+    __tablename__ = "budgets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(8), nullable=False)  # "team" | "key"
+    subject: Mapped[str] = mapped_column(String(128), nullable=False)  # team name or key id
+    metric: Mapped[str] = mapped_column(String(8), nullable=False)  # "usd" | "wh"
+    period: Mapped[str] = mapped_column(String(8), nullable=False)  # "day" | "month"
+    limit: Mapped[float] = mapped_column(Float, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    __table_args__ = (Index("ux_budgets_rule", "scope", "subject", "metric", "period",
+                            unique=True),)

@@ -12,7 +12,8 @@ from alembic.migration import MigrationContext
 from gateway import database
 from gateway.schema import Base
 
-TABLES = {"teams", "api_keys", "decisions", "policies", "feedback", "bandit_state"}
+TABLES = {"teams", "api_keys", "decisions", "policies", "feedback", "bandit_state",
+          "budgets"}
 
 
 def _tables(url: str) -> set[str]:
