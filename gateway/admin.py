@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
@@ -173,3 +173,32 @@ def delete_policy(team: str, rt: Rt) -> dict:
 @router.get("/feedback")
 def list_feedback(rt: Rt, limit: int = Query(50, ge=1, le=1000)) -> list[dict]:
     return rt.routing.recent_feedback(limit)
+
+
+class BudgetIn(BaseModel):
+    scope: Literal["team", "key"]
+    subject: str = Field(min_length=1, max_length=128, description="Team name or key id.")
+    metric: Literal["usd", "wh"]
+    period: Literal["day", "month"]
+    limit: float = Field(gt=0)
+
+
+@router.get("/budgets")
+def list_budgets(rt: Rt) -> list[dict]:
+    """Every budget with what has been spent in its current period and when it resets."""
+    return rt.budgets.list()
+
+
+@router.post("/budgets", status_code=201)
+def create_budget(b: BudgetIn, rt: Rt) -> dict:
+    if b.scope == "key" and not b.subject.isdigit():
+        raise GatewayError(400, "A key budget's subject is the key's numeric id.",
+                           param="subject", code="invalid_subject")
+    return rt.budgets.create(b.scope, b.subject, b.metric, b.period, b.limit)
+
+
+@router.delete("/budgets/{budget_id}")
+def delete_budget(budget_id: int, rt: Rt) -> dict:
+    if not rt.budgets.delete(budget_id):
+        raise GatewayError(404, f"No budget {budget_id}.", code="budget_not_found")
+    return {"id": budget_id, "deleted": True}

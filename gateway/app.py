@@ -107,6 +107,13 @@ def create_app(
         score = body.score if body.score is not None else (1.0 if body.thumbs == "up" else 0.0)
         return await r.routing.feedback(principal, body.request_id, score, body.comment)
 
+    @app.get("/metrics", tags=["health"], include_in_schema=True)
+    async def metrics(request: Request) -> Response:
+        """Prometheus exposition: requests, latency, tokens, cost, energy by source, carbon,
+        routing choices, budget refusals, queue depths."""
+        return Response(rt(request).metrics.render(),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
     @app.get("/health/live", tags=["health"])
     async def live() -> dict:
         return {"status": "ok"}

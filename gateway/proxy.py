@@ -26,6 +26,9 @@ from gateway.errors import GatewayError, error_body, error_response
 from gateway.pool import Pool, PoolMember
 from gateway.routing_service import RoutingService
 from gateway.settings import Settings
+from telemetry.budgets import Budgets
+from telemetry.carbon import CarbonIntensity
+from telemetry.metrics import Metrics
 
 log = logging.getLogger("greengate.proxy")
 
@@ -39,6 +42,7 @@ class Plan:
     reason: str
     candidates: list[dict[str, Any]]
     features: dict[str, Any] | None = None
+    reference: PoolMember | None = None
 
 
 def _bad(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
@@ -134,12 +138,18 @@ class Proxy:
         auth: Authenticator,
         decisions: DecisionLog,
         routing: RoutingService,
+        budgets: Budgets,
+        metrics: Metrics,
+        carbon: CarbonIntensity,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.auth = auth
         self.decisions = decisions
         self.routing = routing
+        self.budgets = budgets
+        self.metrics = metrics
+        self.carbon = carbon
 
     # ---- entry -------------------------------------------------------------------------
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
@@ -158,14 +168,15 @@ class Proxy:
             row["route_reason"] = plan.reason
             row["candidates"] = plan.candidates
             row["features"] = plan.features
+            self._check_budgets(principal)
             if row["stream"]:
-                return await self._stream(rid, t0, row, endpoint, body, plan)
-            return await self._complete(rid, t0, row, endpoint, body, plan)
+                return await self._stream(rid, t0, row, endpoint, body, plan, principal)
+            return await self._complete(rid, t0, row, endpoint, body, plan, principal)
         except GatewayError as e:
             if row is not None:
                 row.update(status=e.status, error=e.message[:2000],
                            latency_ms=(time.perf_counter() - t0) * 1000)
-                self.decisions.submit(row)
+                self._finish(row, principal)
             return error_response(e, {"x-request-id": rid})
         except Exception as e:  # a bug of ours: still answer cleanly and keep the row
             log.exception("request %s failed inside greengate", rid)
@@ -173,8 +184,39 @@ class Proxy:
             if row is not None:
                 row.update(status=500, error=repr(e)[:2000],
                            latency_ms=(time.perf_counter() - t0) * 1000)
-                self.decisions.submit(row)
+                self._finish(row, principal)
             return error_response(err, {"x-request-id": rid})
+
+    def _finish(self, row: dict[str, Any], principal: Principal) -> None:
+        """The request is over: carbon, budget charge, metrics, then the decision row."""
+        if row["energy_j"] is not None and row["served_member"] is not None:
+            member = self.pool.get(row["served_member"])
+            region = member.cfg.energy.region if member and member.cfg.energy else None
+            row["gco2e"] = self.carbon.gco2e(row["energy_j"], region)
+        if row["cost_usd"] or row["energy_j"]:
+            try:
+                self.budgets.charge(principal.team, principal.key_id, row["cost_usd"],
+                                    row["energy_j"])
+            except Exception:  # a Redis outage must not lose the request's row
+                log.exception("charging budgets failed for %s", row["id"])
+        self.metrics.observe(row)
+        self.decisions.submit(row)
+
+    def _check_budgets(self, principal: Principal) -> None:
+        try:
+            over = self.budgets.check(principal.team, principal.key_id)
+        except Exception:  # counters unreachable: serve rather than refuse everyone
+            log.exception("budget counters unavailable; serving without the check")
+            return
+        if over is None:
+            return
+        self.metrics.budget_rejections.labels(over.rule.scope, over.rule.metric).inc()
+        wait = max(1, int((over.resets_at - datetime.now(UTC)).total_seconds()))
+        spent = f"${over.spent:.6f}" if over.rule.metric == "usd" else f"{over.spent:.3f} Wh"
+        raise GatewayError(
+            429, f"Budget exhausted: {spent} spent of {over.rule.describe()}; it resets at "
+            f"{over.resets_at.isoformat()}.", code="budget_exceeded",
+            headers={"retry-after": str(wait), "x-should-retry": "false"})
 
     def _new_row(self, rid: str, p: Principal, endpoint: str) -> dict[str, Any]:
         return {
@@ -220,7 +262,7 @@ class Proxy:
                 raise GatewayError(403, f"No pool member this key may use serves /v1/{endpoint}.",
                                    param="model", code="model_not_allowed")
             auto = await self.routing.plan_auto(principal, endpoint, body, allowed)
-            return Plan(auto.members, auto.reason, auto.candidates, auto.features)
+            return Plan(auto.members, auto.reason, auto.candidates, auto.features, auto.reference)
         member = self.pool.get(model)
         if member is None:
             raise GatewayError(
@@ -356,7 +398,8 @@ class Proxy:
 
     # ---- accounting --------------------------------------------------------------------
     def _account(self, row: dict, m: PoolMember, usage: dict | None, endpoint: str,
-                 body: dict, completion_text: str | None) -> dict:
+                 body: dict, completion_text: str | None,
+                 reference: PoolMember | None = None) -> dict:
         """Fill tokens, cost and energy; count tokens ourselves when the upstream sent none."""
         model = m.backend.upstream_model
         if usage and isinstance(usage.get("prompt_tokens"), int):
@@ -376,6 +419,11 @@ class Proxy:
         energy = m.energy(prompt, completion)
         if energy is not None:
             row["energy_j"], row["energy_source"] = energy.joules, energy.source
+        if reference is not None:
+            ref_energy = reference.energy(prompt, completion)
+            row["counterfactual_member"] = reference.name
+            row["counterfactual_cost_usd"] = reference.cost(prompt, completion)
+            row["counterfactual_energy_j"] = ref_energy.joules if ref_energy else None
         return usage
 
     def _served_headers(self, rid: str, m: PoolMember) -> dict[str, str]:
@@ -383,24 +431,25 @@ class Proxy:
 
     # ---- non-streamed ------------------------------------------------------------------
     async def _complete(self, rid: str, t0: float, row: dict, endpoint: Endpoint, body: dict,
-                        plan: Plan) -> Response:
+                        plan: Plan, principal: Principal) -> Response:
         m, resp = await self._call(plan, endpoint, body, False, row)
         upstream_usage = resp.data.get("usage")
         usage = self._account(row, m, upstream_usage, endpoint, body,
-                              None if upstream_usage else _completion_text(endpoint, resp.data))
+                              None if upstream_usage else _completion_text(endpoint, resp.data),
+                              plan.reference)
         content = resp.content
         if not upstream_usage:
             content = orjson.dumps({**resp.data, "usage": usage})
         elapsed = (time.perf_counter() - t0) * 1000
         row.update(served_member=m.name, upstream_model=resp.data.get("model") or
                    m.backend.upstream_model, status=200, latency_ms=elapsed, ttft_ms=elapsed)
-        self.decisions.submit(row)
+        self._finish(row, principal)
         return Response(content, media_type="application/json",
                         headers=self._served_headers(rid, m))
 
     # ---- streamed ----------------------------------------------------------------------
     async def _stream(self, rid: str, t0: float, row: dict, endpoint: Endpoint, body: dict,
-                      plan: Plan) -> Response:
+                      plan: Plan, principal: Principal) -> Response:
         m, (agen, first) = await self._call(plan, endpoint, body, True, row)
         row["ttft_ms"] = (time.perf_counter() - t0) * 1000
         row["served_member"] = m.name
@@ -408,14 +457,16 @@ class Proxy:
         client_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         deadline = t0 + m.cfg.timeouts.total_s
         return StreamingResponse(
-            self._relay(row, t0, m, endpoint, body, agen, first, client_usage, deadline),
+            self._relay(row, t0, m, endpoint, body, agen, first, client_usage, deadline,
+                        principal, plan.reference),
             media_type="text/event-stream",
             headers={**_SSE_HEADERS, **self._served_headers(rid, m)},
         )
 
     async def _relay(self, row: dict, t0: float, m: PoolMember, endpoint: Endpoint, body: dict,
                      agen: AsyncIterator[bytes], first: bytes, client_usage: bool,
-                     deadline: float) -> AsyncIterator[bytes]:
+                     deadline: float, principal: Principal,
+                     reference: PoolMember | None) -> AsyncIterator[bytes]:
         usage: dict | None = None
         seen: list[bytes] = []  # kept only to count tokens if no usage arrives
         finished = False
@@ -444,14 +495,14 @@ class Proxy:
                 payload = await anext(agen, None)
             if usage is None:
                 text, last_chunk = _streamed_text(endpoint, seen)
-                usage = self._account(row, m, None, endpoint, body, text)
+                usage = self._account(row, m, None, endpoint, body, text, reference)
                 if client_usage and last_chunk is not None:
                     yield _sse(orjson.dumps({
                         "id": last_chunk.get("id"), "object": last_chunk.get("object"),
                         "created": last_chunk.get("created"), "model": last_chunk.get("model"),
                         "choices": [], "usage": usage}))
             else:
-                self._account(row, m, usage, endpoint, body, None)
+                self._account(row, m, usage, endpoint, body, None, reference)
             yield b"data: [DONE]\n\n"
             row["status"] = 200
             finished = True
@@ -469,6 +520,7 @@ class Proxy:
                 row["error"] = "client disconnected before the end of the stream"
             if row["prompt_tokens"] is None:
                 # Disconnected or failed mid-way: bill what was generated so far.
-                self._account(row, m, usage, endpoint, body, _streamed_text(endpoint, seen)[0])
+                self._account(row, m, usage, endpoint, body, _streamed_text(endpoint, seen)[0],
+                              reference)
             row["latency_ms"] = (time.perf_counter() - t0) * 1000
-            self.decisions.submit(row)
+            self._finish(row, principal)

@@ -41,6 +41,7 @@ class AutoPlan:
     reason: str
     candidates: list[dict[str, Any]]
     features: dict[str, Any] | None = field(default=None)
+    reference: PoolMember | None = None  # the counterfactual: the team's most capable member
 
 
 class RoutingService:
@@ -161,12 +162,24 @@ class RoutingService:
         features["route_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         by_name = {m.name: m for m in fits}
         return AutoPlan(
+            reference=self._reference(policy, fits),
             members=[by_name[n] for n in order],
             reason=f"auto:{router.name}",
             candidates=[{"member": r.name, "score": round(r.score, 6), **r.detail}
                         for r in ranked],
             features=features,
         )
+
+    @staticmethod
+    def _reference(policy: Policy, members: list[PoolMember]) -> PoolMember | None:
+        usable = [m for m in members if policy.allowed_members is None
+                  or m.name in policy.allowed_members]
+        named = [m for m in usable if m.name == policy.reference_member]
+        if named:
+            return named[0]
+        priced = [(m.prices.input_per_1m + m.prices.output_per_1m, m.name, m)
+                  for m in usable if m.prices is not None]
+        return max(priced, key=lambda t: t[:2])[2] if priced else None
 
     # ---- feedback ----------------------------------------------------------------------
     def _decision(self, rid: str) -> Decision | None:

@@ -14,6 +14,7 @@ from bandits import make_bandit
 from gateway import database
 from gateway.auth import Authenticator
 from gateway.bandit_store import BanditStore
+from gateway.budget_service import BudgetService
 from gateway.decision_log import DecisionLog
 from gateway.keys import KeyRepo
 from gateway.policies import PolicyStore
@@ -25,6 +26,8 @@ from routing.bandit_router import BanditRouter  # noqa: F401 - registers "bandit
 from routing.priors import load_priors
 from routing.reward import RewardBounds
 from routing.router import ROUTERS
+from telemetry.carbon import CarbonIntensity
+from telemetry.metrics import Metrics
 
 log = logging.getLogger("greengate")
 
@@ -39,6 +42,8 @@ class Runtime:
     pool: Pool
     proxy: Proxy
     routing: RoutingService
+    budgets: BudgetService
+    metrics: Metrics
 
 
     @classmethod
@@ -57,10 +62,16 @@ class Runtime:
         )
         decisions.start()
         routing.start()
-        proxy = Proxy(settings, pool, auth, decisions, routing)
+        budgets = BudgetService(engine, settings.redis_url)
+        await asyncio.to_thread(budgets.load)
+        metrics = Metrics()
+        metrics.track_queue("decision_log", lambda: decisions.pending)
+        carbon = CarbonIntensity(settings.carbon_g_per_kwh, settings.carbon_regions)
+        proxy = Proxy(settings, pool, auth, decisions, routing, budgets.budgets, metrics, carbon)
         log.info("greengate ready: %d members (%s), router %s", len(pool.members),
                  ", ".join(pool.members), settings.router)
-        return cls(settings, engine, keys, auth, decisions, pool, proxy, routing)
+        return cls(settings, engine, keys, auth, decisions, pool, proxy, routing, budgets,
+                   metrics)
 
     async def stop(self) -> None:
         await self.routing.stop()

@@ -51,5 +51,13 @@ class Settings(BaseSettings):
     cooldown_failures: int = 3
     cooldown_s: float = 30.0
 
+    redis_url: str | None = Field(
+        None, description="Redis for budget counters shared by replicas (redis://host:6379/0).")
+    carbon_g_per_kwh: float = Field(
+        480.0, gt=0, description="Default grid intensity (world 2023 average, Ember 2024).")
+    carbon_regions: dict[str, float] = Field(
+        default_factory=dict, description='Per-region gCO2e/kWh, e.g. {"eu-north": 30}.')
+    energy_meter: str = Field("auto", description="auto, nvml, rapl or none (local engine).")
+
     key_cache_ttl_s: float = 10.0
     log_level: str = "info"

@@ -35,6 +35,9 @@ class Policy(BaseModel):
     fallback_order: list[str] = Field(
         default_factory=list, description="Tried in this order after the chosen member fails.")
     rules: list[Rule] = Field(default_factory=list)
+    reference_member: str | None = Field(
+        None, description="The team's most capable member, for the savings counterfactual; "
+        "default: the most expensive member it may use.")
 
     def to_json(self) -> dict:
         return self.model_dump(by_alias=True)

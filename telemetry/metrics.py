@@ -1,0 +1,66 @@
+"""Prometheus metrics, in a registry of the gateway's own (no process-wide globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("greengate_requests_total", "Requests by member and status.",
+                                ["endpoint", "member", "status"], registry=r)
+        self.latency = Histogram("greengate_request_latency_seconds", "End-to-end latency.",
+                                 ["member", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("greengate_time_to_first_token_seconds", "Time to first token.",
+                              ["member"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("greengate_tokens_total", "Tokens by member and kind.",
+                              ["member", "kind"], registry=r)
+        self.cost = Counter("greengate_cost_usd_total", "Dollars spent by member.", ["member"],
+                            registry=r)
+        self.energy = Counter("greengate_energy_joules_total",
+                              "Energy by member and source (measured:* or estimated:*).",
+                              ["member", "source"], registry=r)
+        self.carbon = Counter("greengate_gco2e_total", "Grams of CO2e by member.", ["member"],
+                              registry=r)
+        self.routing = Counter("greengate_routing_choices_total", "Members chosen, by reason.",
+                               ["member", "reason"], registry=r)
+        self.budget_rejections = Counter("greengate_budget_rejections_total",
+                                         "Requests refused by a budget.", ["scope", "metric"],
+                                         registry=r)
+        self.queue_depth = Gauge("greengate_queue_depth", "Items waiting, by queue.", ["queue"],
+                                 registry=r)
+
+    def track_queue(self, name: str, depth: Callable[[], float]) -> None:
+        self.queue_depth.labels(queue=name).set_function(depth)
+
+    def observe(self, row: dict[str, Any]) -> None:
+        """Account one finished request from its decision row."""
+        member = row.get("served_member") or "none"
+        status = str(row.get("status"))
+        self.requests.labels(row.get("endpoint", ""), member, status).inc()
+        if row.get("latency_ms") is not None:
+            self.latency.labels(member, status).observe(row["latency_ms"] / 1000)
+        if row.get("served_member") is None:
+            return
+        if row.get("ttft_ms") is not None:
+            self.ttft.labels(member).observe(row["ttft_ms"] / 1000)
+        self.tokens.labels(member, "prompt").inc(row.get("prompt_tokens") or 0)
+        self.tokens.labels(member, "completion").inc(row.get("completion_tokens") or 0)
+        if row.get("cost_usd"):
+            self.cost.labels(member).inc(row["cost_usd"])
+        if row.get("energy_j") is not None and row.get("energy_source"):
+            self.energy.labels(member, row["energy_source"]).inc(row["energy_j"])
+        if row.get("gco2e"):
+            self.carbon.labels(member).inc(row["gco2e"])
+        if row.get("route_reason"):
+            self.routing.labels(member, row["route_reason"]).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
