@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -103,7 +104,9 @@ def pool_status(rt: Rt) -> list[dict]:
 
 def _decision_json(d: Decision) -> dict[str, Any]:
     out = {c.name: getattr(d, c.name) for c in Decision.__table__.columns}
-    out["created_at"] = d.created_at.isoformat()
+    created = d.created_at
+    # SQLite hands back naive datetimes; every time greengate stores is UTC.
+    out["created_at"] = (created if created.tzinfo else created.replace(tzinfo=UTC)).isoformat()
     return out
 
 
