@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -125,3 +136,21 @@ class Budget(Base):
 
     __table_args__ = (Index("ux_budgets_rule", "scope", "subject", "metric", "period",
                             unique=True),)
+
+
+class CacheEntry(Base):
+    """A cached answer, so the semantic cache survives restarts. Namespaced by team."""
+
+    __tablename__ = "cache_entries"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # exact-match key (sha256)
+    team: Mapped[str] = mapped_column(String(128), nullable=False)
+    context_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    task: Mapped[str | None] = mapped_column(String(64))
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 bytes, 384 dims
+    response: Mapped[dict] = mapped_column(JSON, nullable=False)  # the chat.completion body
+    member: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    hits: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+    __table_args__ = (Index("ix_cache_team_expires", "team", "expires_at"),)

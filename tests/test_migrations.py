@@ -13,7 +13,7 @@ from gateway import database
 from gateway.schema import Base
 
 TABLES = {"teams", "api_keys", "decisions", "policies", "feedback", "bandit_state",
-          "budgets"}
+          "budgets", "cache_entries"}
 
 
 def _tables(url: str) -> set[str]:
