@@ -24,7 +24,7 @@ from gateway.auth import Authenticator, Principal
 from gateway.decision_log import DecisionLog
 from gateway.errors import GatewayError, error_body, error_response
 from gateway.pool import Pool, PoolMember
-from gateway.routing_service import RoutingService
+from gateway.routing_service import Analysis, RoutingService
 from gateway.settings import Settings
 from telemetry.budgets import Budgets
 from telemetry.carbon import CarbonIntensity
@@ -164,7 +164,8 @@ class Proxy:
                 row["requested_model"] = body["model"][:256]
             validate(endpoint, body)
             row["stream"] = bool(body.get("stream"))
-            plan = await self._plan(principal, endpoint, body)
+            analysis = await self.routing.analyse(principal, endpoint, body)
+            plan = await self._plan(principal, endpoint, body, analysis)
             row["route_reason"] = plan.reason
             row["candidates"] = plan.candidates
             row["features"] = plan.features
@@ -254,14 +255,15 @@ class Proxy:
             raise _bad(f"The request body is not valid JSON: {e}", code="invalid_json") from None
 
     # ---- planning ----------------------------------------------------------------------
-    async def _plan(self, principal: Principal, endpoint: Endpoint, body: dict) -> Plan:
+    async def _plan(self, principal: Principal, endpoint: Endpoint, body: dict,
+                    analysis: Analysis) -> Plan:
         model = body["model"]
         if model == "auto":
             allowed = [m for m in self.pool.serving(endpoint) if principal.may_use(m.name)]
             if not allowed:
                 raise GatewayError(403, f"No pool member this key may use serves /v1/{endpoint}.",
                                    param="model", code="model_not_allowed")
-            auto = await self.routing.plan_auto(principal, endpoint, body, allowed)
+            auto = await self.routing.plan_auto(principal, endpoint, body, allowed, analysis)
             return Plan(auto.members, auto.reason, auto.candidates, auto.features, auto.reference)
         member = self.pool.get(model)
         if member is None:
@@ -282,7 +284,7 @@ class Proxy:
         ]
         cands = [{"member": m.name, "role": "requested" if i == 0 else "fallback"}
                  for i, m in enumerate(members)]
-        return Plan(members, "requested", cands)
+        return Plan(members, "requested", cands, analysis.features)
 
     # ---- calling with retries and fallback ---------------------------------------------
     def _backoff(self, attempt: int, err: UpstreamError) -> float:

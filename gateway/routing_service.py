@@ -36,6 +36,17 @@ OUTPUT_TOKENS = {"short": 64, "medium": 256, "long": 1024}
 
 
 @dataclass
+class Analysis:
+    policy: Policy
+    features: dict[str, Any]  # the decision row's JSON
+    query: Any | None = None  # routing.features.QueryFeatures
+    embedding: np.ndarray | None = None
+    text: str = ""  # what was embedded
+    context: np.ndarray | None = None
+    flags: set[str] = field(default_factory=set)
+
+
+@dataclass
 class AutoPlan:
     members: list[PoolMember]
     reason: str
@@ -111,26 +122,41 @@ class RoutingService:
             latency_ms=m.latency_ewma_ms,
         )
 
-    async def plan_auto(
-        self, principal: Principal, endpoint: str, body: dict, members: list[PoolMember],
-        flags: frozenset[str] = frozenset(),
-    ) -> AutoPlan:
+    async def analyse(
+        self, principal: Principal, endpoint: str, body: dict, want_embedding: bool = False
+    ) -> Analysis:
+        """Everything later stages need to know about the request, computed once: the team's
+        policy and, when routing, safety or the cache need them, the query features and the
+        one embedding they share."""
         t0 = time.perf_counter()
         policy = await self.policies.for_team(principal.team)
-        features: dict[str, Any] = {"policy": {"lambda": policy.lambda_, "mu": policy.mu,
-                                               "exploration": policy.exploration},
-                                    "flags": sorted(flags)}
-        context = None
-        use_features = self.router.needs_features and endpoint != "embeddings"
-        if use_features and self.extractor is not None:
+        a = Analysis(policy=policy, features={
+            "policy": {"lambda": policy.lambda_, "mu": policy.mu,
+                       "exploration": policy.exploration}, "flags": []})
+        routed = body.get("model") == "auto" and self.router.needs_features
+        if endpoint != "embeddings" and self.extractor is not None and (
+                routed or want_embedding):
             t_features = time.perf_counter()
-            qf = await self.extractor.extract(body, budget_ms=self.settings.features_budget_ms)
-            features["features_ms"] = round((time.perf_counter() - t_features) * 1000, 3)
-            context = self.extractor.vector(qf)
-            features["query"] = qf.to_json()
-            features["context"] = [round(float(v), 6) for v in context]
-            prompt_tokens = qf.prompt_tokens
-            output_class = qf.output_class
+            qf, emb, text = await self.extractor.analyse(
+                body, budget_ms=self.settings.features_budget_ms)
+            a.features["features_ms"] = round((time.perf_counter() - t_features) * 1000, 3)
+            a.query, a.embedding, a.text = qf, emb, text
+            a.context = self.extractor.vector(qf)
+            a.features["query"] = qf.to_json()
+            a.features["context"] = [round(float(v), 6) for v in a.context]
+        a.features["analyse_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        return a
+
+    async def plan_auto(
+        self, principal: Principal, endpoint: str, body: dict, members: list[PoolMember],
+        analysis: Analysis,
+    ) -> AutoPlan:
+        t0 = time.perf_counter()
+        policy, features, context = analysis.policy, analysis.features, analysis.context
+        flags = frozenset(analysis.flags)
+        if analysis.query is not None:
+            prompt_tokens = analysis.query.prompt_tokens
+            output_class = analysis.query.output_class
         else:
             prompt_tokens = tokens.prompt_tokens(endpoint, body)
             output_class = "medium"
@@ -159,7 +185,8 @@ class RoutingService:
             allowed,
         )
         order = with_fallback_order(policy, [r.name for r in ranked])
-        features["route_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        features["route_ms"] = round(
+            (time.perf_counter() - t0) * 1000 + features.get("analyse_ms", 0.0), 3)
         by_name = {m.name: m for m in fits}
         return AutoPlan(
             reference=self._reference(policy, fits),

@@ -388,6 +388,14 @@ class FeatureExtractor:
         the k-means cluster is updated online (unless `update_clusters=False`). With
         `budget_ms`, a request that would wait longer than that for its embedding (the CPU
         is saturated) is routed on the cheap features alone rather than queued."""
+        qf, _, _ = await self.analyse(body, update_clusters=update_clusters, budget_ms=budget_ms)
+        return qf
+
+    async def analyse(
+        self, body: dict, *, update_clusters: bool = True, budget_ms: float | None = None
+    ) -> tuple[QueryFeatures, np.ndarray | None, str]:
+        """`extract`, plus the embedding (None when the budget skipped it) and the text it
+        embeds, so safety and the cache reuse the one embedding per request."""
         text, last, turns = request_text(body)
         tools = bool(body.get("tools") or body.get("functions"))
         if budget_ms is not None and self.batcher.backlog_wait_s() * 1000 > budget_ms:
@@ -398,7 +406,7 @@ class FeatureExtractor:
                 complexity_bin=cx.complexity_bin(c), prompt_tokens=_prompt_tokens(body, text),
                 has_code=cx.has_code(text), has_math=cx.has_math(text), turns=int(turns),
                 tools=tools, output_class=output_class(last, None, max_tokens), embedded=False,
-            )
+            ), None, text
         emb = await self.batcher.embed(text)
         return self._assemble(
             emb,
@@ -409,7 +417,7 @@ class FeatureExtractor:
             prompt_tokens=_prompt_tokens(body, text),
             max_tokens=_max_tokens(body),
             update=update_clusters,
-        )
+        ), emb, text
 
     def extract_many(
         self, texts: Sequence[str], *, update_clusters: bool = False
