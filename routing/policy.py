@@ -20,6 +20,28 @@ class Rule(BaseModel):
     members: list[str] = Field(min_length=1)
 
 
+class SafetyPolicy(BaseModel):
+    """What to do with prompts carrying personal data or jailbreak attempts."""
+
+    model_config = ConfigDict(extra="forbid")
+    pii_action: Literal["allow", "redact", "block", "route"] = Field(
+        "allow", description="redact: placeholders upstream, restored in the answer; "
+        "route: only members tagged pii-safe.")
+    pii_kinds: list[str] | None = Field(None, description="Kinds to act on; null: all.")
+    jailbreak_action: Literal["log", "block", "route"] = Field(
+        "log", description="route: only members tagged hardened.")
+
+
+class CachePolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    max_temperature: float = Field(
+        0.3, ge=0, le=2, description="Requests sampled hotter than this are never cached "
+        "(an absent temperature counts as OpenAI's default, 1).")
+    allow_tools: bool = False
+    ttl_s: float = Field(3600.0, gt=0)
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -35,6 +57,10 @@ class Policy(BaseModel):
     fallback_order: list[str] = Field(
         default_factory=list, description="Tried in this order after the chosen member fails.")
     rules: list[Rule] = Field(default_factory=list)
+    safety: SafetyPolicy = Field(default_factory=SafetyPolicy)
+    cache: CachePolicy = Field(default_factory=CachePolicy)
+    store_prompts: bool = Field(
+        False, description="Keep prompts in full in the decision log (default: a hash).")
     reference_member: str | None = Field(
         None, description="The team's most capable member, for the savings counterfactual; "
         "default: the most expensive member it may use.")
