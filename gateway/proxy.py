@@ -23,9 +23,11 @@ from gateway import tokens
 from gateway.auth import Authenticator, Principal
 from gateway.decision_log import DecisionLog
 from gateway.errors import GatewayError, error_body, error_response
+from gateway.guard import Guard, StreamRestore, restore_response
 from gateway.pool import Pool, PoolMember
 from gateway.routing_service import Analysis, RoutingService
 from gateway.settings import Settings
+from routing import pii
 from telemetry.budgets import Budgets
 from telemetry.carbon import CarbonIntensity
 from telemetry.metrics import Metrics
@@ -43,6 +45,7 @@ class Plan:
     candidates: list[dict[str, Any]]
     features: dict[str, Any] | None = None
     reference: PoolMember | None = None
+    redactor: pii.Redactor | None = None  # restore the answer when the prompt was redacted
 
 
 def _bad(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
@@ -141,6 +144,7 @@ class Proxy:
         budgets: Budgets,
         metrics: Metrics,
         carbon: CarbonIntensity,
+        guard: Guard,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -150,6 +154,7 @@ class Proxy:
         self.budgets = budgets
         self.metrics = metrics
         self.carbon = carbon
+        self.guard = guard
 
     # ---- entry -------------------------------------------------------------------------
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
@@ -164,11 +169,14 @@ class Proxy:
                 row["requested_model"] = body["model"][:256]
             validate(endpoint, body)
             row["stream"] = bool(body.get("stream"))
-            analysis = await self.routing.analyse(principal, endpoint, body)
-            plan = await self._plan(principal, endpoint, body, analysis)
+            analysis = await self.routing.analyse(principal, endpoint, body,
+                                                  want_embedding=self.guard.wants_embedding)
+            row["features"] = analysis.features
+            safety = self.guard.inspect(body, analysis, endpoint)
+            plan = await self._plan(principal, endpoint, body, analysis, safety.required_tags)
+            plan.redactor = safety.redactor
             row["route_reason"] = plan.reason
             row["candidates"] = plan.candidates
-            row["features"] = plan.features
             self._check_budgets(principal)
             if row["stream"]:
                 return await self._stream(rid, t0, row, endpoint, body, plan, principal)
@@ -256,13 +264,18 @@ class Proxy:
 
     # ---- planning ----------------------------------------------------------------------
     async def _plan(self, principal: Principal, endpoint: Endpoint, body: dict,
-                    analysis: Analysis) -> Plan:
+                    analysis: Analysis, tags: set[str]) -> Plan:
         model = body["model"]
         if model == "auto":
             allowed = [m for m in self.pool.serving(endpoint) if principal.may_use(m.name)]
             if not allowed:
                 raise GatewayError(403, f"No pool member this key may use serves /v1/{endpoint}.",
                                    param="model", code="model_not_allowed")
+            allowed = [m for m in allowed if tags <= set(m.cfg.tags)]
+            if not allowed:
+                raise GatewayError(403, "This team's safety policy sends this request only to "
+                                   f"members tagged {', '.join(sorted(tags))}, and this key may "
+                                   "use none.", code="no_member_for_flag")
             auto = await self.routing.plan_auto(principal, endpoint, body, allowed, analysis)
             return Plan(auto.members, auto.reason, auto.candidates, auto.features, auto.reference)
         member = self.pool.get(model)
@@ -278,9 +291,14 @@ class Proxy:
         if member.cfg.mode != wanted:
             raise _bad(f"The model '{model}' is a {member.cfg.mode} model and does not serve "
                        f"/v1/{endpoint}.", "model", "wrong_endpoint")
+        if not tags <= set(member.cfg.tags):
+            raise GatewayError(403, "This team's safety policy sends this request only to "
+                               f"members tagged {', '.join(sorted(tags))}; '{model}' is not.",
+                               param="model", code="no_member_for_flag")
         members = [member] + [
             self.pool.members[f] for f in member.cfg.fallbacks
             if principal.may_use(f) and self.pool.members[f].cfg.mode == wanted
+            and tags <= set(self.pool.members[f].cfg.tags)
         ]
         cands = [{"member": m.name, "role": "requested" if i == 0 else "fallback"}
                  for i, m in enumerate(members)]
@@ -440,6 +458,8 @@ class Proxy:
                               None if upstream_usage else _completion_text(endpoint, resp.data),
                               plan.reference)
         content = resp.content
+        if plan.redactor is not None:
+            content = orjson.dumps(restore_response(resp.data, plan.redactor))
         if not upstream_usage:
             content = orjson.dumps({**resp.data, "usage": usage})
         elapsed = (time.perf_counter() - t0) * 1000
@@ -460,15 +480,16 @@ class Proxy:
         deadline = t0 + m.cfg.timeouts.total_s
         return StreamingResponse(
             self._relay(row, t0, m, endpoint, body, agen, first, client_usage, deadline,
-                        principal, plan.reference),
+                        principal, plan.reference,
+                        StreamRestore(plan.redactor) if plan.redactor else None),
             media_type="text/event-stream",
             headers={**_SSE_HEADERS, **self._served_headers(rid, m)},
         )
 
     async def _relay(self, row: dict, t0: float, m: PoolMember, endpoint: Endpoint, body: dict,
                      agen: AsyncIterator[bytes], first: bytes, client_usage: bool,
-                     deadline: float, principal: Principal,
-                     reference: PoolMember | None) -> AsyncIterator[bytes]:
+                     deadline: float, principal: Principal, reference: PoolMember | None,
+                     restore: StreamRestore | None) -> AsyncIterator[bytes]:
         usage: dict | None = None
         seen: list[bytes] = []  # kept only to count tokens if no usage arrives
         finished = False
@@ -489,6 +510,10 @@ class Proxy:
                         forward = bool(data.get("choices")) or client_usage
                 if usage is None:
                     seen.append(payload)
+                if forward and restore is not None:
+                    data = orjson.loads(payload)
+                    if isinstance(data, dict):
+                        payload = orjson.dumps(restore.chunk(data))
                 if forward:
                     yield _sse(payload)
                 if time.perf_counter() > deadline:

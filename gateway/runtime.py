@@ -16,6 +16,7 @@ from gateway.auth import Authenticator
 from gateway.bandit_store import BanditStore
 from gateway.budget_service import BudgetService
 from gateway.decision_log import DecisionLog
+from gateway.guard import Guard
 from gateway.keys import KeyRepo
 from gateway.policies import PolicyStore
 from gateway.pool import Pool
@@ -67,7 +68,8 @@ class Runtime:
         metrics = Metrics()
         metrics.track_queue("decision_log", lambda: decisions.pending)
         carbon = CarbonIntensity(settings.carbon_g_per_kwh, settings.carbon_regions)
-        proxy = Proxy(settings, pool, auth, decisions, routing, budgets.budgets, metrics, carbon)
+        proxy = Proxy(settings, pool, auth, decisions, routing, budgets.budgets, metrics, carbon,
+                      Guard(await asyncio.to_thread(_safety_classifier, settings, routing)))
         log.info("greengate ready: %d members (%s), router %s", len(pool.members),
                  ", ".join(pool.members), settings.router)
         return cls(settings, engine, keys, auth, decisions, pool, proxy, routing, budgets,
@@ -121,3 +123,17 @@ async def _routing(
     bounds = RewardBounds(settings.reward_energy_max_j, settings.reward_cost_max_usd)
     router = router_cls.create(bandit=bandit, bounds=bounds)
     return RoutingService(settings, engine, pool, router, policies, extractor, bandit, owned)
+
+
+def _safety_classifier(settings: Settings, routing: RoutingService) -> Any | None:
+    """The jailbreak/harmful classifier reads the routing embedding: without features (the
+    plain router) or with the classifier switched off, only the PII checks run."""
+    if not settings.safety_classifier or routing.extractor is None:
+        return None
+    try:
+        from routing.jailbreak import SafetyClassifier
+
+        return SafetyClassifier.load()
+    except (ImportError, OSError) as e:  # a broken install should not take the gateway down
+        log.error("jailbreak classifier unavailable (%s); only PII checks run", e)
+        return None

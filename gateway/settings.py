@@ -57,6 +57,8 @@ class Settings(BaseSettings):
         480.0, gt=0, description="Default grid intensity (world 2023 average, Ember 2024).")
     carbon_regions: dict[str, float] = Field(
         default_factory=dict, description='Per-region gCO2e/kWh, e.g. {"eu-north": 30}.')
+    safety_classifier: bool = Field(
+        True, description="Score every chat request for jailbreaks and harmful requests.")
     energy_meter: str = Field("auto", description="auto, nvml, rapl or none (local engine).")
 
     key_cache_ttl_s: float = 10.0
