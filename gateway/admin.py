@@ -205,3 +205,18 @@ def delete_budget(budget_id: int, rt: Rt) -> dict:
     if not rt.budgets.delete(budget_id):
         raise GatewayError(404, f"No budget {budget_id}.", code="budget_not_found")
     return {"id": budget_id, "deleted": True}
+
+
+@router.delete("/cache/{team}")
+def invalidate_cache(team: str, rt: Rt) -> dict:
+    """Drop a team's cached answers (admin requests use the namespace '_admin')."""
+    if rt.cache is None:
+        raise GatewayError(404, "The semantic cache is switched off.", code="cache_off")
+    return {"team": team, "invalidated": rt.cache.invalidate(team)}
+
+
+@router.get("/cache")
+def cache_stats(rt: Rt) -> dict:
+    if rt.cache is None:
+        raise GatewayError(404, "The semantic cache is switched off.", code="cache_off")
+    return rt.cache.stats()

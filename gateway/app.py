@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from backends.pool_config import PoolConfig
-from gateway import admin, database
+from gateway import admin, database, reports_api
 from gateway.errors import GatewayError, error_response
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -133,6 +133,7 @@ def create_app(
                              "decisions_pending": r.decisions.pending})
 
     app.include_router(admin.router)
+    app.include_router(reports_api.router)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> Response:

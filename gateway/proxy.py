@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from backends.base import Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse
-from gateway import tokens
+from gateway import cache_stage, tokens
 from gateway.auth import Authenticator, Principal
 from gateway.decision_log import DecisionLog
 from gateway.errors import GatewayError, error_body, error_response
@@ -28,6 +28,7 @@ from gateway.pool import Pool, PoolMember
 from gateway.routing_service import Analysis, RoutingService
 from gateway.settings import Settings
 from routing import pii
+from routing.cache import CacheHit, CacheKey, SemanticCache, make_key
 from telemetry.budgets import Budgets
 from telemetry.carbon import CarbonIntensity
 from telemetry.metrics import Metrics
@@ -46,6 +47,7 @@ class Plan:
     features: dict[str, Any] | None = None
     reference: PoolMember | None = None
     redactor: pii.Redactor | None = None  # restore the answer when the prompt was redacted
+    cache_key: CacheKey | None = None  # store the answer under it when the call succeeds
 
 
 def _bad(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
@@ -145,6 +147,7 @@ class Proxy:
         metrics: Metrics,
         carbon: CarbonIntensity,
         guard: Guard,
+        cache: SemanticCache | None,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -155,6 +158,7 @@ class Proxy:
         self.metrics = metrics
         self.carbon = carbon
         self.guard = guard
+        self.cache = cache
 
     # ---- entry -------------------------------------------------------------------------
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
@@ -173,8 +177,19 @@ class Proxy:
                                                   want_embedding=self.guard.wants_embedding)
             row["features"] = analysis.features
             safety = self.guard.inspect(body, analysis, endpoint)
+            cache_key = None
+            if (self.cache is not None and endpoint == "chat/completions"
+                    and cache_stage.eligible(analysis.policy.cache, body, analysis.flags)):
+                t_cache = time.perf_counter()
+                cache_key = make_key(body, principal.team or "_admin", analysis.embedding,
+                                     analysis.query.task if analysis.query else None)
+                hit = await asyncio.to_thread(self.cache.lookup, cache_key)
+                analysis.features["cache_ms"] = round((time.perf_counter() - t_cache) * 1000, 3)
+                if hit is not None:
+                    return self._serve_hit(rid, t0, row, body, hit, principal, t_cache)
             plan = await self._plan(principal, endpoint, body, analysis, safety.required_tags)
             plan.redactor = safety.redactor
+            plan.cache_key = cache_key
             row["route_reason"] = plan.reason
             row["candidates"] = plan.candidates
             self._check_budgets(principal)
@@ -226,6 +241,40 @@ class Proxy:
             429, f"Budget exhausted: {spent} spent of {over.rule.describe()}; it resets at "
             f"{over.resets_at.isoformat()}.", code="budget_exceeded",
             headers={"retry-after": str(wait), "x-should-retry": "false"})
+
+    def _serve_hit(self, rid: str, t0: float, row: dict, body: dict, hit: CacheHit,
+                   principal: Principal, t_cache: float) -> Response:
+        """Answer from the cache, in the format a live answer would have, and log it."""
+        out = cache_stage.hit_body(hit.response, rid)
+        usage = out.get("usage") or {}
+        lookup_s = time.perf_counter() - t_cache
+        elapsed = (time.perf_counter() - t0) * 1000
+        row.update(served_member="cache", upstream_model=out.get("model"), status=200,
+                   route_reason=f"cache:{hit.kind}", cache_hit=True, cost_usd=0.0,
+                   prompt_tokens=usage.get("prompt_tokens"),
+                   completion_tokens=usage.get("completion_tokens"), usage_source="cache",
+                   energy_j=lookup_s * cache_stage.CPU_WATTS,
+                   energy_source=cache_stage.ENERGY_SOURCE, latency_ms=elapsed,
+                   ttft_ms=elapsed)
+        row["features"]["cache"] = {"kind": hit.kind, "similarity": round(hit.similarity, 4),
+                                    "entry": hit.entry_id, "member": hit.member,
+                                    "age_s": round(hit.age_s, 1)}
+        self._finish(row, principal)
+        headers = {"x-request-id": rid, "x-greengate-member": "cache",
+                   "x-greengate-cache": hit.kind}
+        if body.get("stream"):
+            include = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(cache_stage.hit_chunks(out, include),
+                                     media_type="text/event-stream",
+                                     headers={**_SSE_HEADERS, **headers})
+        return Response(orjson.dumps(out), media_type="application/json", headers=headers)
+
+    def _remember(self, key: CacheKey | None, response: dict | None, member: str) -> None:
+        """Cache a successful answer, off the response path."""
+        if key is None or response is None or self.cache is None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(None, self.cache.put, key, response, member)
 
     def _new_row(self, rid: str, p: Principal, endpoint: str) -> dict[str, Any]:
         return {
@@ -458,6 +507,9 @@ class Proxy:
                               None if upstream_usage else _completion_text(endpoint, resp.data),
                               plan.reference)
         content = resp.content
+        if plan.cache_key is not None and not (resp.data.get("choices") or [{}])[0].get(
+                "message", {}).get("tool_calls"):
+            self._remember(plan.cache_key, {**resp.data, "usage": usage}, m.name)
         if plan.redactor is not None:
             content = orjson.dumps(restore_response(resp.data, plan.redactor))
         if not upstream_usage:
@@ -481,7 +533,8 @@ class Proxy:
         return StreamingResponse(
             self._relay(row, t0, m, endpoint, body, agen, first, client_usage, deadline,
                         principal, plan.reference,
-                        StreamRestore(plan.redactor) if plan.redactor else None),
+                        StreamRestore(plan.redactor) if plan.redactor else None,
+                        plan.cache_key),
             media_type="text/event-stream",
             headers={**_SSE_HEADERS, **self._served_headers(rid, m)},
         )
@@ -489,7 +542,8 @@ class Proxy:
     async def _relay(self, row: dict, t0: float, m: PoolMember, endpoint: Endpoint, body: dict,
                      agen: AsyncIterator[bytes], first: bytes, client_usage: bool,
                      deadline: float, principal: Principal, reference: PoolMember | None,
-                     restore: StreamRestore | None) -> AsyncIterator[bytes]:
+                     restore: StreamRestore | None,
+                     cache_key: CacheKey | None) -> AsyncIterator[bytes]:
         usage: dict | None = None
         seen: list[bytes] = []  # kept only to count tokens if no usage arrives
         finished = False
@@ -533,6 +587,8 @@ class Proxy:
             yield b"data: [DONE]\n\n"
             row["status"] = 200
             finished = True
+            if cache_key is not None:
+                self._remember(cache_key, cache_stage.body_from_stream(seen, usage), m.name)
         except UpstreamError as e:
             m.breaker.record_failure()
             row["status"] = 504 if e.kind == "timeout" else 502

@@ -24,6 +24,15 @@ from gateway.proxy import Proxy
 from gateway.routing_service import BANDIT_NAME, RoutingService
 from gateway.settings import Settings
 from routing.bandit_router import BanditRouter  # noqa: F401 - registers "bandit"
+from routing.cache import (
+    DEFAULT_THRESHOLD,
+    CacheStore,
+    MemoryStore,
+    RedisStore,
+    SemanticCache,
+    SqlPersister,
+    load_from_sql,
+)
 from routing.priors import load_priors
 from routing.reward import RewardBounds
 from routing.router import ROUTERS
@@ -45,6 +54,7 @@ class Runtime:
     routing: RoutingService
     budgets: BudgetService
     metrics: Metrics
+    cache: SemanticCache | None
 
 
     @classmethod
@@ -68,16 +78,20 @@ class Runtime:
         metrics = Metrics()
         metrics.track_queue("decision_log", lambda: decisions.pending)
         carbon = CarbonIntensity(settings.carbon_g_per_kwh, settings.carbon_regions)
+        cache = await asyncio.to_thread(_cache, settings, engine)
         proxy = Proxy(settings, pool, auth, decisions, routing, budgets.budgets, metrics, carbon,
-                      Guard(await asyncio.to_thread(_safety_classifier, settings, routing)))
+                      Guard(await asyncio.to_thread(_safety_classifier, settings, routing)),
+                      cache)
         log.info("greengate ready: %d members (%s), router %s", len(pool.members),
                  ", ".join(pool.members), settings.router)
         return cls(settings, engine, keys, auth, decisions, pool, proxy, routing, budgets,
-                   metrics)
+                   metrics, cache)
 
     async def stop(self) -> None:
         await self.routing.stop()
         await self.decisions.stop()
+        if self.cache is not None and isinstance(self.cache.persist, SqlPersister):
+            await asyncio.to_thread(self.cache.persist.close)  # finishes queued saves
         await self.pool.aclose()
         self.engine.dispose()
 
@@ -137,3 +151,22 @@ def _safety_classifier(settings: Settings, routing: RoutingService) -> Any | Non
     except (ImportError, OSError) as e:  # a broken install should not take the gateway down
         log.error("jailbreak classifier unavailable (%s); only PII checks run", e)
         return None
+
+
+def _cache(settings: Settings, engine: Engine) -> SemanticCache | None:
+    """The semantic cache, warmed from SQL (with Redis, only when Redis lost it)."""
+    if not settings.cache:
+        return None
+    store: CacheStore
+    if settings.cache_redis and settings.redis_url:
+        store = RedisStore(settings.redis_url)
+    else:
+        store = MemoryStore()
+    cache = SemanticCache(
+        store, threshold=settings.cache_threshold or DEFAULT_THRESHOLD,
+        ttl_s=settings.cache_ttl_s, max_entries_per_team=settings.cache_max_entries,
+        persist=SqlPersister(engine))
+    if not isinstance(store, RedisStore) or store.count() == 0:
+        restored = load_from_sql(engine, cache)
+        log.info("semantic cache: %d entries restored from the database", restored)
+    return cache

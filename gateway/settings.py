@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         480.0, gt=0, description="Default grid intensity (world 2023 average, Ember 2024).")
     carbon_regions: dict[str, float] = Field(
         default_factory=dict, description='Per-region gCO2e/kWh, e.g. {"eu-north": 30}.')
+    cache: bool = Field(True, description="The semantic cache (team policies narrow it).")
+    cache_threshold: float | None = Field(
+        None, description="Cosine for a semantic hit; default: chosen on QQP (wrong hits <1%).")
+    cache_ttl_s: float = 3600.0
+    cache_max_entries: int = Field(10_000, description="Per team; least recently used go.")
+    cache_redis: bool = Field(False, description="Share the cache through GREENGATE_REDIS_URL.")
     safety_classifier: bool = Field(
         True, description="Score every chat request for jailbreaks and harmful requests.")
     energy_meter: str = Field("auto", description="auto, nvml, rapl or none (local engine).")

@@ -39,7 +39,6 @@ class CachePolicy(BaseModel):
         0.3, ge=0, le=2, description="Requests sampled hotter than this are never cached "
         "(an absent temperature counts as OpenAI's default, 1).")
     allow_tools: bool = False
-    ttl_s: float = Field(3600.0, gt=0)
 
 
 class Policy(BaseModel):
