@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test lint bench bench-replay bench-routing clean
+.PHONY: setup run test lint bench bench-replay bench-routing bench-reports bench-safety bench-cache clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,16 @@ bench-replay: setup
 
 bench-routing: setup
 	$(BIN)/python bench/routing_latency.py --out bench/results/routing_latency.json
+
+bench-reports: setup
+	$(BIN)/python bench/reports.py --out bench/results/reports.json
+
+bench-safety: setup
+	$(BIN)/python bench/pii_eval.py --out bench/results/pii_eval.json
+	$(BIN)/python bench/safety_eval.py --out bench/results/safety_eval.json
+
+bench-cache: setup
+	$(BIN)/python bench/cache_eval.py --out bench/results/cache_eval.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
