@@ -51,7 +51,7 @@ bench-safety: setup
 	$(BIN)/python bench/safety_eval.py --out bench/results/safety_eval.json
 
 bench-cache: setup
-	$(BIN)/python bench/cache_eval.py --out bench/results/cache_eval.json
+	$(BIN)/python bench/cache_eval.py --out bench/results/cache_eval.json --png bench/results/cache_eval.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
