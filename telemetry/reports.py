@@ -219,9 +219,10 @@ def _finish(agg: dict[str, Any], pct: Sequence[float | None]) -> dict[str, Any]:
         "input_tokens": agg["input_tokens"] or 0,
         "output_tokens": agg["output_tokens"] or 0,
         "cost_usd": agg["cost_usd"] or 0.0,
-        "energy_j": energy or 0.0,
-        "energy_wh": (energy or 0.0) / 3600.0,
-        "gco2e": agg["gco2e"] or 0.0,
+        # No energy figure at all is unknown, not zero: a report must not pass it off as 0 J.
+        "energy_j": energy,
+        "energy_wh": None if energy is None else energy / 3600.0,
+        "gco2e": agg["gco2e"],
         "j_per_output_token": _ratio(agg["jt_energy"], agg["jt_tokens"]),
         "latency_p50_ms": pct[0],
         "latency_p95_ms": pct[1],
