@@ -4,6 +4,7 @@ as the team's policy says (allow or log, redact, block, or route to members with
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,14 @@ class Guard:
         out = SafetyOutcome()
         if endpoint == "embeddings":
             return out
+        t0 = time.perf_counter()
+        try:
+            self._inspect(body, analysis, out)
+        finally:
+            analysis.features["safety_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        return out
+
+    def _inspect(self, body: dict, analysis: Analysis, out: SafetyOutcome) -> None:
         policy = analysis.policy.safety
         joined = "\n".join(_request_texts(body))
         found = pii.kinds_found(joined, policy.pii_kinds)
@@ -95,7 +104,6 @@ class Guard:
         if analysis.policy.store_prompts:
             analysis.features["prompt"] = "\n".join(_request_texts(body))  # redacted if so
         analysis.features["flags"] = sorted(analysis.flags)
-        return out
 
 
 def restore_response(data: dict, redactor: pii.Redactor) -> dict:
