@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -123,7 +124,8 @@ class RoutingService:
         )
 
     async def analyse(
-        self, principal: Principal, endpoint: str, body: dict, want_embedding: bool = False
+        self, principal: Principal, endpoint: str, body: dict,
+        want_embedding: Callable[[Policy], bool] | None = None,
     ) -> Analysis:
         """Everything later stages need to know about the request, computed once: the team's
         policy and, when routing, safety or the cache need them, the query features and the
@@ -135,7 +137,7 @@ class RoutingService:
                        "exploration": policy.exploration}, "flags": []})
         routed = body.get("model") == "auto" and self.router.needs_features
         if endpoint != "embeddings" and self.extractor is not None and (
-                routed or want_embedding):
+                routed or (want_embedding is not None and want_embedding(policy))):
             t_features = time.perf_counter()
             qf, emb, text = await self.extractor.analyse(
                 body, budget_ms=self.settings.features_budget_ms)
