@@ -66,6 +66,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import orjson
 
+from routing.features import content_text
+
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
@@ -140,16 +142,6 @@ def _collapse(text: str) -> str:
     return " ".join(text.split())
 
 
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            p.get("text", "")
-            for p in content
-            if isinstance(p, dict) and isinstance(p.get("text"), str)
-        )
-    return ""
 
 
 def _norm_content(content: Any) -> Any:
@@ -225,7 +217,7 @@ def last_turn_text(body: dict) -> str:
     msgs = _messages(body)
     if msgs is not None:
         i = _last_turn_index(msgs)
-        return _content_text(msgs[i].get("content")) if i >= 0 else ""
+        return content_text(msgs[i].get("content")) if i >= 0 else ""
     for field in ("input", "prompt"):
         v = body.get(field)
         if isinstance(v, str):
