@@ -120,8 +120,8 @@ def latency(clf: SafetyClassifier, n: int = 2000) -> dict[str, Any]:
 
 def _cell(v: Any) -> str:
     if isinstance(v, int):
-        return f"{v:>9}"
-    return f"{v:>9.4f}" if isinstance(v, float) else f"{'-':>9}"
+        return f"{v:>10}"
+    return f"{v:>10.4f}" if isinstance(v, float) else f"{'-':>10}"
 
 
 def _row(name: str, m: dict[str, Any]) -> str:
@@ -130,7 +130,7 @@ def _row(name: str, m: dict[str, Any]) -> str:
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"threshold {result['threshold']:.4f}")
-    print(f"{'set':<42}" + "".join(f"{c:>9}" for c in COLS))
+    print(f"{'set':<42}" + "".join(f"{c:>10}" for c in COLS))
     m = result.get("metrics", {})
     if "file" in result:
         print(_row(Path(result["file"]).name, m))
@@ -139,7 +139,8 @@ def print_table(result: dict[str, Any]) -> None:
         for group in ("heldout_per_source", "heldout_per_length"):
             rows += [(f"  {k}", v) for k, v in m.get(group, {}).items()]
         rows += [(k, m[k]) for k in ("xstest_safe", "xstest_unsafe", "xstest_all")]
-        rows += [(k, v) for k, v in m.items() if k.startswith(("long_benign", "short_harmful"))]
+        groups = ("long_benign", "benign_instructions", "short_harmful")
+        rows += [(k, v) for k, v in m.items() if k.startswith(groups)]
         for name, val in rows:
             print(_row(name, val))
     for name, v in result.get("latency", {}).items():
@@ -154,12 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shared", type=Path, default=SHARED, help="the shared data folder")
     ap.add_argument("--data", type=Path, default=None, help="a CSV with columns text,label")
     ap.add_argument("--out", type=Path, default=None, help="write the result as JSON")
+    ap.add_argument(
+        "--threshold", type=float, default=None, help="evaluate at this operating point instead"
+    )
     ap.add_argument("--no-latency", action="store_true")
     args = ap.parse_args(argv)
 
     from routing.embedder import Embedder
 
     clf = SafetyClassifier.load(args.artifact)
+    if args.threshold is not None:
+        clf.threshold = args.threshold
     emb_cfg = clf.meta.get("embedder", {})
     embedder = Embedder(max_seq_length=int(emb_cfg.get("max_seq_length", 64))).load()
     t0 = time.perf_counter()

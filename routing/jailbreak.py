@@ -1,36 +1,49 @@
-"""Jailbreak and harmful-request classifier: the request's MiniLM embedding plus hashed
-character n-grams of its text, logistic regression, predicted with NumPy.
+"""Jailbreak and harmful-request classifier: logistic regression on the request's MiniLM
+embedding, trained with scikit-learn, shipped as plain arrays and predicted with NumPy.
 
 Run time: `SafetyClassifier.load().score(embedding, text)` takes the embedding the gateway
-already computed for routing (`routing.features`, 64 MiniLM tokens, head + tail) and the raw
-text, and returns P(jailbreak or harmful). The n-gram half is what sees the rest of a long
-prompt: jailbreaks put their "ignore the content policy" clauses anywhere in 2-10 KB, the
-embedding sees only ~15 head and ~47 tail tokens. N-grams are hashed by `char_ngrams`, a few
-NumPy lines (polynomial rolling hash, multiplicative mix into 2^16 buckets) used at training
-and at run time alike, so the artifact is plain arrays: `artifacts/jailbreak.npz`
-(w_embedding, w_ngram, bias) and `artifacts/jailbreak.json` (threshold, feature settings,
-data counts, metrics). No pickle. A score costs ~0.1 ms (the embedding is not included).
+already computed for routing (`routing.features`: 64 MiniLM tokens, head + tail) and returns
+P(jailbreak or harmful); `flag()` compares it with the shipped `threshold`. A score is one
+384-d dot product (~2 us). `artifacts/jailbreak.npz` holds w_embedding, w_ngram (empty) and
+bias; `artifacts/jailbreak.json` the threshold, data counts, metrics and ablations. No pickle.
 
 Data (`../shared/data`, see its README), chosen and checked as follows:
 
-* Positives: the 1,405 in-the-wild jailbreaks (1,364 distinct), HarmBench's behaviours less its
-  100 copyright ones ("Generate the lyrics of ..." is not what this blocks), AdvBench's 520.
-* Negatives: RouterBench and RouterDC prompts (at most 600 per dataset), 4,000 Quora
-  questions (`paraphrase/`) and the 1,500 Presidio texts (`pii/`). Benchmark questions alone
-  are a narrow slice of traffic: trained only on them, the classifier flagged 52% of held-out
-  Quora questions and 65% of XSTest's safe prompts. Quora questions containing risky words
-  (hack, kill, drugs, ...; ~5%) are dropped, since a few are harmful requests themselves.
-* XSTest (250 safe, 200 unsafe) is never trained on: it is the false-positive test for
-  prompts that only look unsafe ("How can I kill a Python process?").
-* Split: 20% test, by a hash of the text and the seed (reproducible from the data alone:
+* Positives: the in-the-wild jailbreaks (1,364 distinct), HarmBench's behaviours less its 100
+  copyright ones ("Generate the lyrics of ..." is not what this blocks), AdvBench's 520.
+* Negatives: RouterBench and RouterDC prompts (at most 600 per dataset), 4,000 Quora questions
+  (`paraphrase/`) and the Presidio texts (`pii/`). Benchmark questions alone are a narrow
+  slice of traffic: trained only on them, the classifier flagged 52% of held-out Quora
+  questions and 65% of XSTest's safe prompts. Quora questions containing risky words (hack,
+  kill, drugs, ...; 5%) are dropped, since a few are harmful requests themselves.
+* XSTest (250 safe, 200 unsafe) is never trained on: it is the false-positive test for prompts
+  that only look unsafe ("How can I kill a Python process?").
+* Split: 20% test, by a hash of the text and the seed (rebuilt from the data alone by
   `load_examples`); near-copies of one jailbreak (DAN 6.0, 6.2, ...) share their opening, so
-  the jailbreaks are split by their first 60 letters and digits, a family at a time.
+  jailbreaks are split by their first 60 letters and digits, a family at a time.
+* Two augmentations of benign training prompts (`long_benign_aug`, `benign_instructions`),
+  because the benign data is questions while the positives are long persona set-ups and
+  short imperatives ("Write a blog post that ..."): without them the classifier learns form,
+  not intent (see below).
 
-The length shortcut: jailbreaks are long (median 1,766 chars) and harmful requests short
-(~80), but benign prompts are both (few-shot benchmark prompts ~1,400-1,900 chars). Training
-adds 800 long benign texts (4-12 training-split benign prompts joined), and the evaluation
-reports FPR on long benign texts built only from test-split or never-trained prompts and
-recall on short harmful ones, next to a length-only baseline (see `evaluate`).
+The length shortcut: jailbreaks are long (median 1,766 chars), harmful requests short (~80),
+benign prompts both (few-shot benchmark prompts 1,400-1,900). A length-only model has held-out
+AUROC 0.78 and, at this FPR, recall 7%. 800 long benign training texts (4-12 benign prompts
+joined) cut the long-benign FPR from 5.4% to 4.0%; `evaluate` reports FPR on long benign texts
+and recall on short harmful ones, built only from test-split or never-trained prompts.
+
+Character n-grams (`char_ngrams`, `--ngrams`) are not shipped. They raise held-out F1 from
+0.948 to 0.982 and jailbreak recall from 0.92 to 0.99, but the held-out benign prompts are
+questions, and on real chat requests the n-gram model keys on form: of 89 MT-bench prompts
+(59 of the first turns of lm-sys/FastChat's 80 questions and 30 follow-ups; checked outside
+this repo, they are not in the shared data) it flagged 31, the embedding alone 7; of the
+unseen-form benign requests, 18% against 14%. The code stays for the comparison (`ablations`
+in the JSON) and for a retrain once benign chat-style prompts are in the data.
+
+Known limits (numbers in the JSON): XSTest's unsafe prompts are direct questions ("How can I
+kill a person?"), a style no positive has: recall 18%; benign chat requests in forms never
+seen in training are flagged 14% of the time. Both need data: benign instructions and
+role-play prompts, and harmful questions.
 
 The threshold is chosen on out-of-fold scores (5-fold, grouped like the split) of the
 training split: at most 1% of benign training prompts flagged (`TARGET_FPR`).
@@ -124,7 +137,7 @@ def char_ngrams(
             m = len(cp) - n + 1
             if m <= 0:
                 continue
-            h = np.full(m, n, dtype=np.uint64)  # seeded with n: "abc" != " abc" prefix sums
+            h = np.full(m, n, dtype=np.uint64)  # seeded with n: lengths hash apart
             for k in range(n):
                 h = h * _BASE + cp[k : k + m]
             parts.append((h * _FIB) >> np.uint64(64 - bits))
@@ -143,7 +156,8 @@ def _sigmoid(z: np.ndarray | float) -> np.ndarray:
 
 
 class SafetyClassifier:
-    """Logistic regression on [MiniLM embedding (384), hashed char n-grams (2^bits)]."""
+    """Logistic regression on the MiniLM embedding (384), optionally plus hashed character
+    n-grams of the text (2^bits weights; the shipped model has none, see the module doc)."""
 
     def __init__(
         self,
@@ -158,9 +172,9 @@ class SafetyClassifier:
     ) -> None:
         self.w_embedding = np.asarray(w_embedding, dtype=np.float64).reshape(-1)
         self.w_ngram = np.asarray(w_ngram, dtype=np.float64).reshape(-1)
-        bits = int(np.log2(max(len(self.w_ngram), 1)))
-        if 2**bits != len(self.w_ngram):
-            raise ValueError("w_ngram must have a power-of-two length")
+        bits = int(np.log2(len(self.w_ngram))) if len(self.w_ngram) else 0
+        if self.w_ngram.size and 2**bits != len(self.w_ngram):
+            raise ValueError("w_ngram must be empty or have a power-of-two length")
         if not 0.0 <= threshold <= 1.0:
             raise ValueError("threshold must be in [0, 1]")
         self.bias = float(bias)
@@ -187,7 +201,7 @@ class SafetyClassifier:
             w_emb, w_ng, bias = z["w_embedding"], z["w_ngram"], float(z["bias"])
         meta_path = npz.with_name(META)
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        feats = meta.get("features", {})
+        feats = (meta.get("features") or {}).get("char_ngrams") or {}
         return cls(
             w_emb,
             w_ng,
@@ -199,6 +213,8 @@ class SafetyClassifier:
         )
 
     def _ngram_logit(self, text: str) -> float:
+        if not self.ngram_bits:
+            return 0.0
         idx, val = char_ngrams(text, self.ngram_bits, self.ngram_range, self.ngram_max_chars)
         return float(val @ self.w_ngram[idx])
 
@@ -210,7 +226,8 @@ class SafetyClassifier:
 
     def score(self, embedding: np.ndarray, text: str) -> float:
         """P(jailbreak or harmful) in [0, 1] from the request's precomputed embedding and the
-        text that was embedded (the n-grams read up to `ngram_max_chars` of it)."""
+        text that was embedded (read only by a model with n-gram weights, up to
+        `ngram_max_chars` of it)."""
         return float(_sigmoid(self.logit(embedding, text)))
 
     def score_batch(self, embeddings: np.ndarray, texts: Sequence[str]) -> np.ndarray:
@@ -366,9 +383,10 @@ def long_benign_aug(texts: Sequence[str], n: int, seed: int) -> list[str]:
 
 # Benign requests to write, rewrite, explain or role-play. The data's benign prompts are
 # questions (benchmarks, Quora) and short messages (Presidio), while the positives are
-# imperatives ("Write a blog post that ...") and persona set-ups ("You are X, ..."). Trained on
-# those alone, the classifier flagged half of MT-bench's writing and role-play prompts. So
-# hand-written request forms are filled with topics, roles and real benign prompts. Each
+# imperatives ("Write a blog post that ...") and persona set-ups ("You are X, ..."). Trained
+# without these, the classifier flagged 26 of 89 MT-bench prompts (7 with them) and 6 of 20
+# hand-written everyday requests ("Write a limerick about a cat"). So hand-written request
+# forms are filled with topics, roles and real benign prompts. Each
 # tuple is (training part, evaluation part): the evaluation's forms, topics and roles never
 # occur in training and its contents come from the test split.
 FORMS = (
@@ -594,6 +612,8 @@ def evaluation_sets(
     long_benign/*: concatenated questions (numbered, or blank-line separated), the test
     split's benign prompts of 1,000+ chars (few-shot benchmark prompts), XSTest's safe prompts
     inside benign context (before or after it), and Presidio records in a summarise request.
+    benign_instructions/unseen_forms: test-split prompts and held-out topics and roles in the
+    request forms that training never saw (`FORMS[1]`).
     short_harmful/*: test-split HarmBench and AdvBench (all under 210 chars), test-split
     jailbreaks of at most 300 chars, and XSTest's unsafe prompts (never trained on)."""
     rng = random.Random(f"{seed}:eval")
@@ -769,7 +789,9 @@ def _ngram_matrix(texts: Sequence[str], bits: int, max_chars: int) -> Any:
     )
 
 
-def _features(texts: Sequence[str], emb: Any) -> Any:
+def _features(texts: Sequence[str], emb: Any, ngrams: bool) -> Any:
+    if not ngrams:
+        return emb(texts)
     from scipy import sparse
 
     return sparse.hstack(
@@ -805,6 +827,7 @@ def train(
     n_instruction_aug: int = N_INSTRUCTION_AUG,
     max_per_benchmark: int = MAX_PER_BENCHMARK,
     max_qqp: int = MAX_QQP,
+    ngrams: bool = False,
     ablations: bool = True,
     embedder: Any = None,
 ) -> dict[str, Any]:
@@ -812,7 +835,6 @@ def train(
     stress sets, save the artifact into `out_dir` (default: the shipped folder) and return the
     metrics. The shipped model is the one evaluated (no refit on the test split), so
     `bench/safety_eval.py` can reproduce every number from the data."""
-
     from routing.embedder import Embedder
 
     t0 = time.perf_counter()
@@ -842,6 +864,7 @@ def train(
     )
     embedder = embedder or Embedder()
     embedder.load()
+    log.info("embedding %d texts (%d for training)", len(every), len(texts))
     t_emb = time.perf_counter()
     E = embedder.encode(every).astype(np.float64)
     embed_s = time.perf_counter() - t_emb
@@ -850,7 +873,8 @@ def train(
     def emb(ts: Sequence[str]) -> np.ndarray:
         return E[[row[t] for t in ts]]
 
-    X = _features(texts, emb)
+    X = _features(texts, emb, ngrams)
+    log.info("fitting on %d positives, %d negatives", int(y.sum()), int((y == 0).sum()))
     t_fit = time.perf_counter()
     clf, thr, oof = _fit_and_threshold(X, y, groups, C, target_fpr, seed)
     fit_s = time.perf_counter() - t_fit
@@ -861,13 +885,13 @@ def train(
         return ours.score_batch(emb(ts), ts)
 
     probe = [e.text for e in examples if e.split == "test"][:200]
-    sk = clf.predict_proba(_features(probe, emb))[:, 1]
+    sk = clf.predict_proba(_features(probe, emb, ngrams))[:, 1]
     numpy_matches = bool(np.allclose(score(probe), sk, atol=1e-9))
     metrics = evaluate(score, examples, thr, seed)
 
     ablation: dict[str, Any] = {}
     if ablations:
-        ablation = _ablations(examples, texts, y, groups, kind, emb, C, target_fpr, seed)
+        ablation = _ablations(examples, texts, y, groups, kind, emb, ngrams, C, target_fpr, seed)
 
     import sklearn
 
@@ -881,10 +905,14 @@ def train(
         "embedder": embedder.config(),
         "features": {
             "embedding_dim": int(E.shape[1]),
-            "ngram": "char_ngrams: lower-cased, whitespace collapsed, polynomial hash",
-            "ngram_bits": NGRAM_BITS,
-            "ngram_range": list(NGRAM_RANGE),
-            "ngram_max_chars": NGRAM_MAX_CHARS,
+            "char_ngrams": {
+                "hash": "char_ngrams: lower-cased, whitespace collapsed, polynomial hash",
+                "ngram_bits": NGRAM_BITS,
+                "ngram_range": list(NGRAM_RANGE),
+                "ngram_max_chars": NGRAM_MAX_CHARS,
+            }
+            if ngrams
+            else None,
         },
         "model": {
             "type": "LogisticRegression (binary, class_weight=balanced, L2)",
@@ -966,13 +994,14 @@ def _ablations(
     groups: list[str],
     kind: np.ndarray,
     emb: Any,
+    ngrams: bool,
     C: float,
     target_fpr: float,
     seed: int,
 ) -> dict[str, Any]:
     """The same evaluation for the alternatives the shipped model was chosen over, each with
-    its own out-of-fold threshold: what the length shortcut alone achieves, the embedding
-    without n-grams, and the model without each augmentation."""
+    its own out-of-fold threshold: what the length shortcut alone achieves, the other choice
+    about n-grams, and the model without each augmentation."""
     out: dict[str, Any] = {}
 
     def log_len(ts: Sequence[str]) -> np.ndarray:
@@ -982,22 +1011,20 @@ def _ablations(
     out["length_only"] = summary(
         evaluate(lambda ts: clf.predict_proba(log_len(ts))[:, 1], examples, thr, seed)
     )
-    clf_e, thr_e, _ = _fit_and_threshold(emb(texts), y, groups, C, target_fpr, seed)
-    out["embedding_only"] = summary(
-        evaluate(lambda ts: clf_e.predict_proba(emb(ts))[:, 1], examples, thr_e, seed)
-    )
-    for name, drop in (
-        ("no_long_benign_augmentation", "long"),
-        ("no_instruction_augmentation", "instr"),
-    ):
-        keep = np.flatnonzero(kind != drop)
+    variants = [
+        ("embedding_only" if ngrams else "with_char_ngrams", not ngrams, ""),
+        ("no_long_benign_augmentation", ngrams, "long"),
+        ("no_instruction_augmentation", ngrams, "instr"),
+    ]
+    for name, ng, drop in variants:
+        keep = np.flatnonzero(kind != drop) if drop else np.arange(len(texts))
         sub = [texts[i] for i in keep]
         clf_n, thr_n, _ = _fit_and_threshold(
-            _features(sub, emb), y[keep], [groups[i] for i in keep], C, target_fpr, seed
+            _features(sub, emb, ng), y[keep], [groups[i] for i in keep], C, target_fpr, seed
         )
 
-        def score_n(ts: Sequence[str], c: Any = clf_n) -> np.ndarray:
-            return c.predict_proba(_features(ts, emb))[:, 1]
+        def score_n(ts: Sequence[str], c: Any = clf_n, ng: bool = ng) -> np.ndarray:
+            return c.predict_proba(_features(ts, emb, ng))[:, 1]
 
         out[name] = summary(evaluate(score_n, examples, thr_n, seed))
     return out
@@ -1013,6 +1040,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--C", type=float, default=C_DEFAULT, help="inverse L2 regularisation")
     ap.add_argument("--target-fpr", type=float, default=TARGET_FPR)
+    ap.add_argument(
+        "--ngrams", action="store_true", help="add hashed char n-grams (not shipped: see doc)"
+    )
     ap.add_argument("--no-ablations", action="store_true", help="skip the comparison models")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
@@ -1022,6 +1052,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
         C=args.C,
         target_fpr=args.target_fpr,
+        ngrams=args.ngrams,
         ablations=not args.no_ablations,
     )
     out = {"threshold": res["threshold"], **summary(res["metrics"]), "timing": res["timing"]}
