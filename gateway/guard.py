@@ -13,6 +13,7 @@ import numpy as np
 from gateway.errors import GatewayError
 from gateway.routing_service import Analysis
 from routing import pii
+from routing.features import content_text
 from routing.policy import Policy
 
 PII_SAFE_TAG = "pii-safe"
@@ -25,18 +26,13 @@ class SafetyOutcome:
     required_tags: set[str] = field(default_factory=set)
 
 
-def _request_texts(body: dict) -> list[str]:
+def _request_text(body: dict) -> str:
+    """Every message's text (or the completion prompt), one part per line."""
     if "messages" in body:
-        out = []
-        for m in body["messages"]:
-            c = m.get("content")
-            if isinstance(c, str):
-                out.append(c)
-            elif isinstance(c, list):
-                out.extend(p.get("text", "") for p in c if isinstance(p, dict))
-        return out
+        return "\n".join(content_text(m["content"]) for m in body["messages"]
+                         if isinstance(m.get("content"), str | list))
     prompt = body.get("prompt")
-    return [prompt] if isinstance(prompt, str) else [str(p) for p in prompt or []]
+    return prompt if isinstance(prompt, str) else "\n".join(str(p) for p in prompt or [])
 
 
 class Guard:
@@ -69,7 +65,7 @@ class Guard:
 
     def _inspect(self, body: dict, analysis: Analysis, out: SafetyOutcome) -> None:
         policy = analysis.policy.safety
-        joined = "\n".join(_request_texts(body))
+        joined = _request_text(body)
         found = pii.kinds_found(joined, policy.pii_kinds)
         score = self.jailbreak_score(analysis.embedding, analysis.text)
         jailbreak = score is not None and score >= self.classifier.threshold
@@ -105,7 +101,7 @@ class Guard:
             else:
                 safety["actions"].append("log:jailbreak")
         if analysis.policy.store_prompts:
-            analysis.features["prompt"] = "\n".join(_request_texts(body))  # redacted if so
+            analysis.features["prompt"] = _request_text(body)  # redacted if so
         analysis.features["flags"] = sorted(analysis.flags)
 
 

@@ -238,9 +238,10 @@ class RoutingService:
             raise GatewayError(409, f"Request '{rid}' was not served (status {d.status}); "
                                "there is nothing to learn from.", code="request_not_served")
         feats = d.features or {}
-        pol = feats.get("policy") or {}
-        policy = Policy(**{"lambda": pol.get("lambda", 0.4), "mu": pol.get("mu", 0.1)})
-        r = reward(score, d.energy_j, d.cost_usd, policy.lambda_, policy.mu, self.bounds)
+        # The weights in force when the request was routed, not today's policy.
+        pol, defaults = feats.get("policy") or {}, Policy()
+        r = reward(score, d.energy_j, d.cost_usd, float(pol.get("lambda", defaults.lambda_)),
+                   float(pol.get("mu", defaults.mu)), self.bounds)
         context = feats.get("context")
         applicable = (self.bandit is not None and context is not None
                       and self.extractor is not None and len(context) == self.extractor.dim)
