@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test lint bench bench-replay bench-routing bench-reports bench-safety bench-cache clean
+.PHONY: setup browser run test lint bench bench-engine bench-replay bench-routing bench-reports bench-safety bench-cache clean
 
 setup: $(STAMP)
 
@@ -20,13 +20,17 @@ $(STAMP): pyproject.toml constraints.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The admin UI's browser tests drive Debian's Chromium (never a browser download).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 # Starts the mock echo upstream the example pool points at, then the gateway.
 run: setup
 	@$(BIN)/greengate mock-upstream --port 9000 & MOCK=$$!; \
 	trap "kill $$MOCK 2>/dev/null" EXIT INT TERM; \
 	$(BIN)/greengate serve --config greengate.yaml
 
-test: setup
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
@@ -36,6 +40,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/overhead.py --out bench/results/overhead.json
+
+bench-engine: setup
+	$(BIN)/python bench/engine_throughput.py --out bench/results/engine_throughput.json
 
 bench-replay: setup
 	$(BIN)/python bench/replay.py --out bench/results/replay.json

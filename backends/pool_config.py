@@ -45,6 +45,26 @@ class Timeouts(BaseModel):
     total_s: float = Field(600.0, gt=0)
 
 
+class EngineOptions(BaseModel):
+    """How the bundled engine serves a `kind: engine` member. Defaults suit a laptop CPU."""
+
+    model_config = ConfigDict(extra="forbid")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: the checkpoint's dtype on CUDA, float32 on the CPU.")
+    block_size: int = Field(16, ge=1, le=256, description="Tokens per KV-cache block.")
+    max_num_seqs: int = Field(64, ge=1, description="Sequences decoded together at most.")
+    token_budget: int = Field(
+        512, ge=16, description="Tokens per step: decodes first, then prefill chunks.")
+    max_waiting: int = Field(256, ge=1, description="Queued requests; beyond it: 503.")
+    kv_cache_gb: float = Field(0.5, gt=0, description="KV-cache size on the CPU.")
+    gpu_memory_fraction: float = Field(
+        0.85, gt=0, le=1, description="Share of free GPU memory (after weights) for the KV cache.")
+    prefix_caching: bool = True
+    default_max_tokens: int = Field(
+        256, ge=1, description="Output cap when a request sets none (bounded by the context).")
+
+
 class MemberConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,11 +84,18 @@ class MemberConfig(BaseModel):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     retries: int | None = Field(None, ge=0, le=10)
     extra_headers: dict[str, str] = Field(default_factory=dict)
+    engine: EngineOptions | None = Field(
+        None, description="kind 'engine' only; `model` is then a checkpoint folder, or "
+        "'tiny-random-llama' for the built-in random one.")
 
     @model_validator(mode="after")
     def _kind_needs(self) -> MemberConfig:
         if self.kind == "openai" and not self.base_url:
             raise ValueError("kind 'openai' needs base_url")
+        if self.kind != "engine" and self.engine is not None:
+            raise ValueError("'engine' options are for kind 'engine' only")
+        if self.kind == "engine" and self.mode != "chat":
+            raise ValueError("the bundled engine serves chat and completions, not embeddings")
         if self.name == "auto":
             raise ValueError("'auto' is reserved for routing")
         return self
@@ -132,3 +159,30 @@ def load_pool(path: Path) -> PoolConfig:
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"  {_where(tuple(err['loc']), data)}: {msg}")
         raise ConfigError("\n".join(lines)) from None
+
+
+BUILTIN_ENGINE_MODEL = "tiny-random-llama"
+
+
+def default_pool() -> PoolConfig:
+    """The pool when there is no pool file: the bundled engine on its built-in random model,
+    so a first run works with no keys and no downloads."""
+    return PoolConfig(pool=[MemberConfig(
+        name=BUILTIN_ENGINE_MODEL, kind="engine", model=BUILTIN_ENGINE_MODEL,
+        tags=["local", "engine", "random-weights"])])
+
+
+def with_engine_model(config: PoolConfig, checkpoint: Path) -> PoolConfig:
+    """Serve `checkpoint` on the engine: it takes the built-in random model's place, or joins."""
+    name = checkpoint.name or "engine"
+    members = list(config.pool)
+    for i, m in enumerate(members):
+        if m.kind == "engine" and m.model == BUILTIN_ENGINE_MODEL:
+            tags = [t for t in m.tags if t != "random-weights"]
+            members[i] = m.model_copy(update={"name": name, "model": str(checkpoint),
+                                              "tags": tags})
+            break
+    else:
+        members.append(MemberConfig(name=name, kind="engine", model=str(checkpoint),
+                                    tags=["local", "engine"]))
+    return PoolConfig.model_validate({"pool": [m.model_dump() for m in members]})

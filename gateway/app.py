@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from backends.engine_backend import EngineMember
 from backends.pool_config import PoolConfig
 from gateway import admin, database, reports_api
 from gateway.errors import GatewayError, error_response
@@ -83,9 +84,12 @@ def create_app(
                  "description": "let greengate choose a member"}]
         for m in r.pool.members.values():
             if principal.may_use(m.name):
-                data.append({"id": m.name, "object": "model", "created": created,
-                             "owned_by": f"greengate:{m.cfg.kind}", "mode": m.cfg.mode,
-                             "context_window": m.context_window})
+                entry = {"id": m.name, "object": "model", "created": created,
+                         "owned_by": f"greengate:{m.cfg.kind}", "mode": m.cfg.mode,
+                         "context_window": m.context_window}
+                if isinstance(m.backend, EngineMember) and m.backend.random_weights:
+                    entry["description"] = "bundled engine, RANDOM weights: a demo, not a model"
+                data.append(entry)
         return Response(orjson.dumps({"object": "list", "data": data}),
                         media_type="application/json")
 

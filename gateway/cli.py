@@ -43,21 +43,28 @@ def _admin_key(settings) -> tuple[str, str]:  # type: ignore[no-untyped-def]
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
-    from backends.pool_config import ConfigError, load_pool
+    from backends.pool_config import ConfigError, default_pool, load_pool, with_engine_model
     from gateway.app import create_app
 
     settings = _settings(args)
+    explicit = getattr(args, "config", None) is not None or "GREENGATE_CONFIG" in os.environ
     try:
-        pool = load_pool(settings.config)
-    except ConfigError as e:
+        if settings.config.exists() or explicit:
+            pool, source = load_pool(settings.config), str(settings.config)
+        else:
+            pool, source = default_pool(), "the built-in default (no greengate.yaml here)"
+        if settings.engine_model is not None:
+            pool = with_engine_model(pool, settings.engine_model)
+    except (ConfigError, ValidationError) as e:
         print(f"greengate: {e}", file=sys.stderr)
         return 2
     key, where = _admin_key(settings)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
-    print(f"greengate: pool from {settings.config}, database {settings.database_url}",
+    print(f"greengate: pool from {source}, database {settings.database_url}",
           file=sys.stderr)
     print(f"greengate: admin key from {where}; OpenAI base URL "
           f"http://{settings.host}:{settings.port}/v1", file=sys.stderr)

@@ -9,14 +9,16 @@ from dataclasses import dataclass
 import httpx
 
 from backends.base import Member
+from backends.engine_backend import EngineMember
 from backends.health import CircuitBreaker
 from backends.litellm_member import LiteLLMMember
 from backends.openai_compat import OpenAICompatMember
-from backends.pool_config import MemberConfig, PoolConfig
+from backends.pool_config import EnergyProfile, MemberConfig, PoolConfig, Price
 from gateway.settings import Settings
 from routing.router import Candidate
 from telemetry.cost import Prices, litellm_context_window, litellm_prices
 from telemetry.energy import EnergyReading, estimate_from_declared, estimate_from_params
+from telemetry.meters import EnergyMeter, detect_meter
 
 log = logging.getLogger("greengate.pool")
 
@@ -81,6 +83,7 @@ class Pool:
             timeout=httpx.Timeout(600.0, connect=5.0),
         )
         self.members: dict[str, PoolMember] = {}
+        self.meter: EnergyMeter | None = None
         for cfg in config.pool:
             if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
                 log.warning("member %s: $%s is not set; calling without a key",
@@ -91,15 +94,37 @@ class Pool:
             elif cfg.kind == "litellm":
                 backend = LiteLLMMember(cfg)
             else:
-                raise ValueError(f"member {cfg.name}: kind 'engine' is not available yet")
+                backend, cfg = self._engine_member(cfg, settings)
             self.members[cfg.name] = PoolMember(
                 cfg=cfg,
                 backend=backend,
                 breaker=CircuitBreaker(settings.cooldown_failures, settings.cooldown_s),
                 prices=_prices(cfg),
-                context_window=cfg.context_window or litellm_context_window(cfg.model),
+                context_window=cfg.context_window or (
+                    backend.context_window if isinstance(backend, EngineMember)
+                    else litellm_context_window(cfg.model)),
                 retries=cfg.retries if cfg.retries is not None else settings.retries,
             )
+
+    def _engine_member(self, cfg: MemberConfig,
+                       settings: Settings) -> tuple[EngineMember, MemberConfig]:
+        if self.meter is None:
+            # One meter for every engine member: they share the device it measures.
+            self.meter = detect_meter(settings.energy_meter)
+        backend = EngineMember(cfg, settings.state_dir, self.meter)
+        update: dict = {}
+        if cfg.price is None:  # local compute has no per-token price list
+            update["price"] = Price(input_per_1m=0.0, output_per_1m=0.0)
+        if cfg.energy is None:
+            # Until (or where) a meter measures it, estimate from the checkpoint's real size.
+            update["energy"] = EnergyProfile(
+                active_params_b=backend.num_params / 1e9,
+                source=f"parameter count of {backend.checkpoint.name}")
+        return backend, cfg.model_copy(update=update)
+
+    def engines(self) -> dict[str, EngineMember]:
+        return {n: m.backend for n, m in self.members.items()
+                if isinstance(m.backend, EngineMember)}
 
     def get(self, name: str) -> PoolMember | None:
         return self.members.get(name)
@@ -112,3 +137,5 @@ class Pool:
         for m in self.members.values():
             await m.backend.aclose()
         await self.http.aclose()
+        if self.meter is not None:
+            self.meter.close()

@@ -31,8 +31,10 @@ from routing import pii
 from routing.cache import CacheHit, CacheKey, SemanticCache, make_key
 from telemetry.budgets import Budgets
 from telemetry.carbon import CarbonIntensity
+from telemetry.energy import EnergyReading
 from telemetry.metrics import Metrics
 
+RANDOM_WEIGHTS_TAG = "random-weights"
 log = logging.getLogger("greengate.proxy")
 
 _REQUIRED = {"chat/completions": "messages", "completions": "prompt", "embeddings": "input"}
@@ -317,6 +319,9 @@ class Proxy:
         model = body["model"]
         if model == "auto":
             allowed = [m for m in self.pool.serving(endpoint) if principal.may_use(m.name)]
+            # A demo checkpoint with random weights answers noise: `auto` picks it only when
+            # nothing else could serve (the no-configuration default).
+            allowed = [m for m in allowed if RANDOM_WEIGHTS_TAG not in m.cfg.tags] or allowed
             if not allowed:
                 raise GatewayError(403, f"No pool member this key may use serves /v1/{endpoint}.",
                                    param="model", code="model_not_allowed")
@@ -485,7 +490,10 @@ class Proxy:
                 usage = {"prompt_tokens": prompt, "total_tokens": prompt}
         row["prompt_tokens"], row["completion_tokens"] = prompt, completion
         row["cost_usd"] = m.cost(prompt, completion)
-        energy = m.energy(prompt, completion)
+        measured = usage.pop("energy_j", None), usage.pop("energy_source", None)
+        # The bundled engine reports joules measured per step; those beat any estimate.
+        energy = (EnergyReading(float(measured[0]), str(measured[1]))
+                  if measured[0] is not None and measured[1] else m.energy(prompt, completion))
         if energy is not None:
             row["energy_j"], row["energy_source"] = energy.joules, energy.source
         if reference is not None:

@@ -66,7 +66,8 @@ class Runtime:
         engine = database.make_engine(settings.database_url)
         keys = KeyRepo(engine)
         auth = Authenticator(keys, admin_key, settings.key_cache_ttl_s)
-        pool = Pool(pool_config, settings)
+        # An engine member loads its weights here: off the event loop.
+        pool = await asyncio.to_thread(Pool, pool_config, settings)
         routing = await _routing(settings, engine, pool, extractor)
         decisions = DecisionLog(
             engine, settings.log_queue_size, settings.log_batch_size, settings.log_flush_interval_s
@@ -77,6 +78,8 @@ class Runtime:
         await asyncio.to_thread(budgets.load)
         metrics = Metrics()
         metrics.track_queue("decision_log", lambda: decisions.pending)
+        for name, eng in pool.engines().items():
+            metrics.track_engine(name, eng.stats)
         carbon = CarbonIntensity(settings.carbon_g_per_kwh, settings.carbon_regions)
         cache = await asyncio.to_thread(_cache, settings, engine)
         proxy = Proxy(settings, pool, auth, decisions, routing, budgets.budgets, metrics, carbon,

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     safety_classifier: bool = Field(
         True, description="Score every chat request for jailbreaks and harmful requests.")
     energy_meter: str = Field("auto", description="auto, nvml, rapl or none (local engine).")
+    engine_model: Path | None = Field(
+        None, description="A local Hugging Face checkpoint folder for the bundled engine; it "
+        "replaces the built-in tiny-random-llama (or joins the pool when there is none).")
 
     key_cache_ttl_s: float = 10.0
     log_level: str = "info"

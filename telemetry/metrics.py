@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -36,6 +36,22 @@ class Metrics:
                                          registry=r)
         self.queue_depth = Gauge("greengate_queue_depth", "Items waiting, by queue.", ["queue"],
                                  registry=r)
+
+        self.kv_usage = Gauge("greengate_engine_kv_cache_usage",
+                              "Share of the bundled engine's KV-cache blocks in use.", ["member"],
+                              registry=r)
+        self.engine_running = Gauge("greengate_engine_running_requests",
+                                    "Requests the bundled engine is decoding.", ["member"],
+                                    registry=r)
+        self.engine_waiting = Gauge("greengate_engine_waiting_requests",
+                                    "Requests queued in the bundled engine.", ["member"],
+                                    registry=r)
+
+    def track_engine(self, member: str, stats: Callable[[], Mapping[str, Any]]) -> None:
+        """Gauges read the engine's own counters at scrape time, so nothing polls it."""
+        self.kv_usage.labels(member).set_function(lambda: float(stats()["kv_usage"]))
+        self.engine_running.labels(member).set_function(lambda: float(stats()["running"]))
+        self.engine_waiting.labels(member).set_function(lambda: float(stats()["waiting"]))
 
     def track_queue(self, name: str, depth: Callable[[], float]) -> None:
         self.queue_depth.labels(queue=name).set_function(depth)

@@ -1,0 +1,573 @@
+"""The engine: a step loop in its own thread over scheduler + model runner, with an asyncio face.
+
+Every step the scheduler returns a plan {sequence: n_tokens}; the runner computes those tokens
+in one flat batch and returns logits for the items that reached their last known token; those
+rows are sampled, stop conditions checked, and one `TokenEvent` per sampled token is handed to
+the request's consumer. Anything that later adds tokens to a step (draft/verify tokens for
+speculative decoding, training tokens for LoRA co-serving) extends the plan, not this loop.
+
+Threading: the scheduler and the request table are guarded by one lock, held only to plan and
+to record a step, never during the forward pass (torch releases the GIL in its kernels, so the
+event loop keeps serving meanwhile). `generate()` adds to the scheduler under that lock from the
+caller's thread, so a full queue raises `QueueFull` at once; events cross back into asyncio
+with `loop.call_soon_threadsafe`.
+
+Energy: if the meter measures, it is read before and after each step and the step's joules are
+shared among the step's sequences by tokens processed; each event carries the request's
+cumulative figure, so the final event's joules are the request's total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+
+from backends.engine.block_manager import BlockManager
+from backends.engine.runner import RunItem
+from backends.engine.sampler import SamplingParams, TokenLogprobs, is_stop_token, sample
+from backends.engine.scheduler import QueueFull, Scheduler, StepPlan
+from backends.engine.sequence import SeqStatus, Sequence
+from telemetry.meters import EnergyMeter, MeterError, NullMeter, share_by_tokens
+
+__all__ = [
+    "Completion", "Engine", "EngineClosed", "EngineConfig", "QueueFull", "TokenEvent",
+]
+
+log = logging.getLogger(__name__)
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class EngineClosed(RuntimeError):
+    """The engine was shut down (or its step loop died) before the request finished."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    device: Literal["auto", "cpu", "cuda"] | str = "auto"
+    dtype: DType = "auto"  # auto: the checkpoint's dtype on CUDA, float32 on the CPU
+    block_size: int = 16
+    max_num_seqs: int = 64
+    token_budget: int = 512
+    max_waiting: int = 256
+    cpu_kv_bytes: int = 512 * 2**20
+    gpu_memory_fraction: float = 0.85
+    num_blocks: int | None = None  # fixed KV size, overriding the memory-based sizing
+    max_model_len: int | None = None  # default: the checkpoint's max_position_embeddings
+    prefix_caching: bool = True
+    chunked_prefill: bool = True
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One sampled token of a request; the last event of a request has `finish_reason` set.
+
+    `text` is the new text this token completes (may be "" while a multi-byte character or a
+    possible stop string is held back). `logprobs` (when the request asked for them) is the
+    sampler's raw figure: the token's logprob and the top alternatives as (token id, logprob).
+    `joules` is cumulative for the request (None when the meter does not measure)."""
+
+    request_id: int
+    token_id: int | None
+    text: str
+    logprobs: TokenLogprobs | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    joules: float | None
+    energy_source: str
+
+
+@dataclass
+class Completion:
+    """A finished request, as collected by the synchronous helpers."""
+
+    request_id: int
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    cached_tokens: int
+    logprobs: list[TokenLogprobs]
+    joules: float | None
+    energy_source: str
+
+
+class Runner(Protocol):
+    """What the engine needs from the model side (backends.engine.runner.ModelRunner)."""
+
+    kv: Any  # exposes num_blocks and block_size
+    device: torch.device
+
+    def run(self, items: Seq[RunItem], copies: Seq[tuple[int, int]] = ()) -> torch.Tensor: ...
+
+
+class TextStopper:
+    """Turns detokenized text into deltas that never show a stop string, nor text past it.
+
+    A tail that could still grow into a stop string is held back until it can't (or until the
+    request ends, when `flush` releases it)."""
+
+    def __init__(self, stops: Iterable[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.text = ""
+        self.sent = 0
+
+    def push(self, delta: str) -> tuple[str, bool]:
+        """(text to emit now, whether a stop string was hit)."""
+        self.text += delta
+        if not self.stops:
+            return self.flush(), False
+        # A stop string can't start inside sent text: that text was checked not to begin one.
+        hits = [at for s in self.stops if (at := self.text.find(s, self.sent)) >= 0]
+        if hits:
+            out = self.text[self.sent:min(hits)]
+            self.sent = len(self.text)
+            return out, True
+        end = len(self.text) - self._held()
+        out = self.text[self.sent:end]
+        self.sent = end
+        return out, False
+
+    def flush(self) -> str:
+        out = self.text[self.sent:]
+        self.sent = len(self.text)
+        return out
+
+    def _held(self) -> int:
+        tail = self.text[self.sent:]
+        best = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(tail)), best, -1):
+                if tail.endswith(s[:k]):
+                    best = k
+                    break
+        return best
+
+
+@dataclass
+class _Request:
+    seq: Sequence
+    params: SamplingParams
+    emit: Callable[[TokenEvent | BaseException], None]
+    generator: torch.Generator | None
+    detok: Any | None  # backends.engine.tokenizer.Detokenizer
+    stopper: TextStopper
+    joules: float = 0.0
+    # A step the meter failed to measure makes the request's total unknown, not smaller.
+    measured: bool = True
+
+
+class Engine:
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        config: EngineConfig | None = None,
+        tokenizer: Any | None = None,
+        eos_token_ids: Iterable[int] = (),
+        meter: EnergyMeter | None = None,
+        max_model_len: int | None = None,
+        vocab_size: int | None = None,
+    ) -> None:
+        self.config = config or EngineConfig()
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.eos_token_ids = tuple(eos_token_ids)
+        self.meter = meter or NullMeter()
+        self.energy_source = self.meter.source
+        self.device = torch.device(runner.device)
+        model = getattr(runner, "model", None)
+        model_cfg = getattr(model, "config", None)
+        self.vocab_size = vocab_size or getattr(model_cfg, "vocab_size", None)
+        self.max_model_len = max_model_len or self.config.max_model_len or getattr(
+            model_cfg, "max_position_embeddings", 1 << 30)
+        self.num_params = sum(p.numel() for p in model.parameters()) if model is not None else 0
+        self.attention_name = str(getattr(runner, "attention_name", "unknown"))
+        self.blocks = BlockManager(runner.kv.num_blocks, runner.kv.block_size,
+                                   prefix_caching=self.config.prefix_caching)
+        self.scheduler = Scheduler(
+            self.blocks, max_num_seqs=self.config.max_num_seqs,
+            token_budget=self.config.token_budget, max_waiting=self.config.max_waiting,
+            chunked_prefill=self.config.chunked_prefill)
+        self._requests: dict[int, _Request] = {}
+        self._ids = itertools.count(1)
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._dead: BaseException | None = None
+        self._steps = 0
+        self._tokens_computed = 0
+        self._meter_failing = False
+        self._thread = threading.Thread(target=self._loop, name="engine-step", daemon=True)
+        self._thread.start()
+
+    @property
+    def num_blocks(self) -> int:
+        return self.blocks.num_blocks
+
+    # --- construction --------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, config: EngineConfig | None = None, *,
+        meter: EnergyMeter | None = None,
+    ) -> Engine:
+        """Load a llama/qwen2 Hugging Face folder (weights, tokenizer) and start the engine."""
+        from backends.engine.attention import select_attention
+        from backends.engine.config import ModelConfig
+        from backends.engine.kv_cache import KVCache, kv_budget_bytes
+        from backends.engine.loader import load_model
+        from backends.engine.runner import ModelRunner
+        from backends.engine.tokenizer import Tokenizer
+
+        config = config or EngineConfig()
+        folder = Path(path)
+        device = resolve_device(config.device)
+        mcfg = ModelConfig.from_path(folder)
+        dtype = resolve_dtype(config.dtype, mcfg.dtype, device)
+        model = load_model(folder, dtype=dtype, device=device, attention=select_attention(device))
+        max_len = min(mcfg.max_position_embeddings,
+                      config.max_model_len or mcfg.max_position_embeddings)
+        shape = dict(num_layers=mcfg.num_hidden_layers, block_size=config.block_size,
+                     n_kv_heads=mcfg.num_key_value_heads, head_dim=mcfg.head_dim,
+                     dtype=dtype, device=device)
+        if config.num_blocks is not None:
+            kv = KVCache(num_blocks=config.num_blocks, **shape)  # type: ignore[arg-type]
+        else:
+            # More blocks than every slot of every sequence at full length would never be used.
+            cap = config.max_num_seqs * math.ceil(max_len / config.block_size)
+            budget = kv_budget_bytes(device, gpu_fraction=config.gpu_memory_fraction,
+                                     cpu_bytes=config.cpu_kv_bytes)
+            kv = KVCache.from_budget(budget, max_blocks=cap, **shape)  # type: ignore[arg-type]
+        tokenizer = Tokenizer(folder)
+        eos = set(mcfg.eos_token_ids)
+        tok_eos = getattr(tokenizer, "eos_token_id", None)
+        if tok_eos is not None:
+            eos.add(int(tok_eos))
+        return cls(ModelRunner(model, kv), config=config, tokenizer=tokenizer,
+                   eos_token_ids=sorted(eos), meter=meter, max_model_len=max_len,
+                   vocab_size=mcfg.vocab_size)
+
+    # --- requests ------------------------------------------------------------------------
+
+    def generate(
+        self, prompt_ids: Seq[int], params: SamplingParams, *, priority: int = 0,
+    ) -> AsyncGenerator[TokenEvent, None]:
+        """Queue a request and stream its tokens. Call from a running event loop.
+
+        Raises at once: `QueueFull` when the waiting queue is full, `ValueError` for a request
+        that can never run, `EngineClosed` after shutdown. Closing the iterator (or the task
+        that iterates it being cancelled, as on a client disconnect) aborts the request and
+        frees its KV blocks."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
+
+        def emit(item: TokenEvent | BaseException) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        request_id = self._submit(prompt_ids, params, priority, emit)
+        return self._stream(request_id, events)
+
+    async def _stream(
+        self, request_id: int, events: asyncio.Queue[TokenEvent | BaseException],
+    ) -> AsyncGenerator[TokenEvent, None]:
+        try:
+            while True:
+                item = await events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            self.abort(request_id)  # no-op once finished
+
+    def abort(self, request_id: int) -> bool:
+        """Stop a request and free its blocks; False if it had already finished."""
+        with self._cv:
+            self._requests.pop(request_id, None)
+            return self.scheduler.abort(request_id) is not None
+
+    def generate_sync(
+        self, prompt_ids: Seq[int], params: SamplingParams, *, priority: int = 0,
+    ) -> Completion:
+        return self.generate_batch_sync([prompt_ids], params, priority=priority)[0]
+
+    def generate_batch_sync(
+        self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams], *,
+        priority: int = 0, timeout: float | None = None,
+    ) -> list[Completion]:
+        """Run prompts concurrently from a plain thread and wait for all of them (benchmarks,
+        tests). Prompts beyond the waiting queue's room are fed in as room frees up."""
+        plist = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        if len(plist) != len(prompts):
+            raise ValueError("one SamplingParams per prompt")
+        inbox: queue.SimpleQueue[tuple[int, TokenEvent | BaseException]] = queue.SimpleQueue()
+        results: list[Completion] = []
+        done = 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while done < len(prompts):
+                while len(results) < len(prompts):
+                    i = len(results)
+                    try:
+                        rid = self._submit(prompts[i], plist[i], priority,
+                                           lambda item, i=i: inbox.put((i, item)))
+                    except QueueFull:
+                        if done == len(results):
+                            raise  # none of ours in flight: no room will come from us
+                        break
+                    results.append(Completion(rid, [], "", None, len(prompts[i]), 0, [], None,
+                                              self.energy_source))
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    i, item = inbox.get(timeout=left)
+                except queue.Empty:
+                    raise TimeoutError("generate_batch_sync timed out") from None
+                if isinstance(item, BaseException):
+                    raise item
+                _collect(results[i], item)
+                done += item.finish_reason is not None
+        except BaseException:
+            for c in results:
+                self.abort(c.request_id)
+            raise
+        return results
+
+    def _submit(
+        self, prompt_ids: Seq[int], params: SamplingParams, priority: int,
+        emit: Callable[[TokenEvent | BaseException], None],
+    ) -> int:
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        if self.vocab_size is not None and any(t < 0 or t >= self.vocab_size for t in prompt):
+            # Checked here: a bad id would fail the whole batch's forward pass, not just ours.
+            raise ValueError("prompt holds token ids outside the vocabulary")
+        room = self.max_model_len - len(prompt)
+        if room <= 0:
+            raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in the context "
+                             f"of {self.max_model_len}")
+        detok = None
+        if self.tokenizer is not None:
+            detok = self.tokenizer.detokenizer()
+        with self._cv:
+            if self._stopping or self._dead is not None:
+                raise EngineClosed("the engine is shut down")
+            seq = Sequence(seq_id=next(self._ids), prompt_ids=prompt,
+                           max_tokens=min(params.max_tokens, room), priority=priority,
+                           arrival=time.monotonic())
+            self.scheduler.add(seq)
+            self._requests[seq.seq_id] = _Request(
+                seq, params, emit, params.make_generator(self.device), detok,
+                TextStopper(params.stop), measured=self.meter.measures)
+            self._cv.notify()
+        return seq.seq_id
+
+    # --- the step loop -------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while not self._stopping and not self.scheduler.has_work:
+                        self._cv.wait()
+                    if self._stopping:
+                        return
+                    plan = self.scheduler.schedule()
+                    items = [_run_item(seq, n) for seq, n in plan.items]
+                    sampling = plan.sampling()
+                    reqs = [self._requests[s.seq_id] for s in sampling]
+                if plan.is_empty:
+                    # Everything was preempted and the next plan admits from waiting; the short
+                    # wait only guards against spinning if a plan ever stays empty.
+                    with self._cv:
+                        self._cv.wait(0.001)
+                    continue
+                try:
+                    self._step(plan, items, sampling, reqs)
+                except Exception as e:
+                    log.exception("engine step failed; failing its %d requests", len(items))
+                    self._fail([seq.seq_id for seq, _ in plan.items], e)
+        except BaseException as e:  # pragma: no cover - a bug in the loop itself
+            log.exception("engine step loop died")
+            with self._cv:
+                self._dead = e
+            self._fail(list(self._requests), EngineClosed(f"engine step loop died: {e!r}"))
+
+    def _step(self, plan: StepPlan, items: list[RunItem], sampling: list[Sequence],
+              reqs: list[_Request]) -> None:
+        e0 = self._read_meter()
+        logits = self.runner.run(items, plan.copies)
+        result = sample(logits, [r.params for r in reqs], [r.generator for r in reqs])
+        e1 = self._read_meter()  # after sample(): its .tolist() waits for the GPU to finish
+        step_j = e1 - e0 if e0 is not None and e1 is not None else None
+        with self._cv:
+            self._steps += 1
+            self._tokens_computed += plan.num_tokens
+            if step_j is not None:
+                shares = share_by_tokens(step_j, {str(s.seq_id): n for s, n in plan.items})
+            for seq, _ in plan.items:
+                req = self._requests.get(seq.seq_id)
+                if req is None:
+                    continue
+                if step_j is None:
+                    req.measured = False
+                else:
+                    req.joules += shares[str(seq.seq_id)]
+            # An abort that landed during the forward pass already finished its sequence.
+            live = {s.seq_id: t for s, t in zip(sampling, result.tokens, strict=True)
+                    if s.status is SeqStatus.RUNNING}
+            self.scheduler.complete(plan, live)
+            for seq, req, token, lp in zip(sampling, reqs, result.tokens, result.logprobs,
+                                           strict=True):
+                if seq.seq_id in live:
+                    self._after_token(seq, req, token, lp)
+
+    def _after_token(self, seq: Sequence, req: _Request, token: int,
+                     lp: TokenLogprobs | None) -> None:
+        reason: str | None = None
+        text = ""
+        hit = False
+        if is_stop_token(token, req.params, self.eos_token_ids):
+            reason = "stop"
+        else:
+            delta = req.detok.add(token) if req.detok is not None else ""
+            text, hit = req.stopper.push(delta)
+            if hit:
+                reason = "stop"
+        if reason is None and (len(seq.output_ids) >= seq.max_tokens
+                               or seq.num_tokens >= self.max_model_len):
+            reason = "length"
+        if reason is not None and not hit:
+            if req.detok is not None:
+                more, hit = req.stopper.push(req.detok.flush())
+                text += more
+            if not hit:
+                # Text held back as a possible stop string's start turned out not to be one.
+                text += req.stopper.flush()
+        event = TokenEvent(
+            request_id=seq.seq_id, token_id=token, text=text,
+            logprobs=lp,
+            finish_reason=reason, prompt_tokens=seq.num_prompt_tokens,
+            completion_tokens=len(seq.output_ids), cached_tokens=seq.num_cached,
+            joules=req.joules if req.measured else None,
+            energy_source=self.energy_source)
+        if reason is not None:
+            self.scheduler.finish(seq, reason)
+            self._requests.pop(seq.seq_id, None)
+        try:
+            req.emit(event)
+        except RuntimeError:  # the consumer's event loop is closed: nobody is listening
+            if reason is None:
+                self._requests.pop(seq.seq_id, None)
+                self.scheduler.abort(seq.seq_id)
+
+    def _read_meter(self) -> float | None:
+        if not self.meter.measures:
+            return None
+        try:
+            joules = self.meter.read()
+        except MeterError:
+            if not self._meter_failing:
+                log.warning("energy meter read failed; steps go unmeasured", exc_info=True)
+            self._meter_failing = True
+            return None
+        self._meter_failing = False
+        return joules
+
+    def _fail(self, request_ids: Iterable[int], error: BaseException) -> None:
+        with self._cv:
+            reqs = [(rid, self._requests.pop(rid, None)) for rid in list(request_ids)]
+            for rid, _ in reqs:
+                self.scheduler.abort(rid)
+        for _, req in reqs:
+            if req is not None:
+                with contextlib.suppress(RuntimeError):  # its event loop is gone
+                    req.emit(error)
+
+    # --- introspection and lifecycle -----------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        with self._cv:
+            running, waiting = self.scheduler.running, self.scheduler.waiting
+            return {
+                "device": str(self.device),
+                "attention": self.attention_name,
+                "kv_blocks": self.blocks.num_blocks,
+                "kv_blocks_free": self.blocks.num_free_blocks,
+                "kv_block_size": self.blocks.block_size,
+                "kv_usage": self.blocks.usage(),
+                "kv_waste": self.blocks.kv_waste(running),
+                "running": len(running),
+                "waiting": len(waiting),
+                "prefix_cache_hit_tokens": self.blocks.hit_tokens,
+                "preemptions": self.scheduler.num_preemptions,
+                "steps": self._steps,
+                "tokens_computed": self._tokens_computed,
+                "energy_source": self.energy_source,
+            }
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the step loop (after the step in flight) and fail every unfinished request
+        with `EngineClosed`. Idempotent."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._fail(list(self._requests), EngineClosed("the engine was shut down"))
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def _run_item(seq: Sequence, n: int) -> RunItem:
+    start = seq.num_computed
+    return RunItem(token_ids=seq.tokens(start, start + n), start_pos=start,
+                   block_table=list(seq.block_table), sample=StepPlan.samples(seq, n))
+
+
+def _collect(c: Completion, ev: TokenEvent) -> None:
+    if ev.token_id is not None:
+        c.token_ids.append(ev.token_id)
+    c.text += ev.text
+    if ev.logprobs is not None:
+        c.logprobs.append(ev.logprobs)
+    c.cached_tokens = ev.cached_tokens
+    c.joules = ev.joules
+    c.finish_reason = ev.finish_reason
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but CUDA is not available")
+    return dev
+
+
+def resolve_dtype(dtype: str, checkpoint: torch.dtype, device: torch.device) -> torch.dtype:
+    if dtype != "auto":
+        return _DTYPES[dtype]
+    # Half-precision matmuls on the CPU are slow or unsupported; CUDA runs the checkpoint's.
+    return checkpoint if device.type == "cuda" else torch.float32

@@ -1,0 +1,71 @@
+"""One engine step on the model: flat tokens of many sequences in, sampling rows' logits out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from backends.engine.attention import AttentionMetadata, PagedAttention
+from backends.engine.kv_cache import KVCache
+from backends.engine.model import DecoderModel
+
+
+@dataclass(frozen=True, slots=True)
+class RunItem:
+    """`token_ids` sit at positions `[start_pos, start_pos + len)`; `sample` asks for logits of
+    the last one (false for a prefill chunk that does not reach the end of the prompt)."""
+
+    token_ids: Sequence[int]
+    start_pos: int
+    block_table: Sequence[int]
+    sample: bool
+
+
+class ModelRunner:
+    def __init__(
+        self, model: DecoderModel, kv: KVCache, attention: PagedAttention | None = None
+    ) -> None:
+        if attention is not None:
+            model.attention = attention
+        self.model = model
+        self.kv = kv
+        self.device = kv.device
+
+    @property
+    def attention_name(self) -> str:
+        return self.model.attention.name
+
+    def run(
+        self, items: Sequence[RunItem], copies: Sequence[tuple[int, int]] = ()
+    ) -> torch.Tensor:
+        """Logits `[number of items with sample=True, vocab]` float32, in item order."""
+        with torch.inference_mode():
+            # Copy-on-write copies come first: this step may write into the new blocks.
+            self.kv.copy_blocks(copies)
+            if not items:
+                return torch.empty((0, self.model.config.vocab_size), device=self.device)
+            ids: list[int] = []
+            positions: list[int] = []
+            last: list[int] = []
+            for item in items:
+                n = len(item.token_ids)
+                ids.extend(item.token_ids)
+                positions.extend(range(item.start_pos, item.start_pos + n))
+                if item.sample:
+                    last.append(len(ids) - 1)
+            meta = AttentionMetadata.build(
+                [(it.start_pos, len(it.token_ids), it.block_table) for it in items],
+                self.kv.block_size,
+                self.device,
+            )
+            dev = self.device
+            hidden = self.model(
+                torch.tensor(ids, dtype=torch.long, device=dev),
+                torch.tensor(positions, dtype=torch.long, device=dev),
+                meta,
+                self.kv,
+            )
+            rows = torch.tensor(last, dtype=torch.long, device=dev)
+            return self.model.logits(hidden.index_select(0, rows))

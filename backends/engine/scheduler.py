@@ -1,0 +1,187 @@
+"""Continuous batching: which sequences compute how many tokens in the next step. No torch.
+
+Each step's plan is a list of (sequence, n_tokens). Decoding sequences (one known token left)
+go first, one token each, so ongoing streams keep their pace; the rest of the token budget goes
+to prefill chunks, first of running sequences part-way through their prompt, then of waiting
+ones admitted in (priority, arrival) order. When KV blocks run out, the running sequence that
+matters least (highest priority value, latest arrival) is preempted by recompute: its blocks are
+freed and it re-enters the waiting queue keeping its output, to be prefilled again (prompt plus
+output) later -- usually cheaply, from the prefix cache.
+
+A plan item may carry several tokens for a decoding sequence, which is what speculative
+decoding's verify step needs; a sequence "samples" when the item reaches its last known token.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+
+from backends.engine.block_manager import BlockManager
+from backends.engine.sequence import SeqStatus, Sequence
+
+
+class QueueFull(RuntimeError):
+    """The waiting queue is at `max_waiting`; the caller should shed load (HTTP 429/503)."""
+
+
+@dataclass
+class StepPlan:
+    items: list[tuple[Sequence, int]] = field(default_factory=list)
+    copies: list[tuple[int, int]] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.items)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.items
+
+    @staticmethod
+    def samples(seq: Sequence, n: int) -> bool:
+        return seq.num_computed + n == seq.num_tokens
+
+    def sampling(self) -> list[Sequence]:
+        """Sequences whose item yields logits, in item order (the order of the logits rows)."""
+        return [seq for seq, n in self.items if self.samples(seq, n)]
+
+
+class Scheduler:
+    def __init__(
+        self, blocks: BlockManager, *, max_num_seqs: int, token_budget: int, max_waiting: int,
+        chunked_prefill: bool = True,
+    ) -> None:
+        if max_num_seqs < 1 or token_budget < 1 or max_waiting < 0:
+            raise ValueError("max_num_seqs and token_budget must be >= 1, max_waiting >= 0")
+        self.blocks = blocks
+        self.max_num_seqs = max_num_seqs
+        self.token_budget = token_budget
+        self.max_waiting = max_waiting
+        self.chunked_prefill = chunked_prefill
+        self._running: list[Sequence] = []
+        self._waiting: list[Sequence] = []  # kept sorted by Sequence.sort_key
+        self.num_preemptions = 0
+
+    @property
+    def running(self) -> Seq[Sequence]:
+        return tuple(self._running)
+
+    @property
+    def waiting(self) -> Seq[Sequence]:
+        return tuple(self._waiting)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._running or self._waiting)
+
+    def add(self, seq: Sequence) -> None:
+        if len(self._waiting) >= self.max_waiting:
+            raise QueueFull(f"waiting queue is full ({self.max_waiting})")
+        # A sequence that can't fit even alone would be preempted forever.
+        needed = self.blocks.blocks_needed(seq.num_tokens + seq.max_tokens - len(seq.output_ids))
+        if needed > self.blocks.num_blocks:
+            raise ValueError(f"sequence needs {needed} KV blocks, the cache has "
+                             f"{self.blocks.num_blocks}")
+        if not self.chunked_prefill and seq.num_tokens > self.token_budget:
+            raise ValueError(f"prompt of {seq.num_tokens} tokens exceeds the token budget "
+                             f"{self.token_budget} and chunked prefill is off")
+        seq.status = SeqStatus.WAITING
+        self._enqueue(seq)
+
+    def abort(self, seq_id: int) -> Sequence | None:
+        for seq in (*self._running, *self._waiting):
+            if seq.seq_id == seq_id:
+                self.finish(seq, "abort")
+                return seq
+        return None
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        self.blocks.free(seq)
+        if seq.status is SeqStatus.RUNNING:
+            self._running.remove(seq)
+        elif seq.status is SeqStatus.WAITING and seq in self._waiting:
+            self._waiting.remove(seq)
+        seq.status = SeqStatus.FINISHED
+        seq.finish_reason = reason
+
+    def schedule(self) -> StepPlan:
+        plan = StepPlan()
+        budget = self.token_budget
+        scheduled: set[int] = set()
+        order = sorted(self._running, key=Sequence.sort_key)
+        decoding = [s for s in order if s.num_remaining == 1]
+        prefilling = [s for s in order if s.num_remaining > 1]
+        for group in (decoding, prefilling):
+            for seq in group:
+                if budget == 0:
+                    break
+                if seq.status is not SeqStatus.RUNNING:
+                    continue  # preempted earlier in this step
+                n = min(seq.num_remaining, budget)
+                if not self._make_room(seq, n, scheduled, plan):
+                    continue
+                plan.copies.extend(self.blocks.allocate(seq, n))
+                plan.items.append((seq, n))
+                scheduled.add(seq.seq_id)
+                budget -= n
+        # Admitting while preempting would just thrash the cache.
+        if not plan.preempted:
+            budget = self._admit(plan, budget)
+        return plan
+
+    def complete(self, plan: StepPlan, sampled: dict[int, int]) -> None:
+        """Record a step's results: `sampled` maps seq_id to the token sampled for it."""
+        for seq, n in plan.items:
+            if seq.status is not SeqStatus.RUNNING:
+                continue  # finished (aborted) between schedule and complete
+            seq.num_computed += n
+            token = sampled.get(seq.seq_id)
+            if token is not None:
+                seq.output_ids.append(token)
+            self.blocks.commit(seq)
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _admit(self, plan: StepPlan, budget: int) -> int:
+        while self._waiting and budget > 0 and len(self._running) < self.max_num_seqs:
+            seq = self._waiting[0]
+            remaining = seq.num_tokens - self.blocks.cached_prefix_tokens(seq)
+            if remaining > budget and not self.chunked_prefill:
+                break
+            n = min(remaining, budget)
+            # Strict FCFS: a head that doesn't fit blocks the ones behind it, so long prompts
+            # can't be starved by a stream of short ones.
+            if not self.blocks.can_allocate(seq, n):
+                break
+            self._waiting.pop(0)
+            plan.copies.extend(self.blocks.allocate(seq, n))
+            seq.status = SeqStatus.RUNNING
+            self._running.append(seq)
+            plan.items.append((seq, n))
+            budget -= n
+        return budget
+
+    def _make_room(self, seq: Sequence, n: int, scheduled: set[int], plan: StepPlan) -> bool:
+        """Preempt until `seq` can get blocks for n tokens; False if `seq` itself went."""
+        while not self.blocks.can_allocate(seq, n):
+            candidates = [s for s in self._running if s.seq_id not in scheduled]
+            victim = max(candidates, key=Sequence.sort_key)
+            self._preempt(victim)
+            plan.preempted.append(victim)
+            if victim is seq:
+                return False
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.blocks.free(seq)
+        seq.num_computed = 0
+        self._running.remove(seq)
+        seq.status = SeqStatus.WAITING
+        self._enqueue(seq)
+        self.num_preemptions += 1
+
+    def _enqueue(self, seq: Sequence) -> None:
+        bisect.insort(self._waiting, seq, key=Sequence.sort_key)

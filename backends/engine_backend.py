@@ -1,0 +1,139 @@
+"""The bundled engine as a pool member: the same two calls as a remote provider, answered from a
+local checkpoint, with exact usage and, where a meter exists, measured energy per request."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from backends import engine_openai as fmt
+from backends.base import Member, UpstreamError, UpstreamRequest, UpstreamResponse
+from backends.engine.checkpoint import write_tiny_checkpoint
+from backends.engine.engine import Engine, EngineClosed, EngineConfig, QueueFull, TokenEvent
+from backends.pool_config import EngineOptions, MemberConfig
+from telemetry.meters import EnergyMeter
+
+log = logging.getLogger("greengate.engine")
+
+BUILTIN_MODEL = "tiny-random-llama"
+
+
+def resolve_checkpoint(model: str, state_dir: Path) -> Path:
+    """A checkpoint folder, or the built-in random one, written on first use (no download)."""
+    if model == BUILTIN_MODEL:
+        path = Path(state_dir) / "models" / BUILTIN_MODEL
+        if not (path / "config.json").exists():
+            log.info("writing the built-in %s (random weights) to %s", BUILTIN_MODEL, path)
+            write_tiny_checkpoint(path, family="llama", size="small")
+        return path
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path}: not a Hugging Face checkpoint folder (no config.json)")
+    return path
+
+
+def engine_config(opts: EngineOptions) -> EngineConfig:
+    return EngineConfig(
+        device=opts.device, dtype=opts.dtype, block_size=opts.block_size,
+        max_num_seqs=opts.max_num_seqs, token_budget=opts.token_budget,
+        max_waiting=opts.max_waiting, cpu_kv_bytes=int(opts.kv_cache_gb * 2**30),
+        gpu_memory_fraction=opts.gpu_memory_fraction, prefix_caching=opts.prefix_caching)
+
+
+class EngineMember(Member):
+    def __init__(self, cfg: MemberConfig, state_dir: Path, meter: EnergyMeter | None) -> None:
+        self.name = cfg.name
+        self.opts = cfg.engine or EngineOptions()
+        self.checkpoint = resolve_checkpoint(cfg.model, state_dir)
+        # A stored model name, not a path: rows and /v1/models should not leak local folders.
+        self.upstream_model = self.checkpoint.name
+        self.random_weights = cfg.model == BUILTIN_MODEL or "random-weights" in cfg.tags
+        self.engine = Engine.from_checkpoint(self.checkpoint, engine_config(self.opts),
+                                             meter=meter)
+        self.context_window = cfg.context_window or self.engine.max_model_len
+        log.info("engine member %s: %s on %s, %.1fM parameters, %s attention, KV %d blocks%s",
+                 self.name, self.checkpoint, self.engine.device, self.engine.num_params / 1e6,
+                 self.engine.attention_name, self.engine.num_blocks,
+                 " (RANDOM weights: output is noise)" if self.random_weights else "")
+
+    @property
+    def num_params(self) -> int:
+        return self.engine.num_params
+
+    def _parse(self, req: UpstreamRequest) -> fmt.EngineRequest:
+        return fmt.parse(req.endpoint, req.body, self.engine.tokenizer,
+                         context_window=self.context_window,
+                         default_max_tokens=self.opts.default_max_tokens)
+
+    def _events(self, er: fmt.EngineRequest) -> AsyncIterator[TokenEvent]:
+        try:
+            return self.engine.generate(er.prompt_ids, er.params)
+        except QueueFull as e:
+            # Retryable: the gateway tries again, then falls back to another member.
+            raise UpstreamError(f"engine queue is full: {e}", kind="http", status=503,
+                                retry_after=1.0) from None
+        except EngineClosed as e:
+            raise UpstreamError(f"engine is shutting down: {e}", kind="http",
+                                status=503) from None
+        except ValueError as e:  # a request that could never fit this engine's KV cache
+            raise fmt.bad_request(str(e), "messages", "context_length_exceeded") from None
+
+    def _model_name(self, req: UpstreamRequest) -> str:
+        return str(req.body.get("model") or self.upstream_model)
+
+    async def complete(self, req: UpstreamRequest) -> UpstreamResponse:
+        er = self._parse(req)
+        parts: list[str] = [er.echo_prompt] if er.echo_prompt else []
+        entries: list[dict[str, Any]] | None = [] if er.logprobs else None
+        last: TokenEvent | None = None
+        async for ev in self._events(er):
+            parts.append(ev.text)
+            if entries is not None and ev.logprobs is not None and ev.token_id is not None:
+                entries.append(fmt.logprob_entry(self.engine.tokenizer, ev.token_id,
+                                                 ev.logprobs))
+            last = ev
+        assert last is not None  # the engine always ends with a finished event
+        use = fmt.usage(last.prompt_tokens, last.completion_tokens, last.joules,
+                        last.energy_source)
+        data = fmt.completion(er.kind, fmt.new_id(er.kind), self._model_name(req), "".join(parts),
+                              last.finish_reason, use, entries)
+        return UpstreamResponse(content=orjson.dumps(data), data=data)
+
+    async def stream(self, req: UpstreamRequest) -> AsyncIterator[bytes]:
+        er = self._parse(req)
+        rid, model, created = fmt.new_id(er.kind), self._model_name(req), int(time.time())
+        events = self._events(er)
+        try:
+            if er.kind == "chat":
+                yield fmt.chunk("chat", rid, model, created, role=True, text="")
+            elif er.echo_prompt:
+                yield fmt.chunk("text", rid, model, created, text=er.echo_prompt)
+            async for ev in events:
+                lp = ([fmt.logprob_entry(self.engine.tokenizer, ev.token_id, ev.logprobs)]
+                      if er.logprobs and ev.logprobs is not None and ev.token_id is not None
+                      else None)
+                if ev.text or lp:
+                    yield fmt.chunk(er.kind, rid, model, created, text=ev.text,
+                                    logprob_entries=lp)
+                if ev.finish_reason is not None:
+                    yield fmt.chunk(er.kind, rid, model, created, finish_reason=ev.finish_reason,
+                                    text=None if er.kind == "chat" else "")
+                    if er.include_usage:
+                        yield fmt.usage_chunk(er.kind, rid, model, created, fmt.usage(
+                            ev.prompt_tokens, ev.completion_tokens, ev.joules,
+                            ev.energy_source))
+        finally:
+            # A client that leaves mid-stream closes us: closing the engine's iterator aborts the
+            # request and frees its KV blocks at once.
+            await events.aclose()  # type: ignore[attr-defined]
+
+    def stats(self) -> dict[str, Any]:
+        return self.engine.stats()
+
+    async def aclose(self) -> None:
+        self.engine.shutdown()

@@ -1,0 +1,71 @@
+"""The engine model checks again on a GPU (torch path and the selected CUDA decode kernel).
+
+Skipped when no CUDA device is present. The reference stays on CPU in float32; GPU float32
+kernels reorder reductions, hence the looser tolerance.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from backends.engine.attention import AttentionMetadata, select_attention, torch_group_attention
+from backends.engine.checkpoint import Family
+from tests.engine_support import FAMILIES, checkpoint, greedy_generate, make_runner, random_prompt
+from tests.engine_support import reference_greedy as _reference_greedy
+from tests.test_engine_model import CHECKS, check_greedy_matches_generate
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device: GPU engine checks need one"
+)
+GPU_ATOL = 1e-3
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
+def test_logits_match_transformers_on_cuda(check, family: Family) -> None:  # noqa: ANN001
+    check(family, "cuda", GPU_ATOL)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_decode_matches_generate_on_cuda(family: Family) -> None:
+    check_greedy_matches_generate(family, "cuda")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_selected_cuda_attention_greedy(family: Family) -> None:
+    attention = select_attention("cuda")
+    path = checkpoint(family)
+    runner = make_runner(path, device="cuda", attention=attention)
+    cfg = runner.model.config
+    prompts = [random_prompt(n, cfg.vocab_size, seed=200 + n) for n in (4, 19, 33)]
+    ours = greedy_generate(runner, prompts, 10, cfg.eos_token_ids)
+    assert ours == [_reference_greedy(path, p, 10) for p in prompts], attention.name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim", "block"), [(12, 4, 64, 16), (6, 6, 24, 8)]
+)
+def test_decode_kernel_matches_torch(
+    dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int, block: int
+) -> None:
+    attention = select_attention("cuda")
+    if attention.name == "torch-sdpa":
+        pytest.skip("neither triton nor flash_attn is installed")
+    rng = random.Random(0)
+    free = list(range(128))
+    rng.shuffle(free)
+    seqs = []
+    for n in (1, 7, 16, 17, 90):
+        seqs.append((n - 1, 1, [free.pop() for _ in range(-(-n // block))]))
+    meta = AttentionMetadata.build(seqs, block, "cuda")
+    assert meta.decode is not None
+    layer = torch.randn(2, 128, block, kv_heads, head_dim, device="cuda").to(dtype)
+    q = torch.randn(len(seqs), heads, head_dim, device="cuda").to(dtype)
+    got = attention.decode(q, layer, meta.decode)
+    want = torch_group_attention(q, layer, meta.decode)
+    tol = 1e-3 if dtype == torch.float32 else 2e-2
+    assert (got.float() - want.float()).abs().max().item() < tol

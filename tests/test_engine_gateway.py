@@ -1,0 +1,271 @@
+"""The bundled engine served through the gateway: same OpenAI surface, streaming, exact usage,
+decision rows, fallbacks and the no-configuration default of `make run`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from backends.engine.checkpoint import write_tiny_checkpoint
+from backends.engine.tokenizer import Tokenizer
+from backends.pool_config import PoolConfig, default_pool, with_engine_model
+from tests.conftest import GatewayFactory
+
+ENGINE_OPTS = {"kv_cache_gb": 0.02, "max_num_seqs": 8, "token_budget": 64, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-llama"
+    write_tiny_checkpoint(path, family="llama")
+    return path
+
+
+def engine_pool(checkpoint: Path, fake_url: str, **opts: Any) -> list[dict[str, Any]]:
+    return [
+        {"name": "local", "kind": "engine", "model": str(checkpoint),
+         "engine": {**ENGINE_OPTS, **opts}, "fallbacks": ["fake-small"]},
+        {"name": "fake-small", "kind": "openai", "model": "up-small", "base_url": fake_url,
+         "price": {"input_per_1m": 0.5, "output_per_1m": 1.5}},
+    ]
+
+
+def chat(content: str, **kw: Any) -> dict[str, Any]:
+    return {"model": "local", "messages": [{"role": "user", "content": content}],
+            "temperature": 0, **kw}
+
+
+def engine_member(gw_obj: Any) -> Any:
+    rt = gw_obj.server.server.config.app.state.rt
+    return rt.pool.members["local"].backend
+
+
+def wait_all_blocks_free(member: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        s = member.stats()
+        if s["running"] == 0 and s["waiting"] == 0 and s["kv_usage"] == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"engine did not free its blocks: {s}")
+        time.sleep(0.02)
+
+
+def test_chat_non_stream_exact_usage_and_decision(
+        make_gateway: GatewayFactory, checkpoint: Path, fake_url: str) -> None:
+    gw = make_gateway(pool=engine_pool(checkpoint, fake_url), energy_meter="none")
+    r = gw.post("/v1/chat/completions", chat("hello there", max_tokens=12, ignore_eos=True))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert r.headers["x-greengate-member"] == "local"
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["finish_reason"] == "length"
+    tok = Tokenizer(checkpoint)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "hello there"}],
+                                     add_generation_prompt=True)
+    assert body["usage"]["prompt_tokens"] == len(tok.encode(prompt))
+    assert body["usage"]["completion_tokens"] == 12
+    row = gw.decision(r.headers["x-request-id"])
+    assert row["served_member"] == "local" and row["status"] == 200
+    assert row["usage_source"] == "upstream"
+    assert row["completion_tokens"] == 12
+    # No meter here: the energy is an estimate from the checkpoint's size, and says so.
+    assert row["energy_source"].startswith("estimated:")
+    assert row["energy_j"] > 0
+    wait_all_blocks_free(engine_member(gw))
+
+
+def test_stream_matches_non_stream_with_sdk(
+        make_gateway: GatewayFactory, checkpoint: Path, fake_url: str) -> None:
+    gw = make_gateway(pool=engine_pool(checkpoint, fake_url), energy_meter="none")
+    client = openai.OpenAI(base_url=gw.v1, api_key=gw.admin_key)
+    msgs = [{"role": "user", "content": "stream me something"}]
+    full = client.chat.completions.create(model="local", messages=msgs, temperature=0,
+                                          max_tokens=20)
+    chunks = list(client.chat.completions.create(
+        model="local", messages=msgs, temperature=0, max_tokens=20, stream=True,
+        stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and
+                c.choices[0].finish_reason]
+    assert finishes == [full.choices[0].finish_reason]
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
+    # Without include_usage the client gets no usage chunk, but the row is still exact.
+    r = gw.post("/v1/chat/completions", {**chat("again", max_tokens=5, ignore_eos=True),
+                                         "stream": True})
+    assert r.status_code == 200
+    assert '"usage"' not in r.text
+    row = gw.decision(r.headers["x-request-id"])
+    assert row["completion_tokens"] == 5 and row["usage_source"] == "upstream"
+
+
+def test_completions_and_logprobs(
+        make_gateway: GatewayFactory, checkpoint: Path, fake_url: str) -> None:
+    gw = make_gateway(pool=engine_pool(checkpoint, fake_url), energy_meter="none")
+    r = gw.post("/v1/completions", {"model": "local", "prompt": "The sky is",
+                                    "max_tokens": 4, "temperature": 0, "logprobs": 3,
+                                    "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert len(choice["logprobs"]["tokens"]) == 4
+    # Legacy layout: alternatives keyed by text, so two ids that decode alike share a key.
+    assert all(1 <= len(top) <= 3 for top in choice["logprobs"]["top_logprobs"])
+    for lp, top in zip(choice["logprobs"]["token_logprobs"], choice["logprobs"]["top_logprobs"],
+                       strict=True):
+        assert lp <= 0
+        assert lp == pytest.approx(max(top.values()))  # greedy took the most likely token
+    r = gw.post("/v1/chat/completions", chat("hi", max_tokens=3, logprobs=True, top_logprobs=2,
+                                             ignore_eos=True))
+    content = r.json()["choices"][0]["logprobs"]["content"]
+    assert len(content) == 3 and all(len(e["top_logprobs"]) == 2 for e in content)
+
+
+@pytest.mark.parametrize(("extra", "code"), [
+    ({"n": 2}, None),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+     "unsupported_parameter"),
+    ({"max_tokens": 10**7}, "context_length_exceeded"),
+    ({"temperature": 9}, None),
+    ({"stop": [""]}, None),
+])
+def test_bad_requests_get_openai_errors(
+        make_gateway: GatewayFactory, checkpoint: Path, fake_url: str,
+        extra: dict, code: str | None) -> None:
+    gw = make_gateway(pool=engine_pool(checkpoint, fake_url), energy_meter="none")
+    r = gw.post("/v1/chat/completions", chat("hi", **extra))
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["message"]
+    if code:
+        assert err["code"] == code
+    wait_all_blocks_free(engine_member(gw))
+
+
+def test_prompt_longer_than_context_is_refused(
+        make_gateway: GatewayFactory, checkpoint: Path, fake_url: str) -> None:
+    gw = make_gateway(pool=engine_pool(checkpoint, fake_url), energy_meter="none")
+    window = engine_member(gw).context_window
+    r = gw.post("/v1/completions", {"model": "local", "prompt": [5] * (window + 1)})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_client_disconnect_frees_blocks(
+        make_gateway: GatewayFactory, checkpoint: Path, fake_url: str) -> None:
+    gw = make_gateway(pool=engine_pool(checkpoint, fake_url), energy_meter="none")
+    member = engine_member(gw)
+    body = {**chat("go on forever", max_tokens=400, ignore_eos=True), "stream": True}
+    with httpx.stream("POST", gw.v1 + "/chat/completions", json=body,
+                      headers=gw.headers(), timeout=30) as r:
+        assert r.status_code == 200
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 3:
+                break  # leave mid-stream
+    wait_all_blocks_free(member)
+    row = gw.latest_decision(1)
+    assert row["status"] == 499
+    assert 0 < row["completion_tokens"] < 400
+
+
+def test_full_queue_falls_back(
+        make_gateway: GatewayFactory, checkpoint: Path, fake_url: str) -> None:
+    gw = make_gateway(pool=engine_pool(checkpoint, fake_url, max_num_seqs=1, max_waiting=1),
+                      energy_meter="none", retries=0)
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as c:
+            return await asyncio.gather(*[
+                c.post(gw.v1 + "/chat/completions", headers=gw.headers(),
+                       json=chat(f"request {i}", max_tokens=300, ignore_eos=True))
+                for i in range(4)])
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    served = [r.headers["x-greengate-member"] for r in responses]
+    assert "local" in served and "fake-small" in served, served
+    wait_all_blocks_free(engine_member(gw))
+
+
+def test_models_lists_engine(make_gateway: GatewayFactory, checkpoint: Path,
+                             fake_url: str) -> None:
+    gw = make_gateway(pool=engine_pool(checkpoint, fake_url), energy_meter="none")
+    r = httpx.get(gw.v1 + "/models", headers=gw.headers())
+    entry = next(m for m in r.json()["data"] if m["id"] == "local")
+    assert entry["owned_by"] == "greengate:engine"
+    assert entry["context_window"] == engine_member(gw).context_window
+
+
+def test_kv_gauge_in_metrics(make_gateway: GatewayFactory, checkpoint: Path,
+                             fake_url: str) -> None:
+    gw = make_gateway(pool=engine_pool(checkpoint, fake_url), energy_meter="none")
+    text = httpx.get(gw.url + "/metrics", headers=gw.headers()).text
+    assert 'greengate_engine_kv_cache_usage{member="local"}' in text
+
+
+def test_engine_model_setting_replaces_builtin(tmp_path: Path) -> None:
+    pool = with_engine_model(default_pool(), tmp_path / "my-model")
+    [m] = pool.pool
+    assert m.name == "my-model" and m.model == str(tmp_path / "my-model")
+    assert "random-weights" not in m.tags
+    other = PoolConfig.model_validate({"pool": [
+        {"name": "x", "kind": "openai", "model": "x", "base_url": "http://127.0.0.1:1/v1"}]})
+    assert [m.name for m in with_engine_model(other, tmp_path / "m2").pool] == ["x", "m2"]
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_serve_with_no_configuration_answers_from_tiny_random_llama(tmp_path: Path) -> None:
+    """What `make run` does on a fresh machine with no pool file: the built-in random model."""
+    port = _free_port()
+    env = {**os.environ, "GREENGATE_PORT": str(port), "GREENGATE_ADMIN_KEY": "gg-admin-test",
+           "GREENGATE_DATABASE_URL": f"sqlite:///{tmp_path}/gg.db",
+           "GREENGATE_STATE_DIR": str(tmp_path / "state"), "GREENGATE_SAFETY_CLASSIFIER": "false"}
+    env.pop("GREENGATE_CONFIG", None)
+    env.pop("GREENGATE_ENGINE_MODEL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gateway did not start:\n{proc.stdout.read()}")  # type: ignore[union-attr]
+            time.sleep(0.2)
+        h = {"Authorization": "Bearer gg-admin-test"}
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=h).json()["data"]
+        entry = next(m for m in models if m["id"] == "tiny-random-llama")
+        assert "RANDOM" in entry["description"]
+        for model in ("tiny-random-llama", "auto"):
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", headers=h, timeout=60,
+                           json={"model": model, "max_tokens": 8,
+                                 "messages": [{"role": "user", "content": "hello"}]})
+            assert r.status_code == 200, r.text
+            assert r.headers["x-greengate-member"] == "tiny-random-llama"
+            assert r.json()["usage"]["completion_tokens"] >= 1
+        assert (tmp_path / "state" / "models" / "tiny-random-llama" / "config.json").exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
