@@ -1,34 +1,63 @@
-"""The JSON admin API under /admin/: teams, keys, pool and decisions. Admin key only."""
+"""The JSON admin API under /admin/: teams, keys, pool and decisions. The admin key (bearer, or
+an admin's web session); a team key signed in to the web UI may read its own team's slice of
+the endpoints marked x-team-readable, and write nothing."""
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
+from gateway import sessions
 from gateway.auth import Principal
 from gateway.errors import GatewayError
+from gateway.explain import explain
+from gateway.reports_api import parse_time
 from gateway.runtime import Runtime
 from gateway.schema import Decision
 from routing.policy import Policy
+from routing.reward import RewardBounds
+from telemetry.reports import ReportQuery, usage_report
 
 
 def runtime(request: Request) -> Runtime:
     return request.app.state.rt
 
 
+# On an endpoint: a team key's web session may GET it, limited to its own team.
+TEAM_READABLE: dict[str, Any] = {"x-team-readable": True}
+
+
 async def require_admin(request: Request) -> Principal:
-    p = await runtime(request).auth.authenticate(request)
-    if not p.is_admin:
-        raise GatewayError(403, "This endpoint needs the admin key.", code="admin_only")
-    return p
+    p = await sessions.caller(request)
+    if p.is_admin:
+        return p
+    route = request.scope.get("route")
+    readable = bool((getattr(route, "openapi_extra", None) or {}).get("x-team-readable"))
+    # Bearer team keys stay out of /admin entirely (they are data-plane credentials); the
+    # read-only console is for a person who signed in with one.
+    if readable and request.method == "GET" and sessions.via_session(request):
+        return p
+    raise GatewayError(403, "This endpoint needs the admin key.", code="admin_only")
+
+
+def team_scope(p: Principal, team: str | None) -> str | None:
+    """The team filter to apply: the admin's choice, or a team principal's own team."""
+    if p.is_admin:
+        return team
+    if team is not None and team != p.team:
+        raise GatewayError(403, "A team key can only read its own team.", param="team",
+                           code="team_forbidden")
+    return p.team
 
 
 Rt = Annotated[Runtime, Depends(runtime)]
+Caller = Annotated[Principal, Depends(require_admin)]
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
 
@@ -44,9 +73,10 @@ class KeyIn(BaseModel):
     )
 
 
-@router.get("/teams")
-def list_teams(rt: Rt) -> list[dict]:
-    return rt.keys.list_teams()
+@router.get("/teams", openapi_extra=TEAM_READABLE)
+def list_teams(rt: Rt, p: Caller) -> list[dict]:
+    teams = rt.keys.list_teams()
+    return teams if p.is_admin else [t for t in teams if t["name"] == p.team]
 
 
 @router.post("/teams", status_code=201)
@@ -57,9 +87,10 @@ def create_team(team: TeamIn, rt: Rt) -> dict:
         raise GatewayError(409, str(e), code="team_exists") from None
 
 
-@router.get("/keys")
-def list_keys(rt: Rt, team: str | None = None) -> list[dict]:
-    return [k.to_json() for k in rt.keys.list_keys(team)]
+@router.get("/keys", openapi_extra=TEAM_READABLE)
+def list_keys(rt: Rt, p: Caller, team: str | None = None) -> list[dict]:
+    """Every key (a team session: its team's), without secrets: greengate keeps only hashes."""
+    return [k.to_json() for k in rt.keys.list_keys(team_scope(p, team))]
 
 
 @router.post("/keys", status_code=201)
@@ -84,7 +115,7 @@ def revoke_key(ident: str, rt: Rt) -> dict:
     return info.to_json()
 
 
-@router.get("/pool")
+@router.get("/pool", openapi_extra=TEAM_READABLE)
 def pool_status(rt: Rt) -> list[dict]:
     out = []
     for m in rt.pool.members.values():
@@ -102,6 +133,46 @@ def pool_status(rt: Rt) -> list[dict]:
     return out
 
 
+WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1)}
+_WINDOW_FIELDS = ("requests", "errors", "latency_p50_ms", "latency_p95_ms", "cost_usd",
+                  "energy_wh", "gco2e", "j_per_output_token", "measured_energy_share",
+                  "estimated_energy_share")
+
+
+@router.get("/pool/stats", openapi_extra=TEAM_READABLE, responses={200: {"description": (
+    "Per member, over the last hour and the last day: requests, traffic_share (of the "
+    "requests a member served in the window), errors, error_rate, latency p50/p95 (ms), "
+    "cost_usd, energy_wh, gco2e, j_per_output_token and the measured/estimated energy "
+    "shares; with each pool member's health (healthy, degraded, cooldown) and cooldown left. "
+    "Members no longer in the pool, and 'cache' (semantic cache hits), appear with "
+    "in_pool false. A team session sees its own team's traffic.")}})
+async def pool_stats(rt: Rt, p: Caller) -> dict:
+    now = datetime.now(UTC)
+    team = None if p.is_admin else p.team
+    members: dict[str, dict[str, Any]] = {}
+    for m in rt.pool.members.values():
+        members[m.name] = {"name": m.name, "in_pool": True, "state": m.breaker.state(),
+                           "cooldown_remaining_s": round(m.breaker.cooling_down_for(), 1),
+                           "latency_ewma_ms": m.latency_ewma_ms, "windows": {}}
+    for label, span in WINDOWS.items():
+        q = ReportQuery(now - span, now, ("member",), team=team)
+        report = await run_in_threadpool(usage_report, rt.engine, q)
+        served = sum(r["requests"] for r in report.rows if r["member"] is not None)
+        for row in report.rows:
+            name = row["member"]
+            if name is None:
+                continue  # refused before any member was chosen
+            entry = members.setdefault(name, {"name": name, "in_pool": False, "state": None,
+                                              "cooldown_remaining_s": None,
+                                              "latency_ewma_ms": None, "windows": {}})
+            w = {f: row[f] for f in _WINDOW_FIELDS}
+            w["traffic_share"] = row["requests"] / served if served else None
+            w["error_rate"] = row["errors"] / row["requests"] if row["requests"] else None
+            entry["windows"][label] = w
+    return {"generated_at": now.isoformat(), "windows": list(WINDOWS), "team": team,
+            "members": list(members.values())}
+
+
 def _decision_json(d: Decision) -> dict[str, Any]:
     out = {c.name: getattr(d, c.name) for c in Decision.__table__.columns}
     created = d.created_at
@@ -110,15 +181,24 @@ def _decision_json(d: Decision) -> dict[str, Any]:
     return out
 
 
-@router.get("/decisions")
+@router.get("/decisions", openapi_extra=TEAM_READABLE)
 def list_decisions(
     rt: Rt,
+    p: Caller,
     team: str | None = None,
     member: str | None = None,
     status: int | None = None,
+    since: str | None = Query(None, description="ISO 8601, inclusive (naive: UTC)"),
+    until: str | None = Query(None, description="ISO 8601, exclusive (naive: UTC)"),
     limit: int = Query(50, ge=1, le=1000),
 ) -> list[dict]:
+    """Newest first."""
+    team = team_scope(p, team)
     q = select(Decision).order_by(Decision.created_at.desc()).limit(limit)
+    if since is not None:
+        q = q.where(Decision.created_at >= parse_time(since, "since"))
+    if until is not None:
+        q = q.where(Decision.created_at < parse_time(until, "until"))
     if team is not None:
         q = q.where(Decision.team == team)
     if member is not None:
@@ -129,24 +209,34 @@ def list_decisions(
         return [_decision_json(d) for d in s.scalars(q)]
 
 
-@router.get("/decisions/{rid}")
-def get_decision(rid: str, rt: Rt) -> dict:
+@router.get("/decisions/{rid}", openapi_extra=TEAM_READABLE, responses={200: {
+    "description": "The decision row, plus `explanation`: each candidate's score split into "
+    "its quality, energy and cost terms, the term that decided, and a sentence saying why "
+    "the served member won."}})
+def get_decision(rid: str, rt: Rt, p: Caller) -> dict:
     with Session(rt.engine) as s:
         d = s.get(Decision, rid)
-        if d is None:
+        if d is None or not (p.is_admin or d.team == p.team):
             raise GatewayError(404, f"No decision {rid!r} (it may still be queued).",
                                code="decision_not_found")
-        return _decision_json(d)
+        out = _decision_json(d)
+    bounds = RewardBounds(rt.settings.reward_energy_max_j, rt.settings.reward_cost_max_usd)
+    out["explanation"] = explain(out, bounds)
+    return out
 
 
-@router.get("/policies")
-def list_policies(rt: Rt) -> dict[str, dict]:
+@router.get("/policies", openapi_extra=TEAM_READABLE)
+def list_policies(rt: Rt, p: Caller) -> dict[str, dict]:
     """Every stored policy by team; 'default' applies to teams without one."""
-    return rt.routing.policies.list()
+    stored = rt.routing.policies.list()
+    return stored if p.is_admin else {
+        t: v for t, v in stored.items() if t in (p.team, "default")}
 
 
-@router.get("/policies/{team}")
-def get_policy(team: str, rt: Rt) -> dict:
+@router.get("/policies/{team}", openapi_extra=TEAM_READABLE)
+def get_policy(team: str, rt: Rt, p: Caller) -> dict:
+    if team != "default":
+        team_scope(p, team)
     p = rt.routing.policies.get(team)
     if p is None:
         raise GatewayError(404, f"No policy for team {team!r}; it uses the default policy.",
@@ -186,10 +276,15 @@ class BudgetIn(BaseModel):
     limit: float = Field(gt=0)
 
 
-@router.get("/budgets")
-def list_budgets(rt: Rt) -> list[dict]:
+@router.get("/budgets", openapi_extra=TEAM_READABLE)
+def list_budgets(rt: Rt, p: Caller) -> list[dict]:
     """Every budget with what has been spent in its current period and when it resets."""
-    return rt.budgets.list()
+    budgets = rt.budgets.list()
+    if p.is_admin:
+        return budgets
+    own_keys = {str(k.id) for k in rt.keys.list_keys(p.team)}
+    return [b for b in budgets if (b["scope"], b["subject"]) == ("team", p.team)
+            or (b["scope"] == "key" and b["subject"] in own_keys)]
 
 
 @router.post("/budgets", status_code=201)

@@ -1,4 +1,4 @@
-"""The ASGI application: /v1 (OpenAI protocol), /health, /admin."""
+"""The ASGI application: /v1 (OpenAI protocol), /health, /admin, and the web UI at /ui."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from backends.pool_config import PoolConfig
 from gateway import admin, database, reports_api
 from gateway.errors import GatewayError, error_response
 from gateway.runtime import Runtime
+from gateway.sessions import SessionStore
 from gateway.settings import Settings
+from web import router as ui_router
 
 log = logging.getLogger("greengate")
 
@@ -138,6 +140,8 @@ def create_app(
 
     app.include_router(admin.router)
     app.include_router(reports_api.router)
+    app.state.sessions = SessionStore()  # the web UI's sign-ins; /admin accepts them too
+    app.include_router(ui_router)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> Response:

@@ -70,7 +70,10 @@ class Authenticator:
                 "Missing API key: send 'Authorization: Bearer <greengate key>'.",
                 code="missing_api_key",
             )
-        h = hash_key(secret)
+        return await self.authenticate_hash(hash_key(secret))
+
+    async def authenticate_hash(self, h: str) -> Principal:
+        """The principal of the key whose SHA-256 is `h` (web sessions keep only the hash)."""
         if hmac.compare_digest(h.encode(), self._admin_hash):
             return Principal(True, None, None, "admin", None)
         info = await self._lookup(h)
@@ -81,4 +84,3 @@ class Authenticator:
         if info.revoked_at is not None:
             raise GatewayError(401, "This API key has been revoked.", code="revoked_api_key")
         return Principal(False, info.team, info.id, info.prefix, info.allowed_models)
-

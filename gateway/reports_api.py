@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from gateway import sessions
 from gateway.errors import GatewayError
 from gateway.runtime import Runtime
 from telemetry.reports import (
@@ -78,7 +79,8 @@ async def usage(
     1.1%). Energy figures mix measured and estimated joules: the
     shares say how much of each."""
     rt: Runtime = request.app.state.rt
-    principal = await rt.auth.authenticate(request)  # before any parsing: no key, no work
+    # Before any parsing: no key, no work. A web session counts as its key (GET: no CSRF).
+    principal = await sessions.caller(request)
 
     fmt = format.strip().lower()
     if fmt not in ("json", "csv"):
