@@ -51,7 +51,8 @@ class EngineOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: the checkpoint's dtype on CUDA, float32 on the CPU.")
+        "auto", description="auto: the checkpoint's dtype on CUDA; on the CPU bfloat16 where it "
+        "has native bf16 instructions, else float32.")
     block_size: int = Field(16, ge=1, le=256, description="Tokens per KV-cache block.")
     max_num_seqs: int = Field(64, ge=1, description="Sequences decoded together at most.")
     token_budget: int = Field(

@@ -32,12 +32,14 @@ sys.path.insert(0, str(ROOT))
 
 
 
-def workload(n: int, seed: int, max_in: int, max_out: int) -> tuple[list[list[int]], list[int]]:
+def workload(n: int, seed: int, max_in: int, max_out: int,
+             vocab: int) -> tuple[list[list[int]], list[int]]:
     """Input and output lengths log-normal like chat traffic (many short, a long tail)."""
     rng = np.random.default_rng(seed)
     ins = np.clip(rng.lognormal(np.log(max_in / 4), 0.8, n), 8, max_in).astype(int)
     outs = np.clip(rng.lognormal(np.log(max_out / 4), 0.8, n), 8, max_out).astype(int)
-    prompts = [rng.integers(100, 30000, size=int(k)).tolist() for k in ins]
+    # Ids clear of the specials at the start of the vocabulary.
+    prompts = [rng.integers(vocab // 16, vocab, size=int(k)).tolist() for k in ins]
     return prompts, [int(o) for o in outs]
 
 
@@ -63,8 +65,21 @@ def run_engine(ckpt: Path, prompts: list[list[int]], outs: list[int], device: st
     from backends.engine.engine import Engine, EngineConfig
     from backends.engine.sampler import SamplingParams
 
+    if kv_gb > 0:
+        kv_bytes = int(kv_gb * 2**30)
+    else:
+        # Just enough KV for every request at full length at once, one block of slack each:
+        # what a deployment would size for this load, so peak memory compares fairly.
+        c = json.loads((ckpt / "config.json").read_text())
+        head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+        per_token = 2 * c["num_hidden_layers"] * c["num_key_value_heads"] * head_dim * (
+            2 if dtype in ("bfloat16", "float16") else 4)
+        bs = 16
+        slots = sum((len(p) + o + 2 * bs - 1) // bs * bs for p, o in zip(prompts, outs,
+                                                                     strict=True))
+        kv_bytes = slots * per_token
     cfg = EngineConfig(device=device, dtype=dtype, max_num_seqs=max_num_seqs,
-                       token_budget=token_budget, cpu_kv_bytes=int(kv_gb * 2**30),
+                       token_budget=token_budget, cpu_kv_bytes=kv_bytes,
                        max_waiting=len(prompts) + 1)
     engine = Engine.from_checkpoint(ckpt, cfg)
     waste: list[float] = []
@@ -109,6 +124,7 @@ def run_engine(ckpt: Path, prompts: list[list[int]], outs: list[int], device: st
             "kv_waste_mean": statistics.fmean(waste) if waste else None,
             "kv_waste_max": max(waste) if waste else None,
             "attention": engine.attention_name, "preemptions": stats.get("preemptions"),
+            "kv_cache_mb": kv_bytes / 2**20,
             **peak_memory(device)}
 
 
@@ -199,7 +215,8 @@ def run_roofline(ckpt: Path, dtype: str, steps: int = 256) -> dict[str, Any]:
 
 # ---- driver -----------------------------------------------------------------------------------
 def child(args: argparse.Namespace) -> None:
-    prompts, outs = workload(args.requests, args.seed, args.max_input, args.max_output)
+    vocab = json.loads((args.checkpoint / "config.json").read_text())["vocab_size"]
+    prompts, outs = workload(args.requests, args.seed, args.max_input, args.max_output, vocab)
     torch.set_num_threads(args.threads or torch.get_num_threads())
     if args.child == "engine":
         res = run_engine(args.checkpoint, prompts, outs, args.device, args.dtype, args.kv_gb,
@@ -228,8 +245,10 @@ def main() -> None:
     ap.add_argument("--max-output", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
-    ap.add_argument("--kv-gb", type=float, default=2.0, help="engine KV cache on the CPU")
+    ap.add_argument("--dtype", default=None,
+                    help="both sides; default: bfloat16 on CUDA, the engine's CPU choice on CPU")
+    ap.add_argument("--kv-gb", type=float, default=0.0,
+                    help="engine KV cache on the CPU (default: enough for the whole load)")
     ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--token-budget", type=int, default=512)
     ap.add_argument("--threads", type=int, default=0)
@@ -237,7 +256,12 @@ def main() -> None:
     ap.add_argument("--child", choices=["engine", "transformers", "roofline"],
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
-    args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    if args.dtype is None:
+        from backends.engine.loader import preferred_dtype
+
+        # The engine's own choice (bf16 on CPUs with native bf16), given to transformers too.
+        args.dtype = "bfloat16" if args.device == "cuda" else str(
+            preferred_dtype("cpu", torch.float32)).removeprefix("torch.")
     if args.child:
         child(args)
         return

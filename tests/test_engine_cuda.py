@@ -63,7 +63,7 @@ def test_decode_kernel_matches_torch(
         seqs.append((n - 1, 1, [free.pop() for _ in range(-(-n // block))]))
     meta = AttentionMetadata.build(seqs, block, "cuda")
     assert meta.decode is not None
-    layer = torch.randn(2, 128, block, kv_heads, head_dim, device="cuda").to(dtype)
+    layer = torch.randn(2, kv_heads, 128, block, head_dim, device="cuda").to(dtype)
     q = torch.randn(len(seqs), heads, head_dim, device="cuda").to(dtype)
     got = attention.decode(q, layer, meta.decode)
     want = torch_group_attention(q, layer, meta.decode)

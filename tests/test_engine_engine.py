@@ -337,7 +337,9 @@ def ckpt(request: pytest.FixtureRequest) -> Path:
 
 
 def real_engine(path: Path, **cfg: Any) -> Engine:
-    base: dict[str, Any] = {"device": "cpu", "block_size": 4, "num_blocks": 128}
+    # float32: the reference comparison is token-exact, which bf16 rounding would not be.
+    base: dict[str, Any] = {"device": "cpu", "dtype": "float32", "block_size": 4,
+                            "num_blocks": 128}
     return Engine.from_checkpoint(path, EngineConfig(**(base | cfg)))
 
 
@@ -449,8 +451,8 @@ async def test_abort_mid_generation_frees_blocks_on_real_model(ckpt: Path) -> No
 
 
 def test_from_checkpoint_sizes_the_kv_cache_from_its_byte_budget(ckpt: Path) -> None:
-    engine = Engine.from_checkpoint(ckpt, EngineConfig(device="cpu", block_size=8,
-                                                       cpu_kv_bytes=1 << 20))
+    engine = Engine.from_checkpoint(ckpt, EngineConfig(device="cpu", dtype="float32",
+                                                       block_size=8, cpu_kv_bytes=1 << 20))
     try:
         assert engine.num_blocks == (1 << 20) // engine.runner.kv.bytes_per_block()
         assert engine.blocks.block_size == 8

@@ -21,7 +21,8 @@ from backends.engine.tokenizer import Tokenizer
 from backends.pool_config import PoolConfig, default_pool, with_engine_model
 from tests.conftest import GatewayFactory
 
-ENGINE_OPTS = {"kv_cache_gb": 0.02, "max_num_seqs": 8, "token_budget": 64, "device": "cpu"}
+ENGINE_OPTS = {"kv_cache_gb": 0.02, "max_num_seqs": 8, "token_budget": 64, "device": "cpu",
+               "dtype": "float32"}
 
 
 @pytest.fixture(scope="module")

@@ -123,9 +123,9 @@ def check_copy_blocks(family: Family, device: str, atol: float = ATOL) -> None:
     _close(logits[0], reference_logits(path, [*prompt, nxt])[-1], atol)
     runner.kv.copy_blocks(list(zip(src[:-1], dst[:-1], strict=True)))
     data = runner.kv.data
-    assert torch.equal(data[:, :, src[:-1]], data[:, :, dst[:-1]])
+    assert torch.equal(data[:, :, :, src[:-1]], data[:, :, :, dst[:-1]])
     used = len(prompt) % bs
-    assert torch.equal(data[:, :, src[-1], :used], data[:, :, dst[-1], :used])
+    assert torch.equal(data[:, :, :, src[-1], :used], data[:, :, :, dst[-1], :used])
 
 
 def check_greedy_matches_generate(family: Family, device: str) -> None:
@@ -177,11 +177,20 @@ def test_config_reads_both_families() -> None:
 
 def test_rope_parameters_form_is_read() -> None:
     raw = {
-        "model_type": "llama", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8,
-        "num_hidden_layers": 1, "num_attention_heads": 2,
-        "rope_parameters": {"rope_type": "llama3", "rope_theta": 5.0, "factor": 8.0,
-                            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                            "original_max_position_embeddings": 64},
+        "model_type": "llama",
+        "vocab_size": 8,
+        "hidden_size": 8,
+        "intermediate_size": 8,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "rope_parameters": {
+            "rope_type": "llama3",
+            "rope_theta": 5.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
     }
     cfg = ModelConfig.from_dict(raw)
     assert cfg.rope_theta == 5.0 and cfg.rope_scaling is not None
@@ -251,3 +260,11 @@ def test_checkpoint_readme_and_sizes(tmp_path) -> None:  # noqa: ANN001
     folder = write_tiny_checkpoint(tmp_path / "m", "llama", size="test", layers=1)
     assert "Random weights" in (folder / "README.md").read_text()
     assert ModelConfig.from_path(folder).num_hidden_layers == 1
+
+
+def test_preferred_dtype() -> None:
+    from backends.engine.loader import cpu_has_native_bf16, preferred_dtype
+
+    assert preferred_dtype("cuda", torch.float16) == torch.float16
+    want = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert preferred_dtype("cpu", torch.float32) == want

@@ -37,8 +37,10 @@ CONVERSATIONS = [
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"type": "function",
-                 "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+                {
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                }
             ],
         },
         {"role": "tool", "content": "18C, sunny"},

@@ -53,13 +53,13 @@ class FlashAttnPagedAttention(PagedAttention):
         self._fn: Any = flash_attn_with_kvcache
 
     def decode(self, q: torch.Tensor, layer_kv: LayerKV, group: AttentionGroup) -> torch.Tensor:
-        if layer_kv.shape[2] % 256 or q.dtype not in (torch.float16, torch.bfloat16):
+        if layer_kv.shape[3] % 256 or q.dtype not in (torch.float16, torch.bfloat16):
             return torch_group_attention(q, layer_kv, group)
         b = group.q_index.shape[0]
         out = self._fn(
             q[group.q_index.view(-1)].unsqueeze(1),  # [B, 1, H, D]
-            layer_kv[0],
-            layer_kv[1],
+            layer_kv[0].permute(1, 2, 0, 3),  # flash wants [blocks, block_size, kv_heads, dim]
+            layer_kv[1].permute(1, 2, 0, 3),
             cache_seqlens=group.context_lens,
             block_table=group.block_tables,
             causal=True,

@@ -90,12 +90,14 @@ class BlockManager:
         return -(-num_tokens // self.block_size)
 
     def kv_waste(self, seqs: Iterable[Sequence]) -> float:
-        """Share of allocated slots (counted per table) that hold no computed token."""
+        """Share of allocated slots (counted per table) that no known token will fill: the
+        slack at the end of each table. Slots of tokens being computed in this very step are
+        in use, not waste."""
         allocated = used = 0
         for seq in seqs:
             slots = len(seq.block_table) * self.block_size
             allocated += slots
-            used += min(seq.num_computed, slots)
+            used += min(seq.num_tokens, slots)
         return (allocated - used) / allocated if allocated else 0.0
 
     def cached_prefix_tokens(self, seq: Sequence) -> int:

@@ -326,7 +326,11 @@ def write_tiny_checkpoint(
     params = sum(t.numel() for t in weights.values())
     (folder / "README.md").write_text(
         README.format(
-            name=folder.name, family=family, params=params, size=size, seed=seed,
+            name=folder.name,
+            family=family,
+            params=params,
+            size=size,
+            seed=seed,
             shape=json.dumps(asdict(shape)),
         )
     )

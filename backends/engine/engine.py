@@ -36,6 +36,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from backends.engine.block_manager import BlockManager
+from backends.engine.loader import preferred_dtype
 from backends.engine.runner import RunItem
 from backends.engine.sampler import SamplingParams, TokenLogprobs, is_stop_token, sample
 from backends.engine.scheduler import QueueFull, Scheduler, StepPlan
@@ -569,5 +570,4 @@ def resolve_device(device: str) -> torch.device:
 def resolve_dtype(dtype: str, checkpoint: torch.dtype, device: torch.device) -> torch.dtype:
     if dtype != "auto":
         return _DTYPES[dtype]
-    # Half-precision matmuls on the CPU are slow or unsupported; CUDA runs the checkpoint's.
-    return checkpoint if device.type == "cuda" else torch.float32
+    return preferred_dtype(device, checkpoint)

@@ -1,7 +1,9 @@
 """Block-paged KV cache: one tensor holds every layer's keys and values.
 
-Layout `[layers, 2, num_blocks, block_size, n_kv_heads, head_dim]` keeps each layer's k and v
-contiguous (so a flat slot view is free) while a block copy moves all layers in one indexing op.
+Layout `[layers, 2, n_kv_heads, num_blocks, block_size, head_dim]`: a block copy moves all
+layers in one indexing op, a flat slot view per kv head is free, and a gather of B sequences'
+blocks lands as `[n_kv_heads * B, context, head_dim]`, the exact operand of a batched matmul, so
+decode attention needs no copy beyond the gather itself.
 """
 
 from __future__ import annotations
@@ -35,13 +37,13 @@ class KVCache:
         self.dtype = dtype
         self.device = torch.device(device)
         self.data = torch.zeros(
-            (num_layers, 2, num_blocks, block_size, n_kv_heads, head_dim),
+            (num_layers, 2, n_kv_heads, num_blocks, block_size, head_dim),
             dtype=dtype,
             device=self.device,
         )
 
     def layer(self, index: int) -> torch.Tensor:
-        """One layer's `[2 (k, v), num_blocks, block_size, n_kv_heads, head_dim]` (a view)."""
+        """One layer's `[2 (k, v), n_kv_heads, num_blocks, block_size, head_dim]` (a view)."""
         return self.data[index]
 
     def copy_blocks(self, pairs: Sequence[tuple[int, int]]) -> None:
@@ -50,7 +52,7 @@ class KVCache:
             return
         src = torch.tensor([s for s, _ in pairs], dtype=torch.long, device=self.device)
         dst = torch.tensor([d for _, d in pairs], dtype=torch.long, device=self.device)
-        self.data[:, :, dst] = self.data[:, :, src]
+        self.data[:, :, :, dst] = self.data[:, :, :, src]
 
     def bytes_per_block(self) -> int:
         return block_bytes(

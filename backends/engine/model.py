@@ -86,9 +86,10 @@ class Attention(nn.Module):
         attn: PagedAttention,
     ) -> torch.Tensor:
         t = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = apply_rope(q.view(t, self.heads, self.head_dim), cos, sin)
-        k = apply_rope(k.view(t, self.kv_heads, self.head_dim), cos, sin)
+        qk, v = self.qkv_proj(x).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        # q and k heads rotate in one call: same positions, half the elementwise kernels.
+        qk = apply_rope(qk.view(t, self.heads + self.kv_heads, self.head_dim), cos, sin)
+        q, k = qk.split([self.heads, self.kv_heads], dim=1)
         attn.write(layer_kv, k, v.view(t, self.kv_heads, self.head_dim), meta.slot_mapping)
         out = attn.forward(q, layer_kv, meta)
         return self.o_proj(out.reshape(t, self.q_size))

@@ -37,9 +37,7 @@ class ModelRunner:
     def attention_name(self) -> str:
         return self.model.attention.name
 
-    def run(
-        self, items: Sequence[RunItem], copies: Sequence[tuple[int, int]] = ()
-    ) -> torch.Tensor:
+    def run(self, items: Sequence[RunItem], copies: Sequence[tuple[int, int]] = ()) -> torch.Tensor:
         """Logits `[number of items with sample=True, vocab]` float32, in item order."""
         with torch.inference_mode():
             # Copy-on-write copies come first: this step may write into the new blocks.

@@ -90,7 +90,7 @@ def paged_decode(q: torch.Tensor, layer_kv: LayerKV, group: AttentionGroup) -> t
     """Decode rows `[B, heads, head_dim]` for a group whose sequences each have one query."""
     b = group.q_index.shape[0]
     heads, dim = q.shape[1], q.shape[2]
-    kv_heads, block = layer_kv.shape[3], layer_kv.shape[2]
+    kv_heads, block = layer_kv.shape[1], layer_kv.shape[3]
     per_kv = heads // kv_heads
     out = torch.empty((b, heads, dim), dtype=q.dtype, device=q.device)
     tables = group.block_tables
@@ -104,10 +104,10 @@ def paged_decode(q: torch.Tensor, layer_kv: LayerKV, group: AttentionGroup) -> t
         dim**-0.5,
         q.stride(0),
         q.stride(1),
-        layer_kv.stride(0),
-        layer_kv.stride(1),
-        layer_kv.stride(2),
-        layer_kv.stride(3),
+        layer_kv.stride(0),  # k -> v
+        layer_kv.stride(2),  # block
+        layer_kv.stride(3),  # slot in block
+        layer_kv.stride(1),  # kv head
         tables.stride(0),
         out.stride(0),
         out.stride(1),
