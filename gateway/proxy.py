@@ -467,6 +467,12 @@ class Proxy:
                 headers["retry-after"] = str(max(1, round(last.retry_after)))
             return GatewayError(429, f"Upstream is rate limiting {summary}",
                                 code="upstream_rate_limited", headers=headers)
+        if last.status == 503:
+            # Overloaded (a full engine queue, a busy provider): a later retry may well work.
+            if last.retry_after is not None:
+                headers["retry-after"] = str(max(1, round(last.retry_after)))
+            return GatewayError(503, f"Upstream is overloaded {summary}",
+                                code="upstream_overloaded", headers=headers)
         return GatewayError(502, f"Upstream failed {summary}", code="upstream_error",
                             headers=headers)
 

@@ -270,3 +270,27 @@ def test_serve_with_no_configuration_answers_from_tiny_random_llama(tmp_path: Pa
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_full_queue_without_fallback_is_a_clean_503(
+        make_gateway: GatewayFactory, checkpoint: Path, fake_url: str) -> None:
+    pool = engine_pool(checkpoint, fake_url, max_num_seqs=1, max_waiting=1)
+    pool[0]["fallbacks"] = []
+    gw = make_gateway(pool=pool, energy_meter="none", retries=0)
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as c:
+            return await asyncio.gather(*[
+                c.post(gw.v1 + "/chat/completions", headers=gw.headers(),
+                       json=chat(f"request {i}", max_tokens=300, ignore_eos=True))
+                for i in range(4)])
+
+    responses = asyncio.run(burst())
+    codes = sorted(r.status_code for r in responses)
+    assert 200 in codes and 503 in codes, codes
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.json()["error"]["code"] == "upstream_overloaded"
+    assert refused.headers["retry-after"] == "1"
+    row = gw.decision(refused.headers["x-request-id"])
+    assert row["status"] == 503
+    wait_all_blocks_free(engine_member(gw))
