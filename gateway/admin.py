@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from backends.engine_backend import EngineMember
 from gateway import sessions
 from gateway.auth import Principal
 from gateway.errors import GatewayError
@@ -129,8 +130,19 @@ def pool_status(rt: Rt) -> list[dict]:
                 "source": m.prices.source},
             "context_window": m.context_window, "tags": m.cfg.tags,
             "energy": m.cfg.energy.model_dump() if m.cfg.energy else None,
+            "engine": _engine_state(m.backend) if isinstance(m.backend, EngineMember) else None,
         })
     return out
+
+
+def _engine_state(backend: EngineMember) -> dict[str, Any]:
+    s = backend.stats()
+    return {"checkpoint": backend.checkpoint.name, "random_weights": backend.random_weights,
+            "params": backend.num_params, "device": s["device"], "attention": s["attention"],
+            "kv_usage": s["kv_usage"], "kv_blocks": s["kv_blocks"], "running": s["running"],
+            "waiting": s["waiting"], "preemptions": s["preemptions"],
+            "prefix_cache_hit_tokens": s["prefix_cache_hit_tokens"],
+            "energy_source": s["energy_source"]}
 
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1)}

@@ -294,3 +294,18 @@ def test_full_queue_without_fallback_is_a_clean_503(
     row = gw.decision(refused.headers["x-request-id"])
     assert row["status"] == 503
     wait_all_blocks_free(engine_member(gw))
+
+
+def test_admin_pool_shows_engine_state(make_gateway: GatewayFactory, checkpoint: Path,
+                                       fake_url: str) -> None:
+    gw = make_gateway(pool=engine_pool(checkpoint, fake_url), energy_meter="none")
+    gw.post("/v1/chat/completions", chat("hi", max_tokens=2))
+    r = httpx.get(gw.url + "/admin/pool", headers=gw.headers())
+    local = next(m for m in r.json() if m["name"] == "local")
+    eng = local["engine"]
+    assert eng["device"] == "cpu" and eng["random_weights"] is False
+    assert eng["kv_blocks"] > 0 and 0 <= eng["kv_usage"] <= 1
+    assert eng["params"] == engine_member(gw).num_params
+    # The checkpoint's size, not a made-up figure, drives the estimate until a meter measures.
+    assert local["energy"]["active_params_b"] == pytest.approx(eng["params"] / 1e9)
+    assert next(m for m in r.json() if m["name"] == "fake-small")["engine"] is None

@@ -7,7 +7,7 @@ are random. Both this engine and `transformers` load it, which is what the tests
 
 Sizes (llama, tied embeddings):
 - "test": hidden 64, 2 layers, 4 heads / 2 kv heads, vocab 384 (~0.1M params) for unit tests.
-- "small": hidden 384, 6 layers, 6 heads / 2 kv heads, vocab 2048 (~10M params): the default
+- "small": hidden 384, 6 layers, 6 heads / 2 kv heads, vocab 640 (~9.7M params): the default
   `tiny-random-llama` of `make run`; loads in well under a second on CPU.
 - "100m": hidden 768, 12 layers, 12 heads / 4 kv heads, intermediate 2048, vocab 32000
   (~100M params) for the engine benchmark.
@@ -40,7 +40,8 @@ class Shape:
 
 SIZES: dict[str, Shape] = {
     "test": Shape(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=384),
-    "small": Shape(hidden=384, layers=6, heads=6, kv_heads=2, intermediate=1024, vocab=2048),
+    # vocab: what CORPUS trains to, so a random model samples real pieces of text, not padding.
+    "small": Shape(hidden=384, layers=6, heads=6, kv_heads=2, intermediate=1024, vocab=640),
     "100m": Shape(hidden=768, layers=12, heads=12, kv_heads=4, intermediate=2048, vocab=32000),
 }
 
