@@ -19,6 +19,7 @@ import pytest
 from backends.engine.checkpoint import write_tiny_checkpoint
 from backends.engine.tokenizer import Tokenizer
 from backends.pool_config import PoolConfig, default_pool, with_engine_model
+from telemetry.meters import EnergyMeter
 from tests.conftest import GatewayFactory
 
 ENGINE_OPTS = {"kv_cache_gb": 0.02, "max_num_seqs": 8, "token_budget": 64, "device": "cpu",
@@ -309,3 +310,38 @@ def test_admin_pool_shows_engine_state(make_gateway: GatewayFactory, checkpoint:
     # The checkpoint's size, not a made-up figure, drives the estimate until a meter measures.
     assert local["energy"]["active_params_b"] == pytest.approx(eng["params"] / 1e9)
     assert next(m for m in r.json() if m["name"] == "fake-small")["engine"] is None
+
+
+class CountingMeter(EnergyMeter):
+    """A meter whose counter rises 0.5 J per read: each engine step measures 0.5 J."""
+
+    source = "measured:test"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.joules = 0.0
+
+    @property
+    def update_period_s(self) -> float:
+        return 0.0
+
+    def _read_joules(self) -> float:
+        self.joules += 0.5
+        return self.joules
+
+
+def test_measured_energy_reaches_the_decision_row(
+        make_gateway: GatewayFactory, checkpoint: Path, fake_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.pool.detect_meter", lambda prefer: CountingMeter())
+    gw = make_gateway(pool=engine_pool(checkpoint, fake_url))
+    r = gw.post("/v1/chat/completions", chat("measure me", max_tokens=6, ignore_eos=True))
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    assert usage["energy_source"] == "measured:test" and usage["energy_j"] > 0
+    row = gw.decision(r.headers["x-request-id"])
+    # Measured joules replace the size-based estimate in the row, and say where they came from.
+    assert row["energy_source"] == "measured:test"
+    assert row["energy_j"] == pytest.approx(usage["energy_j"])
+    # Alone in the engine, the request carries every step it was in: prefill + 5 decodes.
+    assert row["energy_j"] == pytest.approx(0.5 * 6)
