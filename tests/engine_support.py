@@ -24,6 +24,7 @@ from backends.engine.checkpoint import Family, write_tiny_checkpoint
 from backends.engine.kv_cache import KVCache
 from backends.engine.loader import load_model
 from backends.engine.runner import ModelRunner, RunItem
+from telemetry.meters import EnergyMeter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -149,3 +150,23 @@ def greedy_generate(
                 still.append((i, [tok], start + len(toks)))
         pending = still
     return outputs
+
+
+class StepMeter(EnergyMeter):
+    """Every read advances `per_read` joules, so each engine step (read before, read after)
+    measures exactly that much."""
+
+    source = "measured:test"
+
+    def __init__(self, per_read: float = 0.25) -> None:
+        super().__init__()
+        self.per_read = per_read
+        self.joules = 0.0
+
+    @property
+    def update_period_s(self) -> float:
+        return 0.0
+
+    def _read_joules(self) -> float:
+        self.joules += self.per_read
+        return self.joules

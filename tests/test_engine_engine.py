@@ -30,7 +30,7 @@ from backends.engine.engine import (
 from backends.engine.runner import RunItem
 from backends.engine.sampler import SamplingParams
 from telemetry.meters import EnergyMeter, MeterError
-from tests.engine_support import checkpoint, random_prompt, reference_greedy
+from tests.engine_support import StepMeter, checkpoint, random_prompt, reference_greedy
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8)
 
@@ -86,24 +86,6 @@ class FakeRunner:
         for i, t in enumerate(rows):
             logits[i, t] = 10.0
         return logits
-
-
-class StepMeter(EnergyMeter):
-    """Every read advances 0.25 J, so each step (read before, read after) measures 0.25 J."""
-
-    source = "measured:test"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.joules = 0.0
-
-    @property
-    def update_period_s(self) -> float:
-        return 0.0
-
-    def _read_joules(self) -> float:
-        self.joules += 0.25
-        return self.joules
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,8 +18,9 @@ import pytest
 from backends.engine.checkpoint import write_tiny_checkpoint
 from backends.engine.tokenizer import Tokenizer
 from backends.pool_config import PoolConfig, default_pool, with_engine_model
-from telemetry.meters import EnergyMeter
 from tests.conftest import GatewayFactory
+from tests.engine_support import StepMeter
+from tests.servers import free_port
 
 ENGINE_OPTS = {"kv_cache_gb": 0.02, "max_num_seqs": 8, "token_budget": 64, "device": "cpu",
                "dtype": "float32"}
@@ -45,6 +45,15 @@ def engine_pool(checkpoint: Path, fake_url: str, **opts: Any) -> list[dict[str, 
 def chat(content: str, **kw: Any) -> dict[str, Any]:
     return {"model": "local", "messages": [{"role": "user", "content": content}],
             "temperature": 0, **kw}
+
+
+async def burst(gw: Any, n: int) -> list[httpx.Response]:
+    """`n` long requests at once: more than an engine with one slot and one queue place takes."""
+    async with httpx.AsyncClient(timeout=60) as c:
+        return await asyncio.gather(*[
+            c.post(gw.v1 + "/chat/completions", headers=gw.headers(),
+                   json=chat(f"request {i}", max_tokens=300, ignore_eos=True))
+            for i in range(n)])
 
 
 def engine_member(gw_obj: Any) -> Any:
@@ -186,15 +195,7 @@ def test_full_queue_falls_back(
         make_gateway: GatewayFactory, checkpoint: Path, fake_url: str) -> None:
     gw = make_gateway(pool=engine_pool(checkpoint, fake_url, max_num_seqs=1, max_waiting=1),
                       energy_meter="none", retries=0)
-
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=60) as c:
-            return await asyncio.gather(*[
-                c.post(gw.v1 + "/chat/completions", headers=gw.headers(),
-                       json=chat(f"request {i}", max_tokens=300, ignore_eos=True))
-                for i in range(4)])
-
-    responses = asyncio.run(burst())
+    responses = asyncio.run(burst(gw, 4))
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
     served = [r.headers["x-greengate-member"] for r in responses]
     assert "local" in served and "fake-small" in served, served
@@ -227,17 +228,9 @@ def test_engine_model_setting_replaces_builtin(tmp_path: Path) -> None:
     assert [m.name for m in with_engine_model(other, tmp_path / "m2").pool] == ["x", "m2"]
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_serve_with_no_configuration_answers_from_tiny_random_llama(tmp_path: Path) -> None:
     """What `make run` does on a fresh machine with no pool file: the built-in random model."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GREENGATE_PORT": str(port), "GREENGATE_ADMIN_KEY": "gg-admin-test",
            "GREENGATE_DATABASE_URL": f"sqlite:///{tmp_path}/gg.db",
            "GREENGATE_STATE_DIR": str(tmp_path / "state"), "GREENGATE_SAFETY_CLASSIFIER": "false"}
@@ -278,15 +271,7 @@ def test_full_queue_without_fallback_is_a_clean_503(
     pool = engine_pool(checkpoint, fake_url, max_num_seqs=1, max_waiting=1)
     pool[0]["fallbacks"] = []
     gw = make_gateway(pool=pool, energy_meter="none", retries=0)
-
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=60) as c:
-            return await asyncio.gather(*[
-                c.post(gw.v1 + "/chat/completions", headers=gw.headers(),
-                       json=chat(f"request {i}", max_tokens=300, ignore_eos=True))
-                for i in range(4)])
-
-    responses = asyncio.run(burst())
+    responses = asyncio.run(burst(gw, 4))
     codes = sorted(r.status_code for r in responses)
     assert 200 in codes and 503 in codes, codes
     refused = next(r for r in responses if r.status_code == 503)
@@ -312,28 +297,10 @@ def test_admin_pool_shows_engine_state(make_gateway: GatewayFactory, checkpoint:
     assert next(m for m in r.json() if m["name"] == "fake-small")["engine"] is None
 
 
-class CountingMeter(EnergyMeter):
-    """A meter whose counter rises 0.5 J per read: each engine step measures 0.5 J."""
-
-    source = "measured:test"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.joules = 0.0
-
-    @property
-    def update_period_s(self) -> float:
-        return 0.0
-
-    def _read_joules(self) -> float:
-        self.joules += 0.5
-        return self.joules
-
-
 def test_measured_energy_reaches_the_decision_row(
         make_gateway: GatewayFactory, checkpoint: Path, fake_url: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("gateway.pool.detect_meter", lambda prefer: CountingMeter())
+    monkeypatch.setattr("gateway.pool.detect_meter", lambda prefer: StepMeter(per_read=0.5))
     gw = make_gateway(pool=engine_pool(checkpoint, fake_url))
     r = gw.post("/v1/chat/completions", chat("measure me", max_tokens=6, ignore_eos=True))
     assert r.status_code == 200, r.text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,13 +14,7 @@ import httpx
 import sqlalchemy as sa
 import yaml
 
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from tests.servers import free_port
 
 
 def _rows(url: str) -> int:
@@ -39,7 +32,7 @@ def test_sigterm_loses_no_decision(tmp_path: Path, fake, fake_url: str) -> None:
         {"name": "m", "kind": "openai", "model": "up", "base_url": fake_url,
          "price": {"input_per_1m": 1, "output_per_1m": 1}}]}))
     db = f"sqlite:///{tmp_path}/drain.db"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GREENGATE_DATABASE_URL": db, "GREENGATE_ADMIN_KEY": "gg-admin-drain",
            "GREENGATE_LOG_FLUSH_INTERVAL_S": "120", "GREENGATE_LOG_BATCH_SIZE": "100000",
            "GREENGATE_ROUTER": "cheapest",
