@@ -24,6 +24,8 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 IDLE_S = 30 * 60.0
 ABSOLUTE_S = 12 * 3600.0
 MAX_SESSIONS = 10_000
+MAX_PER_KEY = 20
+MAX_THROTTLED_CLIENTS = 100_000
 
 
 @dataclass(slots=True)
@@ -45,11 +47,18 @@ class SessionStore:
         self.throttle = LoginThrottle(clock=clock)
 
     def create(self, key_hash: str) -> UiSession:
+        """A new session for this key. One key holds at most MAX_PER_KEY (its oldest goes), and
+        a store full of live sessions refuses new ones rather than evicting other people's:
+        otherwise any key holder could sign every administrator out by signing in en masse."""
         now = self._clock()
+        own = [s for s in self._sessions.values() if s.key_hash == key_hash]
+        if len(own) >= MAX_PER_KEY:
+            del self._sessions[min(own, key=lambda s: s.created).id]
         if len(self._sessions) >= MAX_SESSIONS:
             self._purge(now)
-            if len(self._sessions) >= MAX_SESSIONS:  # still full: the oldest makes room
-                del self._sessions[min(self._sessions.values(), key=lambda s: s.created).id]
+            if len(self._sessions) >= MAX_SESSIONS:
+                raise GatewayError(503, "Too many signed-in sessions; try again later.",
+                                   code="sessions_full", headers={"retry-after": "60"})
         s = UiSession(secrets.token_urlsafe(32), key_hash, secrets.token_urlsafe(32), now, now)
         self._sessions[s.id] = s
         return s
@@ -133,8 +142,13 @@ class LoginThrottle:
         self._failures: dict[str, list[float]] = {}
 
     def retry_after(self, client: str) -> float:
-        """Seconds until `client` may try again; 0 when it may now."""
+        """Seconds until `client` may try again; 0 when it may now. While the table is full
+        (an address flood) unknown clients wait too: failing closed beats forgetting counts."""
         now = self._clock()
+        if client not in self._failures and len(self._failures) >= MAX_THROTTLED_CLIENTS:
+            self._purge(now)
+            if len(self._failures) >= MAX_THROTTLED_CLIENTS:
+                return self.window_s
         recent = [t for t in self._failures.get(client, ()) if now - t < self.window_s]
         if recent:
             self._failures[client] = recent
@@ -143,9 +157,10 @@ class LoginThrottle:
         return self.window_s - (now - recent[0]) if len(recent) >= self.max_failures else 0.0
 
     def failed(self, client: str) -> None:
-        if len(self._failures) > 100_000:  # bound memory against address floods
-            self._failures.clear()
+        if client not in self._failures and len(self._failures) >= MAX_THROTTLED_CLIENTS:
+            return  # retry_after already refuses unknown clients while the table is full
         self._failures.setdefault(client, []).append(self._clock())
 
-    def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
+    def _purge(self, now: float) -> None:
+        for client in [c for c, ts in self._failures.items() if now - ts[-1] >= self.window_s]:
+            del self._failures[client]

@@ -3,12 +3,14 @@ endpoints the pages read, and plotly.js served from the installed package."""
 
 from __future__ import annotations
 
+import http.client
 import re
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.errors import GatewayError
 from gateway.explain import explain
 from gateway.sessions import LoginThrottle, SessionStore
 from routing.reward import RewardBounds
@@ -246,3 +248,61 @@ def test_explanation_names_the_deciding_term(lam: float, winner_terms: dict,
     win = out["candidates"][0]
     assert sum(win["terms"].values()) == pytest.approx(win["score"])
     assert winner_terms["quality"] == cands[0]["quality_estimate"]
+
+
+def test_sign_ins_cannot_evict_other_peoples_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.sessions.MAX_SESSIONS", 5)
+    store = SessionStore()
+    admin = store.create("admin-hash")
+    team = [store.create("team-hash") for _ in range(4)]
+    # The store is full of live sessions: a new one is refused, nobody is signed out.
+    with pytest.raises(GatewayError) as e:
+        store.create("team-hash-2")
+    assert e.value.status == 503
+    assert store.get(admin.id) is admin and all(store.get(s.id) for s in team)
+    # One key's flood only pushes out that key's own oldest sessions.
+    monkeypatch.setattr("gateway.sessions.MAX_PER_KEY", 4)
+    newest = store.create("team-hash")
+    assert store.get(team[0].id) is None and store.get(newest.id) is newest
+    assert store.get(admin.id) is admin
+
+
+def test_signing_in_with_a_team_key_buys_no_more_admin_guesses(gw: Gateway) -> None:
+    team_key = gw.create_key("guessers")
+    c = httpx.Client(base_url=gw.url, timeout=30)
+
+    def attempt(key: str) -> httpx.Response:
+        token = re.search(r'name="csrf" value="([^"]+)"', c.get("/ui/login").text).group(1)
+        return c.post("/ui/login", data={"key": key, "csrf": token})
+
+    for _ in range(9):
+        assert attempt("gg-admin-guess").status_code == 401
+    other = httpx.Client(base_url=gw.url, timeout=30)  # same address, its own cookies
+    token = re.search(r'name="csrf" value="([^"]+)"', other.get("/ui/login").text).group(1)
+    assert other.post("/ui/login", data={"key": team_key, "csrf": token}).status_code == 303
+    assert attempt("gg-admin-guess").status_code == 401  # the 10th failure
+    assert attempt("gg-admin-guess").status_code == 429
+
+
+def test_throttle_fails_closed_when_flooded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.sessions.MAX_THROTTLED_CLIENTS", 3)
+    now = [0.0]
+    t = LoginThrottle(max_failures=2, window_s=60, clock=lambda: now[0])
+    for client in ("a", "b", "c"):
+        t.failed(client)
+    assert t.retry_after("d") == 60  # no room to count a new address: it waits
+    now[0] = 61
+    assert t.retry_after("d") == 0  # the old counts expired and made room
+
+
+@pytest.mark.parametrize("path", ["/ui/policies/.", "/ui/decisions/.", "/ui/policies/.."])
+def test_dot_segments_are_not_found(gw: Gateway, path: str) -> None:
+    c = sign_in(gw)
+    # httpx would normalise the dots away; send them raw, as a crafted request would.
+    conn = http.client.HTTPConnection("127.0.0.1", int(gw.url.rsplit(":", 1)[1]), timeout=30)
+    cookie = "; ".join(f"{k}={v}" for k, v in c.cookies.items())
+    conn.request("GET", path, headers={"cookie": cookie})
+    r = conn.getresponse()
+    body = r.read().decode()
+    conn.close()
+    assert r.status == 404, body[:300]

@@ -34,8 +34,13 @@ class AdminClient:
         await self._client.aclose()
 
     async def get(self, path: str, **params: Any) -> Any:
+        if any(seg in (".", "..") for seg in path.split("/")):
+            # URL normalisation would send these to another endpoint than the page meant.
+            raise ApiError(404, "Not found.")
         clean = {k: v for k, v in params.items() if v not in (None, "")}
         r = await self._client.get(path, params=clean)
+        if r.is_redirect:
+            raise ApiError(404, "Not found.")
         if r.status_code >= 400:
             try:
                 message = r.json()["error"]["message"]

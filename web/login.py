@@ -67,7 +67,8 @@ async def login(request: Request) -> Response:
     except GatewayError as e:
         store.throttle.failed(client)
         return _form(request, f"Sign-in failed: {e.message}", 401, next_url)
-    store.throttle.succeeded(client)
+    # A success does not clear the address's failures: signing in with one's own team key
+    # must not buy more guesses at the admin key.
     store.delete(request.cookies.get(sessions.SESSION_COOKIE))  # never reuse an old id
     session = store.create(key_hash)
     r = secure_headers(RedirectResponse(_next(request, next_url), 303))

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from routing.policy import Policy
-from web.client import AdminClient
+from web.client import AdminClient, ApiError
 from web.page import Visitor, html, page
 
 RANGES: dict[str, tuple[timedelta, str, str]] = {
@@ -51,6 +51,8 @@ async def policies(request: Request, v: Visitor, api: AdminClient) -> Response:
 @page
 async def policy(request: Request, v: Visitor, api: AdminClient) -> Response:
     team = request.path_params["team"]
+    if team in (".", ".."):
+        raise ApiError(404, "Not found.")  # not a team name: URL normalisation would misroute
     own = await api.get_or_none(f"/admin/policies/{quote(team, safe='')}")
     inherited_from = None
     current = own
