@@ -3,6 +3,7 @@ local checkpoint, with exact usage and, where a meter exists, measured energy pe
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -14,7 +15,14 @@ import orjson
 from backends import engine_openai as fmt
 from backends.base import Member, UpstreamError, UpstreamRequest, UpstreamResponse
 from backends.engine.checkpoint import write_tiny_checkpoint
-from backends.engine.engine import Engine, EngineClosed, EngineConfig, QueueFull, TokenEvent
+from backends.engine.engine import (
+    Engine,
+    EngineClosed,
+    EngineConfig,
+    QueueFull,
+    RequestStream,
+    TokenEvent,
+)
 from backends.pool_config import EngineOptions, MemberConfig
 from telemetry.meters import EnergyMeter
 
@@ -55,7 +63,10 @@ class EngineMember(Member):
         self.random_weights = cfg.model == BUILTIN_MODEL or "random-weights" in cfg.tags
         self.engine = Engine.from_checkpoint(self.checkpoint, engine_config(self.opts),
                                              meter=meter)
-        self.context_window = cfg.context_window or self.engine.max_model_len
+        # One sequence can hold at most the whole KV cache: a smaller cache than the model's
+        # context makes that the window, so longer requests get a clear 400 up front.
+        kv_tokens = self.engine.num_blocks * self.engine.blocks.block_size
+        self.context_window = min(cfg.context_window or self.engine.max_model_len, kv_tokens)
         log.info("engine member %s: %s on %s, %.1fM parameters, %s attention, KV %d blocks%s",
                  self.name, self.checkpoint, self.engine.device, self.engine.num_params / 1e6,
                  self.engine.attention_name, self.engine.num_blocks,
@@ -70,7 +81,7 @@ class EngineMember(Member):
                          context_window=self.context_window,
                          default_max_tokens=self.opts.default_max_tokens)
 
-    def _events(self, er: fmt.EngineRequest) -> AsyncIterator[TokenEvent]:
+    def _events(self, er: fmt.EngineRequest) -> RequestStream:
         try:
             return self.engine.generate(er.prompt_ids, er.params)
         except QueueFull as e:
@@ -91,12 +102,16 @@ class EngineMember(Member):
         parts: list[str] = [er.echo_prompt] if er.echo_prompt else []
         entries: list[dict[str, Any]] | None = [] if er.logprobs else None
         last: TokenEvent | None = None
-        async for ev in self._events(er):
-            parts.append(ev.text)
-            if entries is not None and ev.logprobs is not None and ev.token_id is not None:
-                entries.append(fmt.logprob_entry(self.engine.tokenizer, ev.token_id,
-                                                 ev.logprobs))
-            last = ev
+        events = self._events(er)
+        try:
+            async for ev in _failing_cleanly(events):
+                parts.append(ev.text)
+                if entries is not None and ev.logprobs is not None and ev.token_id is not None:
+                    entries.append(fmt.logprob_entry(self.engine.tokenizer, ev.token_id,
+                                                     ev.logprobs))
+                last = ev
+        finally:
+            await events.aclose()
         assert last is not None  # the engine always ends with a finished event
         use = fmt.usage(last.prompt_tokens, last.completion_tokens, last.joules,
                         last.energy_source)
@@ -113,7 +128,7 @@ class EngineMember(Member):
                 yield fmt.chunk("chat", rid, model, created, role=True, text="")
             elif er.echo_prompt:
                 yield fmt.chunk("text", rid, model, created, text=er.echo_prompt)
-            async for ev in events:
+            async for ev in _failing_cleanly(events):
                 lp = ([fmt.logprob_entry(self.engine.tokenizer, ev.token_id, ev.logprobs)]
                       if er.logprobs and ev.logprobs is not None and ev.token_id is not None
                       else None)
@@ -130,10 +145,27 @@ class EngineMember(Member):
         finally:
             # A client that leaves mid-stream closes us: closing the engine's iterator aborts the
             # request and frees its KV blocks at once.
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
 
     def stats(self) -> dict[str, Any]:
         return self.engine.stats()
 
     async def aclose(self) -> None:
-        self.engine.shutdown()
+        # Joins the step thread (after its step in flight): not on the event loop.
+        await asyncio.to_thread(self.engine.shutdown)
+
+
+async def _failing_cleanly(events: RequestStream) -> AsyncIterator[TokenEvent]:
+    """The events, with engine failures mid-request turned into upstream errors: the gateway
+    then falls back (before the first byte) or ends the stream with an error event."""
+    try:
+        async for ev in events:
+            yield ev
+    except EngineClosed as e:
+        raise UpstreamError(f"engine shut down mid-request: {e}", kind="http",
+                            status=503) from None
+    except UpstreamError:
+        raise
+    except Exception as e:
+        log.exception("engine request failed")
+        raise UpstreamError(f"engine failed: {e!r}", kind="http", status=502) from None

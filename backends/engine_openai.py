@@ -81,9 +81,9 @@ def _chat_prompt(body: dict, tok: Tokenizer) -> str:
     for m in messages:
         content = m.get("content") if isinstance(m, dict) else None
         if isinstance(content, list):  # content parts: keep the text ones
-            parts = [p.get("text", "") for p in content
+            parts = [p.get("text") for p in content
                      if isinstance(p, dict) and p.get("type") == "text"]
-            if len(parts) != len(content):
+            if len(parts) != len(content) or not all(isinstance(t, str) for t in parts):
                 raise bad_request("the bundled engine reads text content parts only",
                                   "messages", "unsupported_content")
             content = "".join(parts)
@@ -115,8 +115,8 @@ def parse(endpoint: Endpoint, body: dict, tok: Tokenizer, *, context_window: int
     else:
         kind = "text"
         prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+            prompt = prompt[0]  # a batch of one: ["text"] or [[ids]]
         if isinstance(prompt, str):
             prompt_ids = tok.encode(prompt)
         elif isinstance(prompt, list) and prompt and all(
@@ -145,7 +145,8 @@ def parse(endpoint: Endpoint, body: dict, tok: Tokenizer, *, context_window: int
             "context_length_exceeded")
     params = SamplingParams(
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0) or 0.0,
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0) or 1.0,
+        # top_p 0 means "only the likeliest token"; the filter always keeps that one.
+        top_p=max(_number(body, "top_p", 1.0, 0.0, 1.0) or 0.0, 1e-9),
         top_k=_int(body, "top_k", 0) or 0,
         seed=_int(body, "seed", -(2**63), 2**63 - 1),
         max_tokens=asked if asked is not None else min(default_max_tokens, room),

@@ -444,3 +444,45 @@ def test_from_checkpoint_sizes_the_kv_cache_from_its_byte_budget(ckpt: Path) -> 
         assert stats["kv_blocks"] == stats["kv_blocks_free"] == engine.num_blocks
     finally:
         engine.shutdown()
+
+
+# --- found in review -------------------------------------------------------------------------
+
+
+async def test_closing_a_stream_before_reading_it_aborts(fake_engine: Any) -> None:
+    engine = fake_engine()
+    stream = engine.generate(list(range(10)), SamplingParams(temperature=0.0, max_tokens=200))
+    await stream.aclose()  # as a client that leaves before the first token does
+    stats = engine.stats()
+    assert stats["running"] == stats["waiting"] == 0
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+async def test_a_bad_seed_fails_its_call_not_the_engine(
+        fake_engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="64 bits"):
+        SamplingParams(seed=2**64)
+    engine = fake_engine()
+
+    def refuse(self: SamplingParams, device: Any = "cpu") -> None:
+        raise ValueError("this generator cannot take that seed")
+
+    with monkeypatch.context() as m:
+        m.setattr(SamplingParams, "make_generator", refuse)
+        with pytest.raises(ValueError):
+            engine.generate([1, 2, 3], SamplingParams(temperature=1.0, seed=1))
+    assert engine.stats()["waiting"] == 0
+    events = await collect(engine.generate([1, 2, 3], GREEDY))
+    assert [e.token_id for e in events] == expected([1, 2, 3], 8, 50)
+
+
+def test_preempted_sequences_resume_without_chunked_prefill(fake_engine: Any) -> None:
+    # Recompute covers prompt + outputs, more than the budget: it must still be chunked.
+    engine = fake_engine(num_blocks=12, token_budget=16, chunked_prefill=False,
+                         prefix_caching=False)
+    prompts = [random_prompt(14, 50, seed=s) for s in range(3)]
+    out = engine.generate_batch_sync(prompts, SamplingParams(temperature=0.0, max_tokens=30),
+                                     timeout=30)
+    for p, c in zip(prompts, out, strict=True):
+        assert c.token_ids == expected(p, 30, 50)
+    assert engine.stats()["preemptions"] > 0

@@ -312,3 +312,52 @@ def test_measured_energy_reaches_the_decision_row(
     assert row["energy_j"] == pytest.approx(usage["energy_j"])
     # Alone in the engine, the request carries every step it was in: prefill + 5 decodes.
     assert row["energy_j"] == pytest.approx(0.5 * 6)
+
+
+def test_request_shapes_found_in_review(make_gateway: GatewayFactory, checkpoint: Path,
+                                        fake_url: str) -> None:
+    gw = make_gateway(pool=engine_pool(checkpoint, fake_url), energy_meter="none")
+    bad_part = {"model": "local", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": 5}]}]}
+    r = gw.post("/v1/chat/completions", bad_part)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    # One token id is a prompt, not a batch to unwrap.
+    r = gw.post("/v1/completions", {"model": "local", "prompt": [7], "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == 1
+    # top_p 0 keeps only the likeliest token: the greedy answer, whatever the temperature.
+    greedy = gw.post("/v1/chat/completions", chat("pick", max_tokens=8, ignore_eos=True))
+    top0 = gw.post("/v1/chat/completions", {**chat("pick", max_tokens=8, ignore_eos=True),
+                                            "temperature": 1.5, "top_p": 0, "seed": 3})
+    assert top0.json()["choices"][0]["message"]["content"] == (
+        greedy.json()["choices"][0]["message"]["content"])
+
+
+def test_engine_failure_mid_request_is_an_upstream_error(
+        make_gateway: GatewayFactory, checkpoint: Path, fake_url: str) -> None:
+    gw = make_gateway(pool=engine_pool(checkpoint, fake_url), energy_meter="none", retries=0)
+    runner = engine_member(gw).engine.runner
+    real_run, calls = runner.run, [0]
+
+    def flaky(items: Any, copies: Any = ()) -> Any:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("simulated device failure")
+        return real_run(items, copies)
+
+    runner.run = flaky
+    # Before any byte was sent: the gateway falls back to fake-small.
+    r = gw.post("/v1/chat/completions", chat("fail me", max_tokens=10, ignore_eos=True))
+    assert r.status_code == 200, r.text
+    assert r.headers["x-greengate-member"] == "fake-small"
+    row = gw.decision(r.headers["x-request-id"])
+    assert [a["member"] for a in row["attempts"]][:1] == ["local"]
+    # Mid-stream: the stream ends with an OpenAI-style error event, not a broken connection.
+    calls[0] = -5  # fail on the 8th step, once text has gone out
+    r = gw.post("/v1/chat/completions", {**chat("now stream", max_tokens=10, ignore_eos=True),
+                                         "stream": True})
+    assert r.status_code == 200
+    assert r.headers["x-greengate-member"] == "local"
+    assert '"content":"' in r.text.split("engine failed")[0]
+    assert '"error"' in r.text and "engine failed" in r.text
+    wait_all_blocks_free(engine_member(gw))

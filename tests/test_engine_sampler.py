@@ -120,3 +120,10 @@ def test_params_validation() -> None:
         SamplingParams(logprobs=6)
     assert SamplingParams(stop=["a"]).stop == ("a",)
     assert SamplingParams().make_generator() is None
+
+
+def test_near_zero_temperature_is_greedy() -> None:
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    params = [SamplingParams(temperature=1e-40)] * 3
+    result = sample(logits, params, [None] * 3)
+    assert result.tokens == logits.argmax(dim=-1).tolist()

@@ -174,6 +174,27 @@ class _Request:
     measured: bool = True
 
 
+class RequestStream:
+    """One request's token events. Closing it aborts the request even if no event was read
+    yet: an async generator closed before it started never runs its own clean-up."""
+
+    def __init__(self, engine: Engine, request_id: int,
+                 events: AsyncGenerator[TokenEvent, None]) -> None:
+        self.engine = engine
+        self.request_id = request_id
+        self._events = events
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        self.engine.abort(self.request_id)
+        await self._events.aclose()
+
+
 class Engine:
     def __init__(
         self,
@@ -268,7 +289,7 @@ class Engine:
 
     def generate(
         self, prompt_ids: Seq[int], params: SamplingParams, *, priority: int = 0,
-    ) -> AsyncGenerator[TokenEvent, None]:
+    ) -> RequestStream:
         """Queue a request and stream its tokens. Call from a running event loop.
 
         Raises at once: `QueueFull` when the waiting queue is full, `ValueError` for a request
@@ -282,7 +303,7 @@ class Engine:
             loop.call_soon_threadsafe(events.put_nowait, item)
 
         request_id = self._submit(prompt_ids, params, priority, emit)
-        return self._stream(request_id, events)
+        return RequestStream(self, request_id, self._stream(request_id, events))
 
     async def _stream(
         self, request_id: int, events: asyncio.Queue[TokenEvent | BaseException],
@@ -373,10 +394,11 @@ class Engine:
             seq = Sequence(seq_id=next(self._ids), prompt_ids=prompt,
                            max_tokens=min(params.max_tokens, room), priority=priority,
                            arrival=time.monotonic())
+            # Built before queueing: a bad seed must fail this call, not the step loop.
+            req = _Request(seq, params, emit, params.make_generator(self.device), detok,
+                           TextStopper(params.stop), measured=self.meter.measures)
             self.scheduler.add(seq)
-            self._requests[seq.seq_id] = _Request(
-                seq, params, emit, params.make_generator(self.device), detok,
-                TextStopper(params.stop), measured=self.meter.measures)
+            self._requests[seq.seq_id] = req
             self._cv.notify()
         return seq.seq_id
 
@@ -409,7 +431,9 @@ class Engine:
             log.exception("engine step loop died")
             with self._cv:
                 self._dead = e
-            self._fail(list(self._requests), EngineClosed(f"engine step loop died: {e!r}"))
+            with self._cv:
+                pending = list(self._requests)
+            self._fail(pending, EngineClosed(f"engine step loop died: {e!r}"))
 
     def _step(self, plan: StepPlan, items: list[RunItem], sampling: list[Sequence],
               reqs: list[_Request]) -> None:
@@ -532,7 +556,9 @@ class Engine:
             self._cv.notify_all()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        self._fail(list(self._requests), EngineClosed("the engine was shut down"))
+        with self._cv:
+            pending = list(self._requests)
+        self._fail(pending, EngineClosed("the engine was shut down"))
 
     def __enter__(self) -> Engine:
         return self

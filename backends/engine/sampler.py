@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 MAX_LOGPROBS = 5
+GREEDY_BELOW = 1e-5  # temperatures under this sample greedily (as vLLM does)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,8 @@ class SamplingParams:
             raise ValueError("top_p must be in (0, 1]")
         if self.max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            raise ValueError("seed must fit in 64 bits")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}]")
         # Lists are accepted from callers; tuples keep the params hashable and immutable.
@@ -43,7 +46,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below this, logits / temperature overflows float32 and sampling would return NaNs.
+        return self.temperature < GREEDY_BELOW
 
     def make_generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:
         """The request's own generator when it is seeded (create once per request)."""

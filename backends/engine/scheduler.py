@@ -149,7 +149,9 @@ class Scheduler:
         while self._waiting and budget > 0 and len(self._running) < self.max_num_seqs:
             seq = self._waiting[0]
             remaining = seq.num_tokens - self.blocks.cached_prefix_tokens(seq)
-            if remaining > budget and not self.chunked_prefill:
+            # A preempted sequence (it has outputs) may exceed any budget on recompute; it is
+            # chunked regardless, or it would wait forever and block the queue behind it.
+            if remaining > budget and not self.chunked_prefill and not seq.output_ids:
                 break
             n = min(remaining, budget)
             # Strict FCFS: a head that doesn't fit blocks the ones behind it, so long prompts
