@@ -208,11 +208,15 @@ def completion(kind: Literal["chat", "text"], rid: str, model: str, text: str,
 
 def text_logprobs(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The legacy completions layout: parallel lists, top alternatives as dicts."""
+    offsets, at = [], 0
+    for e in entries:
+        offsets.append(at)
+        at += len(e["token"])
     return {
         "tokens": [e["token"] for e in entries],
         "token_logprobs": [e["logprob"] for e in entries],
         "top_logprobs": [_by_text(e["top_logprobs"]) for e in entries],
-        "text_offset": [],
+        "text_offset": offsets,
     }
 
 

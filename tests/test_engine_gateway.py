@@ -132,6 +132,8 @@ def test_completions_and_logprobs(
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
     assert len(choice["logprobs"]["tokens"]) == 4
+    offsets = choice["logprobs"]["text_offset"]
+    assert offsets[0] == 0 and offsets == sorted(offsets) and len(offsets) == 4
     # Legacy layout: alternatives keyed by text, so two ids that decode alike share a key.
     assert all(1 <= len(top) <= 3 for top in choice["logprobs"]["top_logprobs"])
     for lp, top in zip(choice["logprobs"]["token_logprobs"], choice["logprobs"]["top_logprobs"],
