@@ -83,7 +83,7 @@ class EngineMember(Member):
 
     def _events(self, er: fmt.EngineRequest) -> RequestStream:
         try:
-            return self.engine.generate(er.prompt_ids, er.params)
+            return self.engine.generate(er.prompt_ids, er.params, priority=er.priority)
         except QueueFull as e:
             # Retryable: the gateway tries again, then falls back to another member.
             raise UpstreamError(f"engine queue is full: {e}", kind="http", status=503,

@@ -35,6 +35,7 @@ class EngineRequest:
     include_usage: bool
     logprobs: bool
     echo_prompt: str | None = None  # completions' echo
+    priority: int = 0
 
 
 def _number(body: dict, name: str, default: float | None, lo: float, hi: float) -> float | None:
@@ -155,7 +156,9 @@ def parse(endpoint: Endpoint, body: dict, tok: Tokenizer, *, context_window: int
         logprobs=top if want_logprobs else None,
     )
     include = bool((body.get("stream_options") or {}).get("include_usage"))
-    return EngineRequest(kind, prompt_ids, params, include, want_logprobs, echo)
+    # vLLM's extension: a lower number is admitted first (FCFS within a priority).
+    priority = _int(body, "priority", -(2**31), 2**31 - 1) or 0
+    return EngineRequest(kind, prompt_ids, params, include, want_logprobs, echo, priority)
 
 
 def new_id(kind: Literal["chat", "text"]) -> str:

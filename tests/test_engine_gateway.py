@@ -363,3 +363,33 @@ def test_engine_failure_mid_request_is_an_upstream_error(
     assert '"content":"' in r.text.split("engine failed")[0]
     assert '"error"' in r.text and "engine failed" in r.text
     wait_all_blocks_free(engine_member(gw))
+
+
+def test_priority_extension_orders_admission(
+        make_gateway: GatewayFactory, checkpoint: Path, fake_url: str) -> None:
+    gw = make_gateway(pool=engine_pool(checkpoint, fake_url, max_num_seqs=1, max_waiting=8),
+                      energy_meter="none", cache=False)
+    member = engine_member(gw)
+    finished: list[str] = []
+
+    async def ask(name: str, priority: int, tokens: int) -> None:
+        async with httpx.AsyncClient(timeout=60) as c:
+            r = await c.post(gw.v1 + "/chat/completions", headers=gw.headers(), json={
+                **chat(name, max_tokens=tokens, ignore_eos=True), "priority": priority})
+            assert r.status_code == 200, r.text
+            finished.append(name)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(ask("first", 0, 400))  # holds the only slot
+        while member.stats()["running"] == 0:
+            await asyncio.sleep(0.005)
+        low = asyncio.create_task(ask("low", 5, 4))
+        while member.stats()["waiting"] < 1:
+            await asyncio.sleep(0.005)
+        high = asyncio.create_task(ask("high", -5, 4))
+        await asyncio.gather(first, low, high)
+
+    asyncio.run(scenario())
+    assert finished == ["first", "high", "low"]
+    r = gw.post("/v1/chat/completions", chat("x", priority="urgent"))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "priority"
