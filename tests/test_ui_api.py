@@ -306,3 +306,19 @@ def test_dot_segments_are_not_found(gw: Gateway, path: str) -> None:
     body = r.read().decode()
     conn.close()
     assert r.status == 404, body[:300]
+
+
+def test_cross_origin_writes_are_refused_even_with_the_token(gw: Gateway) -> None:
+    c = sign_in(gw)
+    token = csrf_of(c)
+    h = {"x-csrf-token": token}
+    evil = c.post("/admin/teams", json={"name": "t-evil"},
+                  headers={**h, "origin": "https://evil.example"})
+    assert evil.status_code == 403
+    same = c.post("/admin/teams", json={"name": "t-ok"}, headers={**h, "origin": gw.url})
+    assert same.status_code == 201, same.text
+    form = httpx.Client(base_url=gw.url, timeout=30)
+    login_token = re.search(r'name="csrf" value="([^"]+)"', form.get("/ui/login").text).group(1)
+    r = form.post("/ui/login", data={"key": gw.admin_key, "csrf": login_token},
+                  headers={"origin": "https://evil.example"})
+    assert r.status_code == 400 and "gg_session" not in r.headers.get("set-cookie", "")

@@ -48,7 +48,8 @@ async def login(request: Request) -> Response:
     form = await request.form()
     next_url = str(form.get("next") or "")
     sent, expected = str(form.get("csrf") or ""), request.cookies.get(LOGIN_COOKIE, "")
-    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+    if not expected or not sessions.same_origin(request) or not hmac.compare_digest(
+            sent.encode(), expected.encode()):
         return _form(request, "The sign-in form expired; please try again.", 400, next_url)
     store = sessions.store(request)
     client = request.client.host if request.client else "unknown"
