@@ -100,9 +100,9 @@ class Pool:
                 backend=backend,
                 breaker=CircuitBreaker(settings.cooldown_failures, settings.cooldown_s),
                 prices=_prices(cfg),
-                context_window=cfg.context_window or (
-                    backend.context_window if isinstance(backend, EngineMember)
-                    else litellm_context_window(cfg.model)),
+                # An engine member's window already honours the pool file and its KV cache.
+                context_window=backend.context_window if isinstance(backend, EngineMember)
+                else cfg.context_window or litellm_context_window(cfg.model),
                 retries=cfg.retries if cfg.retries is not None else settings.retries,
             )
 
