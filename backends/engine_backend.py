@@ -23,20 +23,24 @@ from backends.engine.engine import (
     RequestStream,
     TokenEvent,
 )
-from backends.pool_config import EngineOptions, MemberConfig
+from backends.pool_config import (
+    BUILTIN_ENGINE_MODEL,
+    RANDOM_WEIGHTS_TAG,
+    EngineOptions,
+    MemberConfig,
+)
 from telemetry.meters import EnergyMeter
 
 log = logging.getLogger("greengate.engine")
 
-BUILTIN_MODEL = "tiny-random-llama"
-
 
 def resolve_checkpoint(model: str, state_dir: Path) -> Path:
     """A checkpoint folder, or the built-in random one, written on first use (no download)."""
-    if model == BUILTIN_MODEL:
-        path = Path(state_dir) / "models" / BUILTIN_MODEL
+    if model == BUILTIN_ENGINE_MODEL:
+        path = Path(state_dir) / "models" / BUILTIN_ENGINE_MODEL
         if not (path / "config.json").exists():
-            log.info("writing the built-in %s (random weights) to %s", BUILTIN_MODEL, path)
+            log.info("writing the built-in %s (random weights) to %s", BUILTIN_ENGINE_MODEL,
+                     path)
             write_tiny_checkpoint(path, family="llama", size="small")
         return path
     path = Path(model).expanduser()
@@ -60,7 +64,7 @@ class EngineMember(Member):
         self.checkpoint = resolve_checkpoint(cfg.model, state_dir)
         # A stored model name, not a path: rows and /v1/models should not leak local folders.
         self.upstream_model = self.checkpoint.name
-        self.random_weights = cfg.model == BUILTIN_MODEL or "random-weights" in cfg.tags
+        self.random_weights = cfg.model == BUILTIN_ENGINE_MODEL or RANDOM_WEIGHTS_TAG in cfg.tags
         self.engine = Engine.from_checkpoint(self.checkpoint, engine_config(self.opts),
                                              meter=meter)
         # One sequence can hold at most the whole KV cache: a smaller cache than the model's
@@ -94,6 +98,11 @@ class EngineMember(Member):
         except ValueError as e:  # a request that could never fit this engine's KV cache
             raise fmt.bad_request(str(e), "messages", "context_length_exceeded") from None
 
+    def _logprob_entry(self, ev: TokenEvent) -> dict[str, Any] | None:
+        if ev.logprobs is None or ev.token_id is None:
+            return None
+        return fmt.logprob_entry(self.engine.tokenizer, ev.token_id, ev.logprobs)
+
     def _model_name(self, req: UpstreamRequest) -> str:
         return str(req.body.get("model") or self.upstream_model)
 
@@ -106,9 +115,9 @@ class EngineMember(Member):
         try:
             async for ev in _failing_cleanly(events):
                 parts.append(ev.text)
-                if entries is not None and ev.logprobs is not None and ev.token_id is not None:
-                    entries.append(fmt.logprob_entry(self.engine.tokenizer, ev.token_id,
-                                                     ev.logprobs))
+                entry = self._logprob_entry(ev) if entries is not None else None
+                if entry is not None:
+                    entries.append(entry)
                 last = ev
         finally:
             await events.aclose()
@@ -129,9 +138,8 @@ class EngineMember(Member):
             elif er.echo_prompt:
                 yield fmt.chunk("text", rid, model, created, text=er.echo_prompt)
             async for ev in _failing_cleanly(events):
-                lp = ([fmt.logprob_entry(self.engine.tokenizer, ev.token_id, ev.logprobs)]
-                      if er.logprobs and ev.logprobs is not None and ev.token_id is not None
-                      else None)
+                entry = self._logprob_entry(ev) if er.logprobs else None
+                lp = [entry] if entry is not None else None
                 if ev.text or lp:
                     yield fmt.chunk(er.kind, rid, model, created, text=ev.text,
                                     logprob_entries=lp)

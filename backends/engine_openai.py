@@ -16,6 +16,7 @@ from backends.engine.sampler import SamplingParams, TokenLogprobs
 from backends.engine.tokenizer import Tokenizer
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
+CHUNK_OBJECT = {"chat": "chat.completion.chunk", "text": "text_completion"}
 MAX_TOP_LOGPROBS = 5
 
 
@@ -243,17 +244,14 @@ def chunk(kind: Literal["chat", "text"], rid: str, model: str, created: int, *,
         choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason,
                                   "logprobs": chat_logprobs(logprob_entries)
                                   if logprob_entries else None}
-        obj = "chat.completion.chunk"
     else:
         choice = {"index": 0, "text": text or "", "finish_reason": finish_reason,
                   "logprobs": text_logprobs(logprob_entries) if logprob_entries else None}
-        obj = "text_completion"
-    return orjson.dumps({"id": rid, "object": obj, "created": created, "model": model,
-                         "choices": [choice]})
+    return orjson.dumps({"id": rid, "object": CHUNK_OBJECT[kind], "created": created,
+                         "model": model, "choices": [choice]})
 
 
 def usage_chunk(kind: Literal["chat", "text"], rid: str, model: str, created: int,
                 use: dict[str, Any]) -> bytes:
-    obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-    return orjson.dumps({"id": rid, "object": obj, "created": created, "model": model,
-                         "choices": [], "usage": use})
+    return orjson.dumps({"id": rid, "object": CHUNK_OBJECT[kind], "created": created,
+                         "model": model, "choices": [], "usage": use})

@@ -163,6 +163,7 @@ def load_pool(path: Path) -> PoolConfig:
 
 
 BUILTIN_ENGINE_MODEL = "tiny-random-llama"
+RANDOM_WEIGHTS_TAG = "random-weights"  # a demo checkpoint: `auto` avoids it when it can
 
 
 def default_pool() -> PoolConfig:
@@ -170,7 +171,7 @@ def default_pool() -> PoolConfig:
     so a first run works with no keys and no downloads."""
     return PoolConfig(pool=[MemberConfig(
         name=BUILTIN_ENGINE_MODEL, kind="engine", model=BUILTIN_ENGINE_MODEL,
-        tags=["local", "engine", "random-weights"])])
+        tags=["local", "engine", RANDOM_WEIGHTS_TAG])])
 
 
 def with_engine_model(config: PoolConfig, checkpoint: Path) -> PoolConfig:
@@ -179,7 +180,7 @@ def with_engine_model(config: PoolConfig, checkpoint: Path) -> PoolConfig:
     members = list(config.pool)
     for i, m in enumerate(members):
         if m.kind == "engine" and m.model == BUILTIN_ENGINE_MODEL:
-            tags = [t for t in m.tags if t != "random-weights"]
+            tags = [t for t in m.tags if t != RANDOM_WEIGHTS_TAG]
             members[i] = m.model_copy(update={"name": name, "model": str(checkpoint),
                                               "tags": tags})
             break

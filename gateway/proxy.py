@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from backends.base import Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse
+from backends.pool_config import RANDOM_WEIGHTS_TAG
 from gateway import cache_stage, tokens
 from gateway.auth import Authenticator, Principal
 from gateway.decision_log import DecisionLog
@@ -34,7 +35,6 @@ from telemetry.carbon import CarbonIntensity
 from telemetry.energy import EnergyReading
 from telemetry.metrics import Metrics
 
-RANDOM_WEIGHTS_TAG = "random-weights"
 log = logging.getLogger("greengate.proxy")
 
 _REQUIRED = {"chat/completions": "messages", "completions": "prompt", "embeddings": "input"}
@@ -496,10 +496,10 @@ class Proxy:
                 usage = {"prompt_tokens": prompt, "total_tokens": prompt}
         row["prompt_tokens"], row["completion_tokens"] = prompt, completion
         row["cost_usd"] = m.cost(prompt, completion)
-        measured = usage.pop("energy_j", None), usage.pop("energy_source", None)
         # The bundled engine reports joules measured per step; those beat any estimate.
-        energy = (EnergyReading(float(measured[0]), str(measured[1]))
-                  if measured[0] is not None and measured[1] else m.energy(prompt, completion))
+        measured_j, measured_source = usage.pop("energy_j", None), usage.pop("energy_source", None)
+        energy = (EnergyReading(float(measured_j), str(measured_source))
+                  if measured_j is not None and measured_source else m.energy(prompt, completion))
         if energy is not None:
             row["energy_j"], row["energy_source"] = energy.joules, energy.source
         if reference is not None:
