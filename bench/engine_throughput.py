@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import resource
 import statistics
@@ -62,7 +63,9 @@ def peak_memory(device: str) -> dict[str, float]:
 # ---- the engine -------------------------------------------------------------------------------
 def run_engine(ckpt: Path, prompts: list[list[int]], outs: list[int], device: str,
                dtype: str, kv_gb: float, max_num_seqs: int, token_budget: int) -> dict[str, Any]:
+    from backends.engine.config import ModelConfig
     from backends.engine.engine import Engine, EngineConfig
+    from backends.engine.kv_cache import block_bytes
     from backends.engine.sampler import SamplingParams
 
     if kv_gb > 0:
@@ -70,14 +73,12 @@ def run_engine(ckpt: Path, prompts: list[list[int]], outs: list[int], device: st
     else:
         # Just enough KV for every request at full length at once, one block of slack each:
         # what a deployment would size for this load, so peak memory compares fairly.
-        c = json.loads((ckpt / "config.json").read_text())
-        head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-        per_token = 2 * c["num_hidden_layers"] * c["num_key_value_heads"] * head_dim * (
-            2 if dtype in ("bfloat16", "float16") else 4)
-        bs = 16
-        slots = sum((len(p) + o + 2 * bs - 1) // bs * bs for p, o in zip(prompts, outs,
-                                                                     strict=True))
-        kv_bytes = slots * per_token
+        mc = ModelConfig.from_path(ckpt)
+        bs = EngineConfig().block_size
+        per_block = block_bytes(mc.num_hidden_layers, bs, mc.num_key_value_heads, mc.head_dim,
+                                getattr(torch, dtype))
+        blocks = sum((len(p) + o + 2 * bs - 1) // bs for p, o in zip(prompts, outs, strict=True))
+        kv_bytes = blocks * per_block
     cfg = EngineConfig(device=device, dtype=dtype, max_num_seqs=max_num_seqs,
                        token_budget=token_budget, cpu_kv_bytes=kv_bytes,
                        max_waiting=len(prompts) + 1)
@@ -213,6 +214,20 @@ def run_roofline(ckpt: Path, dtype: str, steps: int = 256) -> dict[str, Any]:
             "fraction_of_roofline": tps / roof}
 
 
+def count_params(ckpt: Path) -> int:
+    """From the tensors' shapes, without loading them (sharded checkpoints too)."""
+    from safetensors import safe_open
+
+    from backends.engine.loader import safetensor_files
+
+    total = 0
+    for file in safetensor_files(ckpt):
+        with safe_open(str(file), framework="pt") as st:
+            # safe_open is not a mapping: it has keys() but cannot be iterated.
+            total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118
+    return total
+
+
 # ---- driver -----------------------------------------------------------------------------------
 def child(args: argparse.Namespace) -> None:
     vocab = json.loads((args.checkpoint / "config.json").read_text())["vocab_size"]
@@ -279,8 +294,7 @@ def main() -> None:
                 "--seed", str(args.seed), "--kv-gb", str(args.kv_gb),
                 "--max-num-seqs", str(args.max_num_seqs),
                 "--token-budget", str(args.token_budget), "--threads", str(args.threads)]
-        n_params = sum(p.numel() for p in __import__("safetensors.torch", fromlist=["x"])
-                       .load_file(str(args.checkpoint / "model.safetensors")).values())
+        n_params = count_params(args.checkpoint)
         print(f"checkpoint {args.checkpoint.name}: {n_params / 1e6:.1f}M parameters, "
               f"{args.requests} requests, device {args.device}, dtype {args.dtype}")
         eng = spawn("engine", argv)
