@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -57,6 +57,8 @@ def team_scope(p: Principal, team: str | None) -> str | None:
     return p.team
 
 
+# SQL integers are 64-bit: a larger id is a 422 here, not an OverflowError in the driver.
+SQL_INT_MAX = 2**63 - 1
 Rt = Annotated[Runtime, Depends(runtime)]
 Caller = Annotated[Principal, Depends(require_admin)]
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -199,7 +201,7 @@ def list_decisions(
     p: Caller,
     team: str | None = None,
     member: str | None = None,
-    status: int | None = None,
+    status: int | None = Query(None, ge=0, le=999),
     since: str | None = Query(None, description="ISO 8601, inclusive (naive: UTC)"),
     until: str | None = Query(None, description="ISO 8601, exclusive (naive: UTC)"),
     limit: int = Query(50, ge=1, le=1000),
@@ -219,6 +221,15 @@ def list_decisions(
         q = q.where(Decision.status == status)
     with Session(rt.engine) as s:
         return [_decision_json(d) for d in s.scalars(q)]
+
+
+@router.get("/decisions/quarantine")
+def list_quarantine(rt: Rt) -> dict:
+    """Decision rows the database refused even after cleaning: the newest (the full rows
+    are in state_dir/decisions.quarantine.jsonl), with counts of rows written and journaled."""
+    d = rt.decisions
+    return {"quarantined": d.quarantined, "journaled": d.journaled, "written": d.written,
+            "file": str(d.quarantine_path), "recent": list(reversed(d.recent_quarantine))}
 
 
 @router.get("/decisions/{rid}", openapi_extra=TEAM_READABLE, responses={200: {
@@ -308,7 +319,7 @@ def create_budget(b: BudgetIn, rt: Rt) -> dict:
 
 
 @router.delete("/budgets/{budget_id}")
-def delete_budget(budget_id: int, rt: Rt) -> dict:
+def delete_budget(budget_id: Annotated[int, Path(ge=1, le=SQL_INT_MAX)], rt: Rt) -> dict:
     if not rt.budgets.delete(budget_id):
         raise GatewayError(404, f"No budget {budget_id}.", code="budget_not_found")
     return {"id": budget_id, "deleted": True}

@@ -12,6 +12,7 @@ import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from backends.engine_backend import EngineMember
 from backends.pool_config import PoolConfig
 from gateway import admin, database, reports_api
+from gateway.decision_log import is_connection_error
 from gateway.errors import GatewayError, error_response
 from gateway.runtime import Runtime
 from gateway.sessions import SessionStore
@@ -111,7 +113,8 @@ def create_app(
             raise GatewayError(400, f"{param or 'body'}: {first['msg']}", param=param,
                                code="invalid_feedback") from None
         score = body.score if body.score is not None else (1.0 if body.thumbs == "up" else 0.0)
-        return await r.routing.feedback(principal, body.request_id, score, body.comment)
+        return await r.routing.feedback(principal, body.request_id, score, body.comment,
+                                        r.decisions.is_pending)
 
     @app.get("/metrics", tags=["health"], include_in_schema=True)
     async def metrics(request: Request) -> Response:
@@ -126,7 +129,11 @@ def create_app(
 
     @app.get("/health/ready", tags=["health"])
     async def ready(request: Request) -> Response:
+        """Ready when the decision log keeps up. With the database away the gateway still
+        serves from memory (database_outage: fail_open) and says "degraded"; fail_closed
+        answers 503 then."""
         r = rt(request)
+        body: dict[str, Any] = {"status": "ok", "database": "ok"}
         try:
             from starlette.concurrency import run_in_threadpool
 
@@ -135,11 +142,18 @@ def create_app(
             # The driver's message can name hosts and users: it goes to the log, not to a
             # probe that anyone may call.
             log.exception("readiness: the database does not answer")
-            return JSONResponse({"status": "unavailable", "database": "unreachable"},
-                                status_code=503)
-        members = {m.name: m.breaker.state() for m in r.pool.members.values()}
-        return JSONResponse({"status": "ok", "database": "ok", "members": members,
-                             "decisions_pending": r.decisions.pending})
+            body = {"status": "degraded", "database": "unreachable"}
+            if settings.database_outage == "fail_closed":
+                body["status"] = "unavailable"
+        behind = r.decisions.behind()
+        if behind is not None:
+            body["status"] = "unavailable"
+            body["decision_log"] = behind
+        body["members"] = {m.name: m.breaker.state() for m in r.pool.members.values()}
+        body["decisions_pending"] = r.decisions.pending
+        body["decisions_journaled"] = r.decisions.journaled
+        body["decisions_quarantined"] = r.decisions.quarantined
+        return JSONResponse(body, status_code=503 if body["status"] == "unavailable" else 200)
 
     app.include_router(admin.router)
     app.include_router(reports_api.router)
@@ -161,6 +175,25 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> Response:
         return error_response(GatewayError(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> Response:
+        # The driver's text names hosts and users: the log gets it, the caller a clear status.
+        if is_connection_error(exc):
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
+                        type(exc.orig).__name__ if exc.orig else exc)
+            return error_response(GatewayError(
+                503, "The database is unavailable; retry shortly.", code="database_unavailable",
+                headers={"retry-after": "5"}))
+        if isinstance(exc, DataError):
+            return error_response(GatewayError(
+                400, "A value in this request cannot be stored (too long, or characters the "
+                "database refuses).", code="unstorable_value"))
+        if isinstance(exc, IntegrityError):
+            return error_response(GatewayError(409, "This conflicts with what is stored.",
+                                               code="conflict"))
+        log.exception("database error on %s %s", request.method, request.url.path)
+        return error_response(GatewayError(500, "Internal error in greengate; it has been logged."))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -74,6 +74,9 @@ def validate(endpoint: Endpoint, body: Any) -> None:
                            f"messages[{i}]")
     elif not isinstance(value, (str, list)) or (isinstance(value, list) and not value):
         raise _bad(f"'{field}' must be a string or a non-empty array.", field)
+    elif isinstance(value, list) and not _text_or_tokens(value):
+        raise _bad(f"'{field}' must be a string, an array of strings, an array of token ids "
+                   "or an array of token-id arrays.", field)
     if "stream" in body and not isinstance(body["stream"], bool):
         raise _bad("'stream' must be a boolean.", "stream")
     if body.get("stream") and endpoint == "embeddings":
@@ -97,6 +100,17 @@ def validate(endpoint: Endpoint, body: Any) -> None:
             raise _bad("'tools' must be an array.", "tools")
         if name == "stop" and v is not None and not isinstance(v, (str, list)):
             raise _bad("'stop' must be a string or an array of strings.", "stop")
+
+
+def _token_ids(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(t, int) and not isinstance(t, bool)
+                                       for t in v)
+
+
+def _text_or_tokens(v: list) -> bool:
+    """The array shapes OpenAI accepts for `prompt` and `input`."""
+    return (all(isinstance(p, str) for p in v) or _token_ids(v)
+            or all(_token_ids(p) and p for p in v))
 
 
 def _sse(payload: bytes) -> bytes:

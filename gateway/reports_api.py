@@ -97,6 +97,8 @@ async def usage(
             kid = int(key_id)
         except ValueError:
             raise _bad("key_id", f"not an integer: {key_id!r}") from None
+        if not -(2**63) <= kid < 2**63:
+            raise _bad("key_id", f"out of range: {key_id!r}")
 
     if not principal.is_admin:
         if team is not None and team != principal.team:

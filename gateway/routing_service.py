@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from gateway.policies import PolicyStore
 from gateway.pool import Pool, PoolMember
 from gateway.schema import Decision, Feedback
 from gateway.settings import Settings
+from gateway.storable import clean_text
 from routing.policy import NoCandidate, Policy, apply, with_fallback_order
 from routing.reward import RewardBounds, reward
 from routing.router import Candidate, Router, RouteRequest, make_router
@@ -32,6 +34,7 @@ from routing.router import Candidate, Router, RouteRequest, make_router
 log = logging.getLogger("greengate.routing")
 
 BANDIT_NAME = "global"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Expected completion length when the request sets no max_tokens.
 OUTPUT_TOKENS = {"short": 64, "medium": 256, "long": 1024}
 
@@ -215,12 +218,17 @@ class RoutingService:
         with Session(self.engine) as s:
             return s.get(Decision, rid)
 
-    async def _wait_decision(self, rid: str) -> Decision | None:
-        # The row may still sit in the write queue for a moment after the response.
+    async def _wait_decision(self, rid: str,
+                             pending: Callable[[str], bool] | None) -> Decision | None:
+        """The decision row, waiting only while this replica still holds it in its write
+        queue: an unknown id is answered at once, without holding a worker."""
+        if not _REQUEST_ID.fullmatch(rid):
+            return None  # no request id looks like this: the database need not be asked
         deadline = time.monotonic() + max(2.0, 4 * self.settings.log_flush_interval_s)
         while True:
             d = await asyncio.to_thread(self._decision, rid)
-            if d is not None or time.monotonic() > deadline:
+            if (d is not None or pending is None or not pending(rid)
+                    or time.monotonic() > deadline):
                 return d
             await asyncio.sleep(0.05)
 
@@ -229,8 +237,9 @@ class RoutingService:
             s.add(fb)
 
     async def feedback(self, principal: Principal, rid: str, score: float,
-                       comment: str | None) -> dict[str, Any]:
-        d = await self._wait_decision(rid)
+                       comment: str | None,
+                       pending: Callable[[str], bool] | None = None) -> dict[str, Any]:
+        d = await self._wait_decision(rid, pending)
         if d is None or (not principal.is_admin and d.team != principal.team):
             raise GatewayError(404, f"No request '{rid}' for this key's team.",
                                param="request_id", code="request_not_found")
@@ -247,7 +256,8 @@ class RoutingService:
                       and self.extractor is not None and len(context) == self.extractor.dim)
         fb = Feedback(request_id=rid, created_at=datetime.now(UTC), team=principal.team,
                       key_id=principal.key_id, score=score, reward=r, member=d.served_member,
-                      applied=applicable, comment=comment)
+                      applied=applicable,
+                      comment=None if comment is None else clean_text(comment)[0])
         try:
             await asyncio.to_thread(self._insert_feedback, fb)
         except IntegrityError:

@@ -70,14 +70,19 @@ class Runtime:
         pool = await asyncio.to_thread(Pool, pool_config, settings)
         routing = await _routing(settings, engine, pool, extractor)
         decisions = DecisionLog(
-            engine, settings.log_queue_size, settings.log_batch_size, settings.log_flush_interval_s
-        )
+            engine, settings.log_queue_size, settings.log_batch_size,
+            settings.log_flush_interval_s, state_dir=settings.state_dir,
+            ready_max_pending=settings.log_ready_max_pending,
+            ready_max_lag_s=settings.log_ready_max_lag_s,
+            drain_timeout_s=settings.log_drain_timeout_s)
         decisions.start()
         routing.start()
         budgets = BudgetService(engine, settings.redis_url)
         await asyncio.to_thread(budgets.load)
         metrics = Metrics()
         metrics.track_queue("decision_log", lambda: decisions.pending)
+        metrics.track_queue("decision_journal", lambda: decisions.journaled)
+        metrics.track_quarantine(lambda: decisions.quarantined)
         for name, eng in pool.engines().items():
             metrics.track_engine(name, eng.stats)
         carbon = CarbonIntensity(settings.carbon_g_per_kwh, settings.carbon_regions)

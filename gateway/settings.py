@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,13 +44,33 @@ class Settings(BaseSettings):
     log_queue_size: int = 10_000
     log_batch_size: int = 500
     log_flush_interval_s: float = 0.5
+    log_ready_max_pending: int | None = Field(
+        None, ge=1, description="Readiness fails when more decision rows than this wait in "
+        "memory; default: half the queue.")
+    log_ready_max_lag_s: float = Field(
+        30.0, gt=0, description="Readiness fails when rows wait and none was written this long.")
+    log_drain_timeout_s: float = Field(
+        5.0, ge=0, description="At shutdown, time to write queued rows; the rest is journaled "
+        "to state_dir and replayed at the next start.")
 
     # Upstream resilience defaults; each pool member may override them.
     retries: int = 2
     retry_backoff_s: float = 0.1
     retry_backoff_max_s: float = 2.0
-    cooldown_failures: int = 3
+    cooldown_failures: int = Field(
+        3, ge=1, description="Distinct failed requests within cooldown_window_s that cool a "
+        "member down (a request's own retries count once; 429s never count).")
+    cooldown_window_s: float = Field(60.0, gt=0)
+    cooldown_failure_ratio: float = Field(
+        0.5, gt=0, le=1, description="...and at least this share of the requests the member "
+        "saw in the window failed, so one caller's bad prompt cannot cool it for others.")
     cooldown_s: float = 30.0
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="One deadline per request across every attempt and member; a "
+        "member's request_timeout_s or the request's own `request_timeout_s` field shortens it.")
+    database_outage: Literal["fail_open", "fail_closed"] = Field(
+        "fail_open", description="With the database away: serve from the keys and policies in "
+        "memory and journal the decision rows (fail_open), or answer 503 (fail_closed).")
 
     redis_url: str | None = Field(
         None, description="Redis for budget counters shared by replicas (redis://host:6379/0).")

@@ -39,7 +39,9 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # multimodal parts: count the text parts
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        # A part's `text` may be anything a client sent; only strings are text.
+        return "".join(t for p in content if isinstance(p, dict)
+                       and isinstance(t := p.get("text"), str))
     return ""
 
 
@@ -54,7 +56,8 @@ def count_messages(messages: list[dict], model: str = "", tools: list | None = N
                 total += len(enc.encode(_content_text(value), disallowed_special=()))
             elif key == "tool_calls" and isinstance(value, list):
                 for tc in value:
-                    fn = tc.get("function", {}) if isinstance(tc, dict) else {}
+                    fn = tc.get("function") if isinstance(tc, dict) else None
+                    fn = fn if isinstance(fn, dict) else {}
                     total += len(enc.encode(str(fn.get("name", "")), disallowed_special=()))
                     total += len(enc.encode(str(fn.get("arguments", "")), disallowed_special=()))
             elif isinstance(value, str):
@@ -67,10 +70,14 @@ def count_messages(messages: list[dict], model: str = "", tools: list | None = N
 
 
 def count_prompt(prompt: Any, model: str = "") -> int:
+    """A prompt as OpenAI accepts it: a string, an array of strings, an array of token ids, or
+    an array of token-id arrays (token ids count one each)."""
     if isinstance(prompt, str):
         return count_text(prompt, model)
+    if isinstance(prompt, int) and not isinstance(prompt, bool):
+        return 1
     if isinstance(prompt, list):
-        return sum(count_text(p, model) if isinstance(p, str) else len(p) for p in prompt)
+        return sum(count_prompt(p, model) for p in prompt)
     return 0
 
 

@@ -37,6 +37,9 @@ class Metrics:
         self.queue_depth = Gauge("greengate_queue_depth", "Items waiting, by queue.", ["queue"],
                                  registry=r)
 
+        self.quarantined = Gauge("greengate_decisions_quarantined",
+                                 "Decision rows the database refused, kept aside since start.",
+                                 registry=r)
         self.kv_usage = Gauge("greengate_engine_kv_cache_usage",
                               "Share of the bundled engine's KV-cache blocks in use.", ["member"],
                               registry=r)
@@ -52,6 +55,9 @@ class Metrics:
         self.kv_usage.labels(member).set_function(lambda: float(stats()["kv_usage"]))
         self.engine_running.labels(member).set_function(lambda: float(stats()["running"]))
         self.engine_waiting.labels(member).set_function(lambda: float(stats()["waiting"]))
+
+    def track_quarantine(self, count: Callable[[], float]) -> None:
+        self.quarantined.set_function(count)
 
     def track_queue(self, name: str, depth: Callable[[], float]) -> None:
         self.queue_depth.labels(queue=name).set_function(depth)

@@ -154,7 +154,9 @@ def make_gateway(
                 extractor: Any = None, **overrides: Any) -> Gateway:
         url = database_url or f"sqlite:///{tmp_path}/gg-{len(started)}.db"
         fast = {"router": "cheapest", "log_flush_interval_s": 0.02, "retry_backoff_s": 0.01,
-                "retry_backoff_max_s": 0.05}
+                "retry_backoff_max_s": 0.05,
+                # Each gateway its own state (decision journal): never the repo's .greengate.
+                "state_dir": tmp_path / f"state-{len(started)}"}
         settings = Settings(_env_file=None, database_url=url, **{**fast, **overrides})
         cfg = PoolConfig.model_validate({"pool": pool or default_pool(fake_url)})
         server = ServerThread(create_gateway(settings, cfg, ADMIN_KEY, extractor)).start()
