@@ -425,6 +425,13 @@ class FeatureExtractor:
         """Features of single-turn prompts without tools (offline replay), one batched
         encode call. The same features `extract` gives for {"messages": [{"role": "user",
         "content": text}]}; clusters are only updated when asked."""
+        return self.analyse_many(texts, update_clusters=update_clusters)[0]
+
+    def analyse_many(
+        self, texts: Sequence[str], *, update_clusters: bool = False
+    ) -> tuple[list[QueryFeatures], np.ndarray]:
+        """`extract_many`, plus the (n, 384) embeddings, so offline quality predictors see
+        the same embedding the gateway computes per request."""
         from gateway import tokens
 
         texts = [t if isinstance(t, str) else str(t) for t in texts]
@@ -444,4 +451,4 @@ class FeatureExtractor:
                     update=update_clusters,
                 )
             )
-        return out
+        return out, embs
