@@ -72,6 +72,7 @@ def validate(endpoint: Endpoint, body: Any) -> None:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
                 raise _bad(f"messages[{i}] must be an object with a string 'role'.",
                            f"messages[{i}]")
+            _check_content(m.get("content"), f"messages[{i}].content")
     elif not isinstance(value, (str, list)) or (isinstance(value, list) and not value):
         raise _bad(f"'{field}' must be a string or a non-empty array.", field)
     elif isinstance(value, list) and not _text_or_tokens(value):
@@ -100,6 +101,20 @@ def validate(endpoint: Endpoint, body: Any) -> None:
             raise _bad("'tools' must be an array.", "tools")
         if name == "stop" and v is not None and not isinstance(v, (str, list)):
             raise _bad("'stop' must be a string or an array of strings.", "stop")
+
+
+def _check_content(content: Any, param: str) -> None:
+    """OpenAI's content shapes: a string, null, or an array of part objects whose `text`,
+    where present, is a string."""
+    if content is None or isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise _bad(f"'{param}' must be a string or an array of content parts.", param)
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise _bad(f"'{param}[{j}]' must be a content part object.", f"{param}[{j}]")
+        if "text" in part and not isinstance(part["text"], str):
+            raise _bad(f"'{param}[{j}].text' must be a string.", f"{param}[{j}].text")
 
 
 def _token_ids(v: Any) -> bool:
