@@ -98,7 +98,9 @@ class Pool:
             self.members[cfg.name] = PoolMember(
                 cfg=cfg,
                 backend=backend,
-                breaker=CircuitBreaker(settings.cooldown_failures, settings.cooldown_s),
+                breaker=CircuitBreaker(settings.cooldown_failures, settings.cooldown_s,
+                                       settings.cooldown_window_s,
+                                       settings.cooldown_failure_ratio),
                 prices=_prices(cfg),
                 # An engine member's window already honours the pool file and its KV cache.
                 context_window=backend.context_window if isinstance(backend, EngineMember)

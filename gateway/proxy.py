@@ -420,13 +420,14 @@ class Proxy:
                                      "ms": round((time.perf_counter() - t) * 1000, 2)})
                     if e.client_fault:
                         raise self._client_fault(e, len(attempts) > 1) from None
-                    m.breaker.record_failure()
+                    if e.status != 429:  # back-pressure, not a fault: Retry-After handles it
+                        m.breaker.record_failure(row["id"])
                     last = e
                     if not e.retryable or attempt == m.retries or not m.breaker.available():
                         break
                     await asyncio.sleep(self._backoff(attempt, e))
                     continue
-                m.breaker.record_success()
+                m.breaker.record_success(row["id"])
                 m.observe_latency((time.perf_counter() - t) * 1000)
                 attempts.append({"member": m.name, "status": 200,
                                  "ms": round((time.perf_counter() - t) * 1000, 2)})
@@ -599,7 +600,7 @@ class Proxy:
                     if isinstance(data, dict) and isinstance(data.get("error"), dict):
                         row["status"] = 502
                         row["error"] = str(data["error"].get("message"))[:2000]
-                        m.breaker.record_failure()
+                        m.breaker.record_failure(row["id"])
                         yield _sse(payload)
                         return
                     if isinstance(data, dict) and data.get("usage"):
@@ -633,7 +634,7 @@ class Proxy:
             if cache_key is not None:
                 self._remember(cache_key, cache_stage.body_from_stream(seen, usage), m.name)
         except UpstreamError as e:
-            m.breaker.record_failure()
+            m.breaker.record_failure(row["id"])
             row["status"] = 504 if e.kind == "timeout" else 502
             row["error"] = f"after the first token: {e}"[:2000]
             yield _error_event(f"The upstream stream failed: {e}", "upstream_error",
