@@ -983,6 +983,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--quick", action="store_true", help=f"one seed, lambdas {QUICK_LAMBDAS}, {QUICK_ROWS} rows"
     )
+    p.add_argument(
+        "--kfold",
+        type=int,
+        metavar="K",
+        help="grouped K-fold mode (bench/replay_kfold.py): the router with its learned quality "
+        "prior against single models, random, oracle and every offline predictor",
+    )
+    p.add_argument(
+        "--by-dataset", action="store_true", help="with --kfold: one fold per dataset instead"
+    )
+    p.add_argument("--prior-kind", default="mlp", help="with --kfold: the router's predictor")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.lambdas = 1, list(QUICK_LAMBDAS)
@@ -1004,6 +1015,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:7.1f} s] {msg}", flush=True)
 
+    if args.kfold:
+        return main_kfold(args, say)
     missing = [str(p) for p in [*args.data, *(args.prior_data or [])] if not p.exists()]
     if missing:
         print(
@@ -1167,6 +1180,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta_path.write_text(json.dumps(meta, indent=1, default=str) + "\n")
     print(f"\nwrote {args.out}, {meta_path}" + (f", {png}" if ok_png else ""))
     print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    return 0
+
+
+def main_kfold(args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    """--kfold: grouped k-fold replay of the RouterBench files (bench/replay_kfold.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import replay_kfold as kf
+
+    from routing.quality_data import load_family
+
+    missing = [str(p) for p in args.data if not p.exists()]
+    if missing:
+        print(f"replay: missing data file(s): {', '.join(missing)}", file=sys.stderr)
+        return 2
+    data_dir = args.data[0].parent.parent
+    data = load_family(data_dir, "routerbench")
+    table, _ = load_table(sorted(args.data))
+    if table.prompts != data.prompts or table.models != data.models:
+        print("replay: --kfold needs the routerbench files of one folder", file=sys.stderr)
+        return 2
+    say(f"{len(data)} rows, {len(data.models)} models; embeddings and contexts cached")
+    config = kf.KfoldConfig(
+        k=args.kfold,
+        by_dataset=args.by_dataset,
+        lambdas=tuple(args.lambdas),
+        mu=args.mu[0],
+        prior_kind=args.prior_kind,
+        alpha=args.alpha,
+    )
+    replay = kf.KfoldReplay(data, table.energy, config, data_bounds(table))
+    t0 = time.perf_counter()
+    result = replay.run(progress=say)
+    result["cpu_s"] = round(time.process_time(), 1)
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(kf.format_report(result))
+    print(f"\nNote: {ENERGY_NOTE}.")
+    out = args.out
+    if out == DEFAULT_OUT:
+        out = out.with_name("replay_kfold" + ("_by_dataset" if args.by_dataset else "") + ".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result["config"] = {k: v for k, v in vars(config).items()}
+    out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    png = args.png or out.with_suffix(".png")
+    variant = "one fold per dataset" if args.by_dataset else f"grouped {args.kfold}-fold"
+    ok = kf.plot(result, png, f"greengate k-fold replay ({variant}), {len(data)} RouterBench "
+                 "rows: quality-cost and quality-energy fronts (energy estimated)")
+    print(f"wrote {out}" + (f", {png}" if ok else ""))
     return 0
 
 

@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from routing.constraints import Constraint
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
@@ -36,6 +38,8 @@ class RouteRequest:
     lambda_: float = 0.4  # weight of energy (team policy)
     mu: float = 0.1  # weight of cost (team policy)
     explore: bool = True
+    embedding: np.ndarray | None = None  # the query's MiniLM embedding (quality predictors)
+    constraint: Constraint | None = None  # a team's hard objective (routing.constraints)
 
 
 @dataclass(frozen=True, slots=True)
