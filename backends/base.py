@@ -30,7 +30,7 @@ class UpstreamError(Exception):
         self,
         message: str,
         *,
-        kind: Literal["connect", "timeout", "http", "protocol"],
+        kind: Literal["connect", "timeout", "deadline", "http", "protocol"],
         status: int | None = None,
         body: bytes | None = None,
         retry_after: float | None = None,

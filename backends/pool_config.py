@@ -84,6 +84,10 @@ class MemberConfig(BaseModel):
         None, description="Model name in the warm-start priors (default: `model`).")
     timeouts: Timeouts = Field(default_factory=Timeouts)
     retries: int | None = Field(None, ge=0, le=10)
+    request_timeout_s: float | None = Field(
+        None, gt=0, description="The whole request's deadline when this member is asked first, "
+        "across retries and fallbacks, and the most time spent on it as a fallback "
+        "(default: the gateway's request_timeout_s).")
     extra_headers: dict[str, str] = Field(default_factory=dict)
     engine: EngineOptions | None = Field(
         None, description="kind 'engine' only; `model` is then a checkpoint folder, or "

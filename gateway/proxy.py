@@ -50,6 +50,8 @@ class Plan:
     reference: PoolMember | None = None
     redactor: pii.Redactor | None = None  # restore the answer when the prompt was redacted
     cache_key: CacheKey | None = None  # store the answer under it when the call succeeds
+    deadline: float = float("inf")  # perf_counter() by which every attempt must be done
+    budget_s: float | None = None  # the deadline's length, for the 504
 
 
 def _bad(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
@@ -78,6 +80,11 @@ def validate(endpoint: Endpoint, body: Any) -> None:
     elif isinstance(value, list) and not _text_or_tokens(value):
         raise _bad(f"'{field}' must be a string, an array of strings, an array of token ids "
                    "or an array of token-id arrays.", field)
+    rt = body.get("request_timeout_s")
+    if rt is not None and (isinstance(rt, bool) or not isinstance(rt, (int, float))
+                           or not 0 < rt <= 86_400):
+        raise _bad("'request_timeout_s' must be a number of seconds above 0.",
+                   "request_timeout_s")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise _bad("'stream' must be a boolean.", "stream")
     if body.get("stream") and endpoint == "embeddings":
@@ -203,6 +210,8 @@ class Proxy:
             if isinstance(body, dict) and isinstance(body.get("model"), str):
                 row["requested_model"] = body["model"][:256]
             validate(endpoint, body)
+            # greengate's own extension: the caller's deadline, never sent upstream.
+            wanted_timeout = body.pop("request_timeout_s", None)
             row["stream"] = bool(body.get("stream"))
             analysis = await self.routing.analyse(principal, endpoint, body,
                                                   want_embedding=self.guard.wants_embedding)
@@ -221,6 +230,8 @@ class Proxy:
             plan = await self._plan(principal, endpoint, body, analysis, safety.required_tags)
             plan.redactor = safety.redactor
             plan.cache_key = cache_key
+            self._set_deadline(plan, t0, wanted_timeout)
+            row["features"]["deadline_s"] = plan.budget_s
             row["route_reason"] = plan.reason
             row["candidates"] = plan.candidates
             self._check_budgets(principal)
@@ -388,6 +399,16 @@ class Proxy:
         return Plan(members, "requested", cands, analysis.features)
 
     # ---- calling with retries and fallback ---------------------------------------------
+    def _set_deadline(self, plan: Plan, t0: float, wanted: float | None) -> None:
+        """One deadline for the whole request: the first member's request_timeout_s, else the
+        gateway's, shortened (never lengthened) by the request's own request_timeout_s."""
+        first = plan.members[0].cfg.request_timeout_s if plan.members else None
+        budget = first or self.settings.request_timeout_s
+        if wanted is not None:
+            budget = min(budget, float(wanted))
+        plan.budget_s = budget
+        plan.deadline = t0 + budget
+
     def _backoff(self, attempt: int, err: UpstreamError) -> float:
         s = self.settings
         if err.retry_after is not None:
@@ -402,6 +423,11 @@ class Proxy:
         last: UpstreamError | None = None
         cooling: list[PoolMember] = []
         for m in plan.members:
+            if time.perf_counter() >= plan.deadline:
+                raise self._deadline_error(plan, last, attempts)
+            own = m.cfg.request_timeout_s
+            member_end = plan.deadline if own is None else min(
+                plan.deadline, time.perf_counter() + own)
             if not m.breaker.available():
                 cooling.append(m)
                 attempts.append({"member": m.name, "skipped": "cooldown"})
@@ -412,46 +438,78 @@ class Proxy:
                                               "include_usage": True}
             for attempt in range(m.retries + 1):
                 t = time.perf_counter()
+                left = member_end - t
+                if left <= 0:
+                    break
                 try:
-                    result = await (self._open_stream(m, req) if stream else self._once(m, req))
+                    result = await (self._open_stream(m, req, left) if stream
+                                    else self._once(m, req, left))
                 except UpstreamError as e:
                     attempts.append({"member": m.name, "status": e.status, "kind": e.kind,
                                      "error": str(e)[:300],
                                      "ms": round((time.perf_counter() - t) * 1000, 2)})
                     if e.client_fault:
                         raise self._client_fault(e, len(attempts) > 1) from None
-                    if e.status != 429:  # back-pressure, not a fault: Retry-After handles it
+                    # 429 is back-pressure (Retry-After handles it), and a cut at the request's
+                    # deadline says nothing about the member: neither counts against it.
+                    if e.status != 429 and e.kind != "deadline":
                         m.breaker.record_failure(row["id"])
                     last = e
                     if not e.retryable or attempt == m.retries or not m.breaker.available():
                         break
-                    await asyncio.sleep(self._backoff(attempt, e))
+                    wait = self._backoff(attempt, e)
+                    if time.perf_counter() + wait >= member_end:
+                        break
+                    await asyncio.sleep(wait)
                     continue
                 m.breaker.record_success(row["id"])
                 m.observe_latency((time.perf_counter() - t) * 1000)
                 attempts.append({"member": m.name, "status": 200,
                                  "ms": round((time.perf_counter() - t) * 1000, 2)})
                 return m, result
+        if time.perf_counter() >= plan.deadline - 1e-3 or (last and last.kind == "deadline"):
+            raise self._deadline_error(plan, last, attempts)
         raise self._exhausted(last, cooling, attempts)
 
-    async def _once(self, m: PoolMember, req: UpstreamRequest) -> UpstreamResponse:
+    @staticmethod
+    def _deadline_error(plan: Plan, last: UpstreamError | None,
+                        attempts: list[dict]) -> GatewayError:
+        tried = [a for a in attempts if "skipped" not in a]
+        members = list(dict.fromkeys(a["member"] for a in tried))
+        detail = f"; last: {last}" if last is not None else ""
+        return GatewayError(
+            504, f"The request's deadline of {plan.budget_s:g} s passed after {len(tried)} "
+            f"attempt(s) on {len(members)} member(s) ({', '.join(members) or 'none'}){detail}.",
+            code="request_timeout",
+            headers={"x-should-retry": "false", "x-greengate-deadline-s": f"{plan.budget_s:g}"})
+
+    @staticmethod
+    def _timeout_error(what: str, configured: float, left: float) -> UpstreamError:
+        if left < configured:  # the request's deadline, not the member's own timeout
+            return UpstreamError(f"{what}: the request's deadline came first ({left:.3g} s "
+                                 "left)", kind="deadline")
+        return UpstreamError(f"{what} in {configured} s", kind="timeout")
+
+    async def _once(self, m: PoolMember, req: UpstreamRequest,
+                    left: float = float("inf")) -> UpstreamResponse:
+        limit = min(m.cfg.timeouts.total_s, left)
         try:
-            async with asyncio.timeout(m.cfg.timeouts.total_s):
+            async with asyncio.timeout(limit):
                 return await m.backend.complete(req)
         except TimeoutError:
-            raise UpstreamError(f"no complete answer in {m.cfg.timeouts.total_s} s",
-                                kind="timeout") from None
+            raise self._timeout_error("no complete answer", m.cfg.timeouts.total_s,
+                                      left) from None
 
     async def _open_stream(
-        self, m: PoolMember, req: UpstreamRequest
+        self, m: PoolMember, req: UpstreamRequest, left: float = float("inf")
     ) -> tuple[AsyncIterator[bytes], bytes]:
         agen = m.backend.stream(req)
         try:
-            first = await asyncio.wait_for(anext(agen), m.cfg.timeouts.first_byte_s)
+            first = await asyncio.wait_for(anext(agen), min(m.cfg.timeouts.first_byte_s, left))
         except TimeoutError:
             await agen.aclose()
-            raise UpstreamError(f"no first token in {m.cfg.timeouts.first_byte_s} s",
-                                kind="timeout") from None
+            raise self._timeout_error("no first token", m.cfg.timeouts.first_byte_s,
+                                      left) from None
         except StopAsyncIteration:
             raise UpstreamError("upstream closed the stream without data",
                                 kind="protocol") from None
