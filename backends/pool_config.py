@@ -82,6 +82,12 @@ class MemberConfig(BaseModel):
     fallbacks: list[str] = Field(default_factory=list)
     prior: str | None = Field(
         None, description="Model name in the warm-start priors (default: `model`).")
+    like: str | None = Field(
+        None, description="A member without outcome data starts from this member's quality "
+        "prior (with a wider uncertainty).")
+    quality: dict[str, float] | None = Field(
+        None, description="Declared benchmark scores in [0, 1] by dataset or task name "
+        "(e.g. {mmlu: 0.71, gsm8k: 0.55}): the quality prior of a member without outcome data.")
     timeouts: Timeouts = Field(default_factory=Timeouts)
     retries: int | None = Field(None, ge=0, le=10)
     request_timeout_s: float | None = Field(
@@ -103,6 +109,11 @@ class MemberConfig(BaseModel):
             raise ValueError("the bundled engine serves chat and completions, not embeddings")
         if self.name == "auto":
             raise ValueError("'auto' is reserved for routing")
+        if self.like == self.name:
+            raise ValueError("'like' must name another member")
+        bad = sorted(k for k, v in (self.quality or {}).items() if not 0.0 <= v <= 1.0)
+        if bad:
+            raise ValueError(f"quality scores must lie in [0, 1]: {', '.join(bad)}")
         return self
 
 
@@ -120,6 +131,8 @@ class PoolConfig(BaseModel):
             for fb in m.fallbacks:
                 if fb not in names:
                     raise ValueError(f"member {m.name!r} falls back to unknown member {fb!r}")
+            if m.like is not None and m.like not in names:
+                raise ValueError(f"member {m.name!r}: like names unknown member {m.like!r}")
         return self
 
     def member(self, name: str) -> MemberConfig | None:

@@ -275,6 +275,10 @@ def put_policy(team: str, policy: Policy, rt: Rt) -> dict:
     unknown = sorted({m for m in listed if m not in names})
     if unknown:
         raise GatewayError(400, f"Unknown members: {', '.join(unknown)}", code="model_not_found")
+    problem = rt.routing.constraint_problem(policy)
+    if problem is not None:
+        raise GatewayError(422, f"{problem[0]}: impossible constraint: {problem[1]}.",
+                           param=problem[0], code="impossible_constraint")
     rt.routing.policies.put(team, policy)
     return policy.to_json()
 

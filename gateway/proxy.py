@@ -597,8 +597,14 @@ class Proxy:
             row["counterfactual_energy_j"] = ref_energy.joules if ref_energy else None
         return usage
 
-    def _served_headers(self, rid: str, m: PoolMember) -> dict[str, str]:
-        return {"x-request-id": rid, "x-greengate-member": m.name}
+    def _served_headers(self, rid: str, m: PoolMember, row: dict) -> dict[str, str]:
+        headers = {"x-request-id": rid, "x-greengate-member": m.name}
+        constraint = (row.get("features") or {}).get("constraint")
+        if constraint:
+            # ASCII only: header values are latin-1 on the wire.
+            headers["x-greengate-constraint"] = (
+                "met" if constraint["met"] else "unmet; fell back to the best-quality member")
+        return headers
 
     # ---- non-streamed ------------------------------------------------------------------
     async def _complete(self, rid: str, t0: float, row: dict, endpoint: Endpoint, body: dict,
@@ -621,7 +627,7 @@ class Proxy:
                    m.backend.upstream_model, status=200, latency_ms=elapsed, ttft_ms=elapsed)
         self._finish(row, principal)
         return Response(content, media_type="application/json",
-                        headers=self._served_headers(rid, m))
+                        headers=self._served_headers(rid, m, row))
 
     # ---- streamed ----------------------------------------------------------------------
     async def _stream(self, rid: str, t0: float, row: dict, endpoint: Endpoint, body: dict,
@@ -638,7 +644,7 @@ class Proxy:
                         StreamRestore(plan.redactor) if plan.redactor else None,
                         plan.cache_key),
             media_type="text/event-stream",
-            headers={**_SSE_HEADERS, **self._served_headers(rid, m)},
+            headers={**_SSE_HEADERS, **self._served_headers(rid, m, row)},
         )
 
     async def _relay(self, row: dict, t0: float, m: PoolMember, endpoint: Endpoint, body: dict,

@@ -27,7 +27,8 @@ from gateway.pool import Pool, PoolMember
 from gateway.schema import Decision, Feedback
 from gateway.settings import Settings
 from gateway.storable import clean_text
-from routing.policy import NoCandidate, Policy, apply, with_fallback_order
+from routing.bandit_router import residual_reward
+from routing.policy import NoCandidate, Policy, apply, impossible_constraint, with_fallback_order
 from routing.reward import RewardBounds, reward
 from routing.router import Candidate, Router, RouteRequest, make_router
 
@@ -81,6 +82,8 @@ class RoutingService:
         self.bandit = bandit
         self.bounds = RewardBounds(settings.reward_energy_max_j, settings.reward_cost_max_usd)
         self._plain = make_router("cheapest")
+        self.bandit_name = BANDIT_NAME  # runtime names it after the quality prior in use
+        self.quality_prior: Any | None = None  # routing.quality_prior.QualityPrior
         self._store = BanditStore(engine)
         self._updates = 0
         self._saved_updates = 0
@@ -103,7 +106,7 @@ class RoutingService:
         if self.bandit is None or self._updates == self._saved_updates:
             return
         updates = self._updates
-        await asyncio.to_thread(self._store.save, BANDIT_NAME, self.bandit.state(), updates)
+        await asyncio.to_thread(self._store.save, self.bandit_name, self.bandit.state(), updates)
         self._saved_updates = updates
 
     async def _save_loop(self) -> None:
@@ -186,9 +189,12 @@ class RoutingService:
         ranked = router.rank(
             RouteRequest(endpoint=endpoint, body=body, team=principal.team,
                          features=features.get("query", {}), context=context,
-                         lambda_=policy.lambda_, mu=policy.mu, explore=policy.exploration),
+                         lambda_=policy.lambda_, mu=policy.mu, explore=policy.exploration,
+                         embedding=analysis.embedding, constraint=policy.constraint()),
             allowed,
         )
+        if ranked and "constraint" in ranked[0].detail:
+            features["constraint"] = ranked[0].detail["constraint"]
         order = with_fallback_order(policy, [r.name for r in ranked])
         features["route_ms"] = round(
             (time.perf_counter() - t0) * 1000 + features.get("analyse_ms", 0.0), 3)
@@ -201,6 +207,17 @@ class RoutingService:
                         for r in ranked],
             features=features,
         )
+
+    def constraint_problem(self, policy: Policy) -> tuple[str, str] | None:
+        """(field, why) when the policy's hard objective can never be met by the members it
+        allows: checked when the policy is saved."""
+        if policy.constraint().active is False:
+            return None
+        members = [m for m in self.pool.members.values() if m.cfg.mode == "chat"]
+        cands = [self._expected(m, 1, 1) for m in members]
+        prior = self.quality_prior
+        ceiling = {m.name: prior.ceiling(m.name) for m in members} if prior is not None else {}
+        return impossible_constraint(policy, cands, ceiling)
 
     @staticmethod
     def _reference(policy: Policy, members: list[PoolMember]) -> PoolMember | None:
@@ -265,7 +282,13 @@ class RoutingService:
                                param="request_id", code="feedback_exists") from None
         if applicable:
             assert self.bandit is not None
-            self.bandit.update(np.asarray(context, dtype=float), d.served_member, score)
+            # With a quality prior the bandit learns the residual over the prior mean the
+            # request was routed on (in the decision row's candidates).
+            prior_mean = next((c.get("prior_mean") for c in d.candidates or []
+                               if isinstance(c, dict) and c.get("member") == d.served_member),
+                              None)
+            self.bandit.update(np.asarray(context, dtype=float), d.served_member,
+                               residual_reward(score, prior_mean))
             self._updates += 1
         return {"request_id": rid, "member": d.served_member, "score": score,
                 "reward": round(r, 6), "applied_to_bandit": applicable}

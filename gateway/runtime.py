@@ -34,6 +34,7 @@ from routing.cache import (
     load_from_sql,
 )
 from routing.priors import load_priors
+from routing.quality_prior import MemberPriorSpec, QualityPrior, arm_prior, load_bundle
 from routing.reward import RewardBounds
 from routing.router import ROUTERS
 from telemetry.carbon import CarbonIntensity
@@ -128,23 +129,63 @@ async def _routing(
     # One request's worth of work now, so the first client does not pay for thread start-up.
     await extractor.extract({"messages": [{"role": "user", "content": "warm-up"}]},
                             update_clusters=False)
-    loaded = await asyncio.to_thread(BanditStore(engine).load, BANDIT_NAME)
+    quality = _quality_prior(settings, pool, extractor.layout)
+    # A bandit that learns residuals over a predictor is not interchangeable with one that
+    # learned raw quality (or residuals over another predictor): each has its own row.
+    name = BANDIT_NAME if quality is None else f"{BANDIT_NAME}/prior-{quality.fingerprint}"
+    loaded = await asyncio.to_thread(BanditStore(engine).load, name)
     if loaded is not None and loaded[0].dim == extractor.dim:
         bandit, updates = loaded
         log.info("bandit restored from the database (%d feedback updates)", updates)
     else:
         params = {"alpha": settings.bandit_alpha} if settings.bandit == "linucb" else {}
         bandit = make_bandit(settings.bandit, extractor.dim, **params)
-    priors = load_priors(settings.priors, extractor.dim, extractor.layout)
+    priors = load_priors(settings.priors, extractor.dim, extractor.layout) if quality is None \
+        else {}
+    chat = [m.name for m in pool.members.values() if m.cfg.mode == "chat"]
+    estimates = quality.estimate(chat, None, None) if quality is not None else {}
+    # A typical context's squared norm: bias, one-hots and a few scaled features.
+    typical_sq = float(extractor.dim) / 4.0
     for m in pool.members.values():
         if m.cfg.mode == "chat" and m.name not in bandit.arms:
+            if quality is not None:
+                e = estimates[m.name]
+                bandit.add_arm(m.name, arm_prior(e.sigma, e.noise, extractor.dim, typical_sq))
+                log.info("bandit arm %s: quality prior %s (mean %.3f, sigma %.3f)", m.name,
+                         e.source, e.mean, e.sigma)
+                continue
             prior = priors.get(m.cfg.prior or m.cfg.model)
             bandit.add_arm(m.name, prior)
             log.info("bandit arm %s: %s", m.name,
                      f"warm prior from {m.cfg.prior or m.cfg.model}" if prior else "cold start")
     bounds = RewardBounds(settings.reward_energy_max_j, settings.reward_cost_max_usd)
-    router = router_cls.create(bandit=bandit, bounds=bounds)
-    return RoutingService(settings, engine, pool, router, policies, extractor, bandit, owned)
+    router = router_cls.create(bandit=bandit, bounds=bounds, prior=quality)
+    service = RoutingService(settings, engine, pool, router, policies, extractor, bandit, owned)
+    service.bandit_name = name
+    service.quality_prior = quality
+    return service
+
+
+def _quality_prior(settings: Settings, pool: Pool, layout: str) -> QualityPrior | None:
+    """The shipped quality predictors with what greengate.yaml says about each member; None
+    when switched off or when no predictor artifact is installed."""
+    if not settings.quality_prior:
+        return None
+    bundle = load_bundle()
+    if bundle is None:
+        log.warning("no quality predictor artifact; the bandit starts from ridge priors")
+        return None
+    specs = {}
+    for m in pool.members.values():
+        c = m.cfg
+        specs[m.name] = MemberPriorSpec(
+            model=c.prior or c.model, like=c.like, declared=dict(c.quality or {}),
+            params_b=c.energy.active_params_b if c.energy else None)
+    prior = QualityPrior(bundle, specs, layout)
+    if prior.bundle is None:
+        log.warning("quality predictor fitted on another feature layout; not used")
+        return None
+    return prior
 
 
 def _safety_classifier(settings: Settings, routing: RoutingService) -> Any | None:

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     priors: Path | None = Field(
         None, description="Warm-start priors (greengate fit-priors); default: the shipped ones.")
     clusters: int = Field(3, ge=1, description="Semantic clusters (GreenServ uses 3).")
+    quality_prior: bool = Field(
+        True, description="Start the bandit from the shipped quality predictors "
+        "(routing/artifacts/quality_predictor.*) instead of the ridge priors.")
     reward_energy_max_j: float = Field(
         500.0, gt=0, description="Energy normalisation bound: this many joules count as 1.")
     reward_cost_max_usd: float = Field(

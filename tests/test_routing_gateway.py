@@ -175,8 +175,10 @@ def test_policy_admin_api_and_max_cost(gw: Gateway, fake: Any) -> None:
 def test_shipped_priors_warm_start_members(
     make_gateway: GatewayFactory, extractor: Any, fake: Any, fake_url: str
 ) -> None:
-    """Members named after models in the public outcome data start from their priors: with no
-    feedback at all, a quality-only policy already prefers the stronger model."""
+    """Members named after models in the public outcome data start from the learned quality
+    predictor: with no feedback at all, a quality-only policy already prefers the stronger
+    model; a member nobody knows anything about starts at the pool's mean, and the decision
+    row names each member's prior."""
     pool = [member("weak", fake_url, model="mistralai/mistral-7b-chat"),
             member("strong", fake_url, model="gpt-4-1106-preview"),
             member("unknown", fake_url)]
@@ -185,8 +187,12 @@ def test_shipped_priors_warm_start_members(
     r = ask(gw, "Write a Python function that returns the n-th Fibonacci number.")
     assert r.headers["x-greengate-member"] == "strong"
     cands = {c["member"]: c for c in gw.decision(r.headers["x-request-id"])["candidates"]}
-    assert cands["strong"]["quality_estimate"] > cands["weak"]["quality_estimate"] > 0.3
-    assert cands["unknown"]["quality_estimate"] == 0.0  # no prior: cold
+    assert cands["strong"]["quality_estimate"] > cands["weak"]["quality_estimate"] > 0.1
+    assert cands["strong"]["prior"].startswith("predictor:") and cands["strong"]["prior"].endswith(
+        ":gpt-4-1106-preview")
+    assert cands["unknown"]["prior"] == "pool-mean"
+    mean = (cands["strong"]["prior_mean"] + cands["weak"]["prior_mean"]) / 2
+    assert cands["unknown"]["quality_estimate"] == pytest.approx(mean, abs=1e-5)
 
 
 def test_priors_for_other_features_are_ignored(tmp_path: Path, extractor: Any) -> None:
