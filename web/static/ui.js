@@ -76,7 +76,8 @@ function policyPage() {
         pii_action: f["pii_action"].value, jailbreak_action: f["jailbreak_action"].value }),
       cache: Object.assign({}, current.cache, {
         enabled: f["cache_enabled"].checked, allow_tools: f["cache_allow_tools"].checked,
-        max_temperature: Number(f["cache_max_temperature"].value) }),
+        max_temperature: Number(f["cache_max_temperature"].value),
+        semantic: f["cache_semantic"].value }),
     });
     try {
       const saved = await api("PUT", url, policy);
