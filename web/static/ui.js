@@ -70,6 +70,9 @@ function policyPage() {
       allowed_members: document.getElementById("all-members").checked ? null : members,
       max_cost_per_request_usd: numberOrNull(f["max_cost_per_request_usd"].value),
       latency_slo_ms: numberOrNull(f["latency_slo_ms"].value),
+      min_quality: numberOrNull(f["min_quality"].value),
+      max_cost_per_1k_usd: numberOrNull(f["max_cost_per_1k_usd"].value),
+      max_energy_j: numberOrNull(f["max_energy_j"].value),
       reference_member: f["reference_member"].value || null,
       exploration: f["exploration"].checked, store_prompts: f["store_prompts"].checked,
       safety: Object.assign({}, current.safety, {
