@@ -1,16 +1,28 @@
-"""Who is calling: the admin key or a virtual key, resolved from a short-lived cache."""
+"""Who is calling: the admin key or a virtual key, resolved from memory.
+
+Every key (revoked ones too) is held in memory and refreshed in the background after
+`cache_ttl_s`, so no request waits on the database and traffic goes on while it is away (the
+last known good keys). A key this replica has not seen yet is looked up once; a revocation
+made here is seen at once, one made on another replica within the TTL. With the database away
+and `database_outage: fail_closed`, requests get 503 with Retry-After instead."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from gateway.decision_log import is_connection_error
 from gateway.errors import GatewayError
 from gateway.keys import KeyInfo, KeyRepo, hash_key
+
+log = logging.getLogger("greengate.auth")
+MISSES_KEPT = 100_000  # unknown hashes remembered, against random-key floods
+RETRY_AFTER_S = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,31 +47,92 @@ def bearer(request: Request) -> str | None:
     return request.headers.get("x-api-key") or request.headers.get("api-key")
 
 
+def database_unavailable() -> GatewayError:
+    return GatewayError(
+        503,
+        "The database is unavailable; retry shortly.",
+        code="database_unavailable",
+        headers={"retry-after": str(RETRY_AFTER_S)},
+    )
+
+
 class Authenticator:
-    def __init__(self, repo: KeyRepo, admin_key: str, cache_ttl_s: float) -> None:
+    def __init__(
+        self, repo: KeyRepo, admin_key: str, cache_ttl_s: float, fail_closed: bool = False
+    ) -> None:
         self._repo = repo
         self._admin_hash = hash_key(admin_key).encode()
         self._ttl = cache_ttl_s
-        # Cached by hash so revocation on another replica is seen within the TTL.
-        self._cache: dict[str, tuple[float, KeyInfo | None]] = {}
+        self._fail_closed = fail_closed
+        self._keys: dict[str, KeyInfo] | None = None
+        self._loaded_at = 0.0
+        self._misses: dict[str, float] = {}
+        self._refresh: asyncio.Task | None = None
+        self.database_ok = True
+
+    async def load(self) -> None:
+        """Read every key; keep the last good set when the database does not answer."""
+        try:
+            keys = await asyncio.to_thread(self._repo.all_by_hash)
+        except Exception as e:
+            if not is_connection_error(e):
+                log.exception("reading the keys failed")
+            elif self.database_ok:
+                log.warning(
+                    "keys: the database does not answer; serving the %d in memory",
+                    len(self._keys or {}),
+                )
+            self.database_ok = False
+            self._loaded_at = time.monotonic()  # next try after the TTL, not per request
+            return
+        self._keys, self._misses = keys, {}
+        self._loaded_at = time.monotonic()
+        self.database_ok = True
+
+    def _maybe_refresh(self) -> None:
+        due = time.monotonic() - self._loaded_at >= (
+            self._ttl if self.database_ok else min(self._ttl, 1.0)
+        )
+        if due and (self._refresh is None or self._refresh.done()):
+            self._refresh = asyncio.get_running_loop().create_task(self.load())
 
     def forget(self, key_id: int | None = None) -> None:
-        if key_id is None:
-            self._cache.clear()
+        """This replica changed a key: drop it from memory so the next use reads it again."""
+        if key_id is None or self._keys is None:
+            self._loaded_at = 0.0
+            if self._keys is not None:
+                self._keys = {}
             return
-        for h, (_, info) in list(self._cache.items()):
-            if info is not None and info.id == key_id:
-                del self._cache[h]
+        self._keys = {h: k for h, k in self._keys.items() if k.id != key_id}
 
     async def _lookup(self, key_hash: str) -> KeyInfo | None:
-        now = time.monotonic()
-        hit = self._cache.get(key_hash)
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
-        info = await asyncio.to_thread(self._repo.find_by_hash, key_hash)
-        if len(self._cache) > 100_000:  # bound memory against random-key floods
-            self._cache.clear()
-        self._cache[key_hash] = (now, info)
+        if self._keys is None:
+            await self.load()
+            if self._keys is None:
+                raise database_unavailable()
+        else:
+            self._maybe_refresh()
+        if not self.database_ok and self._fail_closed:
+            raise database_unavailable()
+        info = self._keys.get(key_hash)
+        if info is not None:
+            return info
+        missed = self._misses.get(key_hash)
+        if missed is not None and time.monotonic() - missed < self._ttl:
+            return None
+        try:  # created since the last refresh (here or on another replica)?
+            info = await asyncio.to_thread(self._repo.find_by_hash, key_hash)
+        except Exception as e:
+            if is_connection_error(e):
+                self.database_ok = False
+                raise database_unavailable() from None  # it may be a valid key: not a 401
+            raise
+        if info is None:
+            if len(self._misses) > MISSES_KEPT:
+                self._misses.clear()
+            self._misses[key_hash] = time.monotonic()
+        else:
+            self._keys[key_hash] = info
         return info
 
     async def authenticate(self, request: Request) -> Principal:

@@ -144,3 +144,9 @@ class KeyRepo:
                 .where(ApiKey.key_hash == key_hash)
             ).first()
             return _info(row[0], row[1]) if row else None
+
+    def all_by_hash(self) -> dict[str, KeyInfo]:
+        """Every key by its hash, revoked ones included (so revocation is known in memory)."""
+        with Session(self.engine) as s:
+            q = select(ApiKey, Team.name).join(Team, Team.id == ApiKey.team_id)
+            return {k.key_hash: _info(k, tname) for k, tname in s.execute(q)}

@@ -21,8 +21,8 @@ from starlette.responses import Response, StreamingResponse
 from backends.base import Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse
 from backends.pool_config import RANDOM_WEIGHTS_TAG
 from gateway import cache_stage, tokens
-from gateway.auth import Authenticator, Principal
-from gateway.decision_log import DecisionLog
+from gateway.auth import Authenticator, Principal, database_unavailable
+from gateway.decision_log import DecisionLog, is_connection_error
 from gateway.errors import GatewayError, error_body, error_response
 from gateway.guard import Guard, StreamRestore, restore_response
 from gateway.pool import Pool, PoolMember
@@ -245,10 +245,14 @@ class Proxy:
                 self._finish(row, principal)
             return error_response(e, {"x-request-id": rid})
         except Exception as e:  # a bug of ours: still answer cleanly and keep the row
-            log.exception("request %s failed inside greengate", rid)
-            err = GatewayError(500, "Internal error in greengate; it has been logged.")
+            if is_connection_error(e):  # the database is away: not a bug, and not a 500
+                log.warning("request %s: database unavailable (%s)", rid, type(e).__name__)
+                err = database_unavailable()
+            else:
+                log.exception("request %s failed inside greengate", rid)
+                err = GatewayError(500, "Internal error in greengate; it has been logged.")
             if row is not None:
-                row.update(status=500, error=repr(e)[:2000],
+                row.update(status=err.status, error=repr(e)[:2000],
                            latency_ms=(time.perf_counter() - t0) * 1000)
                 self._finish(row, principal)
             return error_response(err, {"x-request-id": rid})

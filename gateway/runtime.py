@@ -66,7 +66,9 @@ class Runtime:
         await asyncio.to_thread(database.upgrade, settings.database_url)
         engine = database.make_engine(settings.database_url)
         keys = KeyRepo(engine)
-        auth = Authenticator(keys, admin_key, settings.key_cache_ttl_s)
+        auth = Authenticator(keys, admin_key, settings.key_cache_ttl_s,
+                             fail_closed=settings.database_outage == "fail_closed")
+        await auth.load()
         # An engine member loads its weights here: off the event loop.
         pool = await asyncio.to_thread(Pool, pool_config, settings)
         routing = await _routing(settings, engine, pool, extractor)
@@ -97,12 +99,19 @@ class Runtime:
                    metrics, cache)
 
     async def stop(self) -> None:
-        await self.routing.stop()
-        await self.decisions.stop()
+        # Each step on its own: a database that is away (the bandit cannot be saved) must not
+        # keep the decision log from draining and journaling.
+        for name, step in (("routing", self.routing.stop), ("decision log", self.decisions.stop),
+                           ("cache", self._close_cache), ("pool", self.pool.aclose)):
+            try:
+                await step()
+            except Exception:
+                log.exception("shutdown: stopping the %s failed", name)
+        self.engine.dispose()
+
+    async def _close_cache(self) -> None:
         if self.cache is not None and isinstance(self.cache.persist, SqlPersister):
             await asyncio.to_thread(self.cache.persist.close)  # finishes queued saves
-        await self.pool.aclose()
-        self.engine.dispose()
 
 
 async def _routing(
