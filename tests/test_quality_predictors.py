@@ -136,7 +136,8 @@ def bundle(data: QualityData) -> PredictorBundle:
 def test_prior_sources_for_members_without_history(data: QualityData) -> None:
     specs = {"s": MemberPriorSpec("small"), "l": MemberPriorSpec("large"),
              "clone": MemberPriorSpec("x", like="l"),
-             "loop1": MemberPriorSpec("y", like="loop2"), "loop2": MemberPriorSpec("z", like="loop1"),
+             "loop1": MemberPriorSpec("y", like="loop2"),
+             "loop2": MemberPriorSpec("z", like="loop1"),
              "decl": MemberPriorSpec("w", declared={"mbpp": 0.8, "mmlu": 0.3}),
              "sized": MemberPriorSpec("v", params_b=20.0), "blank": MemberPriorSpec("u")}
     prior = QualityPrior(bundle(data), specs, layout="test")
