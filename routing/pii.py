@@ -37,11 +37,14 @@ Kinds (``DEFAULT_KINDS``, detected unless ``kinds`` says otherwise):
   high (1.00 there; one hit, a real street in a novel excerpt, in 8,160 ordinary prompts;
   none in 24,475 LLM answers), so it is on by default.
 
-Off by default (``EXPERIMENTAL_KINDS``; pass ``kinds=ALL_KINDS`` to use it): PERSON, a
-capitalised name after a cue ("my name is", "Dear", "Mr.", "called", "Name:"). Precision is
-0.99 on the Presidio synthetic set, but on real in-the-wild prompts about half of its hits
-are AI personas, products and ordinary words ("Hi ChatGPT", "An AI named Anarchy"), and
-recall is 0.17: not good enough to rewrite users' prompts. bench/pii_eval.py has the numbers.
+PERSON: with a name finder (``names=``, in the gateway ``routing.person_names.PersonTagger``,
+a MiniLM token classifier fine-tuned on Presidio spans and faker sentences of many locales),
+names are found wherever they are, in any case; its held-out figures are in
+``routing/artifacts/person_lora.json`` and bench/pii_eval.py. With a finder, ``kinds=None``
+means ``DEFAULT_KINDS | {PERSON}``: the structured kinds stay as they are and win overlaps.
+Without one, PERSON is only the old cue heuristic (a capitalised name after "my name is",
+"Dear", "Mr.", ...; recall 0.17, and on in-the-wild prompts half its hits are AI personas),
+used only when asked for (``EXPERIMENTAL_KINDS``).
 
 Cost: one ``detect`` over a 2 KB prompt takes about 0.1-0.4 ms of CPU (bench/pii_eval.py),
 because every kind is gated by a literal or by one shared scan for digit runs before its
@@ -61,6 +64,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 EMAIL_ADDRESS = "EMAIL_ADDRESS"
 PHONE_NUMBER = "PHONE_NUMBER"
@@ -681,19 +685,27 @@ _DETECTORS: dict[str, Callable[[_Scan], Iterator[tuple[int, int]]]] = {
 }
 
 
-def _check_kinds(kinds: Collection[str] | None) -> Collection[str]:
+class NameFinder(Protocol):
+    """Anything that finds person names: spans with `.start` and `.end` character offsets."""
+
+    def spans(self, text: str) -> list: ...
+
+
+def _check_kinds(kinds: Collection[str] | None, names: NameFinder | None = None) -> Collection[str]:
     if kinds is None:
-        return DEFAULT_KINDS
+        return DEFAULT_KINDS | {PERSON} if names is not None else DEFAULT_KINDS
     unknown = set(kinds) - ALL_KINDS
     if unknown:
         raise ValueError(f"unknown PII kinds: {sorted(unknown)}")
     return kinds
 
 
-def detect(text: str, kinds: Collection[str] | None = None) -> list[PiiSpan]:
-    """Non-overlapping spans sorted by start. ``kinds=None`` means ``DEFAULT_KINDS``; pass
-    ``ALL_KINDS`` to add the experimental PERSON and STREET_ADDRESS heuristics."""
-    wanted = _check_kinds(kinds)
+def detect(
+    text: str, kinds: Collection[str] | None = None, names: NameFinder | None = None
+) -> list[PiiSpan]:
+    """Non-overlapping spans sorted by start. ``kinds=None`` means ``DEFAULT_KINDS`` (plus
+    PERSON when a name finder is given); PERSON without a finder is the cue heuristic."""
+    wanted = _check_kinds(kinds, names)
     if not text:
         return []
     scan = _Scan(text)
@@ -701,7 +713,12 @@ def detect(text: str, kinds: Collection[str] | None = None) -> list[PiiSpan]:
     for kind, detector in _DETECTORS.items():
         if kind in wanted:
             prio = _PRIORITY[kind]
-            for start, end in detector(scan):
+            found = (
+                ((n.start, n.end) for n in names.spans(text))
+                if kind == PERSON and names is not None
+                else detector(scan)
+            )
+            for start, end in found:
                 if end > start:
                     candidates.add((prio, start - end, start, kind))  # longer first on ties
     if not candidates:
@@ -718,9 +735,11 @@ def detect(text: str, kinds: Collection[str] | None = None) -> list[PiiSpan]:
     return spans
 
 
-def kinds_found(text: str, kinds: Collection[str] | None = None) -> dict[str, int]:
+def kinds_found(
+    text: str, kinds: Collection[str] | None = None, names: NameFinder | None = None
+) -> dict[str, int]:
     """Count of detected values per kind (no values), e.g. for metrics and decision logs."""
-    return dict(Counter(s.kind for s in detect(text, kinds)))
+    return dict(Counter(s.kind for s in detect(text, kinds, names)))
 
 
 # --------------------------------------------------------------------------- redaction
@@ -849,7 +868,10 @@ class StreamRestorer:
 
 
 def redact_messages(
-    messages: list[dict], redactor: Redactor, kinds: Collection[str] | None = None
+    messages: list[dict],
+    redactor: Redactor,
+    kinds: Collection[str] | None = None,
+    names: NameFinder | None = None,
 ) -> tuple[list[dict], dict[str, int]]:
     """Redacted copies of OpenAI chat messages (inputs are not mutated) and counts per kind.
 
@@ -857,11 +879,11 @@ def redact_messages(
     audio parts pass through untouched) and the JSON ``arguments`` of earlier assistant tool
     calls, which are text the provider sees just like content.
     """
-    wanted = _check_kinds(kinds)
+    wanted = _check_kinds(kinds, names)
     counts: Counter[str] = Counter()
 
     def scrub(text: str) -> str:
-        spans = detect(text, wanted)
+        spans = detect(text, wanted, names)
         if not spans:
             return text
         counts.update(s.kind for s in spans)
@@ -906,6 +928,7 @@ __all__ = [
     "EXPERIMENTAL_KINDS",
     "IBAN_CODE",
     "IP_ADDRESS",
+    "NameFinder",
     "PERSON",
     "PHONE_NUMBER",
     "PiiSpan",
