@@ -139,7 +139,7 @@ def greedy_generate(
     pending = [(i, list(p), 0) for i, p in enumerate(prompts)]  # (seq, new tokens, start)
     while pending:
         items = [
-            RunItem(toks, start, pager.table(i, start + len(toks)), True)
+            RunItem(toks, start, pager.table(i, start + len(toks)), 1)
             for i, toks, start in pending
         ]
         next_ids = runner.run(items).argmax(dim=-1).tolist()

@@ -210,7 +210,7 @@ def test_cached_free_blocks_are_reused_in_lru_order_after_plain_ones() -> None:
 
 
 def test_hash_collision_is_detected_by_token_comparison(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bm_mod, "block_hash", lambda prev, tokens: 42)
+    monkeypatch.setattr(bm_mod, "block_hash", lambda prev, tokens, extra=None: 42)
     bm = BlockManager(8, BS)
     a = seq(1, [1, 2, 3, 4, 5])
     run_prefill(bm, a)

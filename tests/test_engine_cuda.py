@@ -11,7 +11,8 @@ import random
 import pytest
 import torch
 
-from backends.engine.attention import AttentionMetadata, select_attention, torch_group_attention
+from backends.engine.attention import AttentionMetadata, torch_group_attention
+from backends.engine.attention_cuda import select_attention
 from backends.engine.checkpoint import Family
 from tests.engine_support import FAMILIES, checkpoint, greedy_generate, make_runner, random_prompt
 from tests.engine_support import reference_greedy as _reference_greedy

@@ -64,11 +64,13 @@ class FakeRunner:
         self.gate: threading.Event | None = None
         self.steps: list[list[tuple[int, int, bool]]] = []
 
-    def run(self, items: Sequence[RunItem], copies: Sequence[tuple[int, int]] = ()) -> torch.Tensor:
+    def run(self, items: Sequence[RunItem], copies: Sequence[tuple[int, int]] = (),
+            num_layers: int | None = None) -> torch.Tensor:
         if self.gate is not None:
             assert self.gate.wait(10)
         bs, slots = self.kv.block_size, self.kv.slots
-        self.steps.append([(it.start_pos, len(it.token_ids), it.sample) for it in items])
+        self.steps.append([(it.start_pos, len(it.token_ids), bool(it.num_logits))
+                           for it in items])
         for src, dst in copies:
             slots[dst * bs:(dst + 1) * bs] = slots[src * bs:(src + 1) * bs]
         for it in items:
@@ -77,8 +79,8 @@ class FakeRunner:
                 slots[it.block_table[pos // bs] * bs + pos % bs] = tok
         rows = []
         for it in items:
-            if it.sample:
-                end = it.start_pos + len(it.token_ids)
+            last = it.start_pos + len(it.token_ids)
+            for end in range(last - it.num_logits + 1, last + 1):
                 ctx = [slots[it.block_table[p // bs] * bs + p % bs] for p in range(end)]
                 assert None not in ctx, "read a KV slot that was never written"
                 rows.append(next_token(ctx, self.vocab))  # type: ignore[arg-type]

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backends.engine.attention import AttentionMetadata, select_attention
+from backends.engine.attention import AttentionMetadata
+from backends.engine.attention_cuda import select_attention
 from backends.engine.checkpoint import Family, write_tiny_checkpoint
 from backends.engine.config import ModelConfig
 from backends.engine.kv_cache import KVCache, kv_budget_bytes
@@ -38,7 +39,7 @@ def check_flat_prefill(family: Family, device: str, atol: float = ATOL) -> None:
     pager = Pager(runner.kv.num_blocks, runner.kv.block_size)
     vocab = runner.model.config.vocab_size
     prompts = [random_prompt(n, vocab, seed=n) for n in (5, 17, 1, 9)]
-    items = [RunItem(p, 0, pager.table(i, len(p)), True) for i, p in enumerate(prompts)]
+    items = [RunItem(p, 0, pager.table(i, len(p)), 1) for i, p in enumerate(prompts)]
     logits = runner.run(items)
     assert logits.shape == (len(prompts), vocab)
     for row, prompt in enumerate(prompts):
@@ -54,7 +55,8 @@ def check_chunked_prefill_then_decode(family: Family, device: str, atol: float =
     start = 0
     for chunk in (7, 6, 10):
         last = start + chunk == len(tokens)
-        item = RunItem(tokens[start : start + chunk], start, pager.table(0, start + chunk), last)
+        table = pager.table(0, start + chunk)
+        item = RunItem(tokens[start : start + chunk], start, table, int(last))
         out = runner.run([item])
         assert out.shape[0] == int(last)
         start += chunk
@@ -62,7 +64,7 @@ def check_chunked_prefill_then_decode(family: Family, device: str, atol: float =
     for _ in range(5):
         nxt = int(out[0].argmax())
         tokens.append(nxt)
-        out = runner.run([RunItem([nxt], len(tokens) - 1, pager.table(0, len(tokens)), True)])
+        out = runner.run([RunItem([nxt], len(tokens) - 1, pager.table(0, len(tokens)), 1)])
         _close(out[0], reference_logits(path, tokens)[-1], atol)
 
 
@@ -76,25 +78,25 @@ def check_mixed_step(family: Family, device: str, atol: float = ATOL) -> None:
     c, d = random_prompt(30, vocab, 3), random_prompt(11, vocab, 4)
     runner.run(
         [
-            RunItem(a, 0, pager.table(0, len(a)), True),
-            RunItem(b, 0, pager.table(1, len(b)), True),
-            RunItem(c[:12], 0, pager.table(2, 12), False),
-            RunItem(d[:5], 0, pager.table(3, 5), False),
+            RunItem(a, 0, pager.table(0, len(a)), 1),
+            RunItem(b, 0, pager.table(1, len(b)), 1),
+            RunItem(c[:12], 0, pager.table(2, 12), 0),
+            RunItem(d[:5], 0, pager.table(3, 5), 0),
         ]
     )
     a_next, b_next = 17, 42
     items = [
-        RunItem(c[12:20], 12, pager.table(2, 20), False),  # middle chunk: attends, no logits
-        RunItem([a_next], len(a), pager.table(0, len(a) + 1), True),
-        RunItem(d[5:], 5, pager.table(3, len(d)), True),
-        RunItem([b_next], len(b), pager.table(1, len(b) + 1), True),
+        RunItem(c[12:20], 12, pager.table(2, 20), 0),  # middle chunk: attends, no logits
+        RunItem([a_next], len(a), pager.table(0, len(a) + 1), 1),
+        RunItem(d[5:], 5, pager.table(3, len(d)), 1),
+        RunItem([b_next], len(b), pager.table(1, len(b) + 1), 1),
     ]
     logits = runner.run(items)
     assert logits.shape[0] == 3
     _close(logits[0], reference_logits(path, [*a, a_next])[-1], atol)
     _close(logits[1], reference_logits(path, d)[-1], atol)
     _close(logits[2], reference_logits(path, [*b, b_next])[-1], atol)
-    rest = runner.run([RunItem(c[20:], 20, pager.table(2, len(c)), True)])
+    rest = runner.run([RunItem(c[20:], 20, pager.table(2, len(c)), 1)])
     _close(rest[0], reference_logits(path, c)[-1], atol)
 
 
@@ -103,7 +105,7 @@ def check_shuffled_and_reversed_tables(family: Family, device: str, atol: float 
     runner = make_runner(path, num_blocks=40, device=device)
     prompt = random_prompt(37, runner.model.config.vocab_size, seed=11)
     table = list(range(39, 29, -1))  # descending, non-contiguous with every other test's use
-    logits = runner.run([RunItem(prompt, 0, table, True)])
+    logits = runner.run([RunItem(prompt, 0, table, 1)])
     _close(logits[0], reference_logits(path, prompt)[-1], atol)
 
 
@@ -115,11 +117,11 @@ def check_copy_blocks(family: Family, device: str, atol: float = ATOL) -> None:
     prompt = random_prompt(18, runner.model.config.vocab_size, seed=5)  # last block half full
     src = [3, 9, 4, 12, 7]
     dst = [20, 31, 25, 22, 28]
-    runner.run([RunItem(prompt, 0, src, True)])
+    runner.run([RunItem(prompt, 0, src, 1)])
     nxt = 99
     # Shared full blocks stay shared; only the partially filled last block is copied.
     table = src[:-1] + [dst[-1]]
-    logits = runner.run([RunItem([nxt], len(prompt), table, True)], copies=[(src[-1], dst[-1])])
+    logits = runner.run([RunItem([nxt], len(prompt), table, 1)], copies=[(src[-1], dst[-1])])
     _close(logits[0], reference_logits(path, [*prompt, nxt])[-1], atol)
     runner.kv.copy_blocks(list(zip(src[:-1], dst[:-1], strict=True)))
     data = runner.kv.data
@@ -249,7 +251,7 @@ def test_bf16_forward_tracks_float32() -> None:
     path = checkpoint("llama")
     runner = make_runner(path, dtype=torch.bfloat16)
     prompt = random_prompt(20, runner.model.config.vocab_size, seed=9)
-    logits = runner.run([RunItem(prompt, 0, list(range(5)), True)])
+    logits = runner.run([RunItem(prompt, 0, list(range(5)), 1)])
     ref = reference_logits(path, prompt)[-1]
     # bf16 keeps ~3 significant digits; the ranking of the clear winner survives.
     assert (logits[0] - ref).abs().max().item() < 0.25 * ref.abs().max().item()

@@ -8,8 +8,9 @@ from collections import Counter
 import pytest
 
 from backends.engine.block_manager import BlockManager
-from backends.engine.scheduler import QueueFull, Scheduler, StepPlan
+from backends.engine.scheduler import QueueFull, Scheduler
 from backends.engine.sequence import SeqStatus, Sequence
+from backends.engine.step import ItemKind, SchedulerOutput, SeqOutput, StepOutput
 
 BS = 4
 
@@ -30,8 +31,16 @@ def seq(seq_id: int, n_prompt: int, *, max_tokens: int = 4, priority: int = 0,
                     arrival=float(seq_id) if arrival is None else arrival)
 
 
+def pairs(plan: SchedulerOutput) -> list[tuple[Sequence, int]]:
+    return [(it.seq, it.num_tokens) for it in plan.items]
+
+
+def outputs(plan: SchedulerOutput, tokens: dict[int, list[int]]) -> StepOutput:
+    return StepOutput({sid: SeqOutput(list(t)) for sid, t in tokens.items()})
+
+
 def check_invariants(
-    sched: Scheduler, plan: StepPlan | None = None, was_running: set[int] | None = None,
+    sched: Scheduler, plan: SchedulerOutput | None = None, was_running: set[int] | None = None,
 ) -> None:
     bm = sched.blocks
     holders: Counter[int] = Counter()
@@ -52,29 +61,34 @@ def check_invariants(
     if plan is None:
         return
     assert plan.num_tokens <= sched.token_budget
-    seen = [s.seq_id for s, _ in plan.items]
+    seen = [it.seq.seq_id for it in plan.items]
     assert len(seen) == len(set(seen))
     decode_done = False
-    for s, n in plan.items:
+    for it in plan.items:
+        s, n = it.seq, it.num_tokens
         assert s.status is SeqStatus.RUNNING
         assert 1 <= n <= s.num_remaining
-        assert len(s.block_table) * BS >= s.num_computed + n
+        assert len(s.block_table) * BS >= s.num_computed + n + it.num_draft_slots
+        if it.kind is ItemKind.VERIFY:
+            assert n == 1 and it.num_draft_slots >= 1
+            assert len(s.output_ids) + 1 + it.num_draft_slots <= s.max_tokens
         is_decode = s.num_remaining == 1 and s.seq_id in (was_running or set())
         if not is_decode:
             decode_done = True
         else:
             assert not decode_done, "a decode was scheduled after a prefill"
     for p in plan.preempted:
-        assert p.status is SeqStatus.WAITING and p not in [s for s, _ in plan.items]
+        assert p.status is SeqStatus.WAITING and p not in [it.seq for it in plan.items]
 
 
-def step(sched: Scheduler, token: int | dict[int, int] = 7) -> StepPlan:
+def step(sched: Scheduler, token: int | dict[int, int] = 7) -> SchedulerOutput:
     was_running = {s.seq_id for s in sched.running}
     plan = sched.schedule()
     check_invariants(sched, plan, was_running)
-    sampling = plan.sampling()
-    tokens = {s.seq_id: token if isinstance(token, int) else token[s.seq_id] for s in sampling}
-    sched.complete(plan, tokens)
+    sampling = [it.seq for it in plan.sampling()]
+    tokens = {s.seq_id: [token if isinstance(token, int) else token[s.seq_id]]
+              for s in sampling}
+    sched.complete(plan, outputs(plan, tokens))
     for s in sampling:
         if len(s.output_ids) >= s.max_tokens:
             sched.finish(s, "length")
@@ -82,7 +96,7 @@ def step(sched: Scheduler, token: int | dict[int, int] = 7) -> StepPlan:
     return plan
 
 
-def drain(sched: Scheduler, max_steps: int = 1000) -> list[StepPlan]:
+def drain(sched: Scheduler, max_steps: int = 1000) -> list[SchedulerOutput]:
     plans = []
     while sched.has_work:
         plans.append(step(sched))
@@ -96,7 +110,7 @@ def test_single_sequence_prefill_then_decode() -> None:
     s = seq(1, 5, max_tokens=3)
     sched.add(s)
     plans = drain(sched)
-    assert [[(x.seq_id, n) for x, n in p.items] for p in plans] == [[(1, 5)], [(1, 1)], [(1, 1)]]
+    assert [[(x.seq_id, n) for x, n in pairs(p)] for p in plans] == [[(1, 5)], [(1, 1)], [(1, 1)]]
     assert s.output_ids == [7, 7, 7]
     assert s.status is SeqStatus.FINISHED and s.finish_reason == "length"
 
@@ -107,7 +121,7 @@ def test_long_prompt_is_split_across_steps_and_budget_holds() -> None:
     sched.add(s)
     chunks, outputs = [], []
     while sched.has_work:
-        chunks += [n for _, n in step(sched).items]
+        chunks += [n for _, n in pairs(step(sched))]
         outputs.append(len(s.output_ids))
     assert chunks == [4, 4, 2, 1]
     assert outputs == [0, 0, 1, 2]  # only the last chunk samples
@@ -123,9 +137,9 @@ def test_decodes_go_first_then_prefill_chunks_fill_the_budget() -> None:
     c = seq(3, 20, max_tokens=1, base=100)
     sched.add(c)
     plan = step(sched)
-    assert [(s.seq_id, n) for s, n in plan.items] == [(1, 1), (2, 1), (3, 4)]
+    assert [(s.seq_id, n) for s, n in pairs(plan)] == [(1, 1), (2, 1), (3, 4)]
     plan = step(sched)
-    assert [(s.seq_id, n) for s, n in plan.items] == [(1, 1), (2, 1), (3, 4)]
+    assert [(s.seq_id, n) for s, n in pairs(plan)] == [(1, 1), (2, 1), (3, 4)]
     drain(sched)
 
 
@@ -145,7 +159,7 @@ def test_max_num_seqs_caps_running() -> None:
     for s in seqs:
         sched.add(s)
     plan = step(sched)
-    assert [s.seq_id for s, _ in plan.items] == [0, 1]
+    assert [s.seq_id for s, _ in pairs(plan)] == [0, 1]
     assert [s.seq_id for s in sched.waiting] == [2]
     drain(sched)
 
@@ -158,7 +172,7 @@ def test_fcfs_within_priority_and_priorities_first() -> None:
         sched.add(seq(sid, 2, max_tokens=1, priority=prio, arrival=t, base=10 * sid))
     while sched.has_work:
         plan = step(sched)
-        order += [s.seq_id for s, _ in plan.items]
+        order += [s.seq_id for s, _ in pairs(plan)]
     assert order == [5, 2, 4, 1, 3]
     assert sched.blocks.num_free_blocks == sched.blocks.num_blocks
 
@@ -170,9 +184,9 @@ def test_no_chunking_waits_for_a_budget_that_fits_and_rejects_oversized() -> Non
     sched.add(seq(1, 5, max_tokens=3))
     sched.add(seq(2, 5, max_tokens=3, base=50))
     plan = step(sched)
-    assert [(s.seq_id, n) for s, n in plan.items] == [(1, 5)]  # 5 + 5 > 8: whole or nothing
+    assert [(s.seq_id, n) for s, n in pairs(plan)] == [(1, 5)]  # 5 + 5 > 8: whole or nothing
     plan = step(sched)
-    assert [(s.seq_id, n) for s, n in plan.items] == [(1, 1), (2, 5)]
+    assert [(s.seq_id, n) for s, n in pairs(plan)] == [(1, 1), (2, 5)]
     drain(sched)
 
 
@@ -211,7 +225,7 @@ def test_abort_between_schedule_and_complete_is_ignored_by_complete() -> None:
     sched.add(a)
     plan = sched.schedule()
     sched.abort(1)
-    sched.complete(plan, {1: 5})
+    sched.complete(plan, outputs(plan, {1: [5]}))
     assert a.output_ids == [] and a.block_table == []
     assert sched.blocks.num_free_blocks == sched.blocks.num_blocks
 
@@ -232,7 +246,7 @@ def test_preemption_by_recompute_keeps_outputs_and_resumes() -> None:
     while b.status is SeqStatus.WAITING:
         plan = step(sched)
     # Resumed: prompt and kept output recomputed in one prefill item.
-    assert [(s, n) for s, n in plan.items if s is b] == [(b, 6 + len(kept))]
+    assert [(s, n) for s, n in pairs(plan) if s is b] == [(b, 6 + len(kept))]
     assert b.output_ids[: len(kept)] == kept
     drain(sched)
     assert len(a.output_ids) == 8 and len(b.output_ids) == 8
@@ -264,13 +278,14 @@ def test_resumed_sequence_hits_its_own_cached_blocks() -> None:
     assert sched.blocks.hit_tokens > hits_before
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(12))
 def test_random_workload_keeps_invariants(seed: int) -> None:
     rng = random.Random(seed)
     sched = make(num_blocks=rng.choice([6, 10, 24]), max_num_seqs=rng.choice([2, 4, 8]),
                  token_budget=rng.choice([3, 8, 32]), max_waiting=6,
                  prefix_caching=rng.random() < 0.8)
     prefixes = [[rng.randrange(50) for _ in range(rng.randrange(0, 10))] for _ in range(3)]
+    planner = RandomPlanner(rng) if rng.random() < 0.6 else None
     next_id = 0
     finished: list[Sequence] = []
     for t in range(300):
@@ -289,10 +304,18 @@ def test_random_workload_keeps_invariants(seed: int) -> None:
             sched.abort(victim.seq_id)
             finished.append(victim)
         was_running = {s.seq_id for s in sched.running}
-        plan = sched.schedule()
+        plan = sched.schedule(planner)
         check_invariants(sched, plan, was_running)
-        sampling = plan.sampling()
-        sched.complete(plan, {s.seq_id: rng.randrange(50) for s in sampling})
+        gained = {}
+        for it in plan.sampling():
+            # A proposer may fill fewer drafts than slots; any prefix of them may be accepted.
+            drafts = rng.randrange(it.num_draft_slots + 1)
+            accepted = rng.randrange(drafts + 1)
+            gained[it.seq.seq_id] = SeqOutput(
+                [rng.randrange(50) for _ in range(accepted + 1)], num_draft=drafts,
+                num_rejected=drafts - accepted)
+        sched.complete(plan, StepOutput(gained))
+        sampling = [it.seq for it in plan.sampling()]
         for s in sampling:
             # Random early stops stand in for eos / stop strings.
             if len(s.output_ids) >= s.max_tokens or rng.random() < 0.1:
@@ -305,3 +328,13 @@ def test_random_workload_keeps_invariants(seed: int) -> None:
     assert sched.blocks.num_free_blocks == sched.blocks.num_blocks
     assert all(s.status is SeqStatus.FINISHED and not s.block_table for s in finished)
     assert all(len(s.output_ids) <= s.max_tokens for s in finished)
+    for s in finished:
+        assert s.num_draft_computed == 0
+
+
+class RandomPlanner:
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def plan(self, decoding: list[Sequence], budget: int) -> dict[int, int]:
+        return {s.seq_id: self.rng.randrange(0, 5) for s in decoding}

@@ -1,10 +1,13 @@
 """Paged attention over the block KV cache, plus the per-step metadata it reads.
 
-Every step's tokens arrive flat (`[T, heads, head_dim]`). Sequences are split in two groups:
-single-token decodes and multi-token prefill chunks. Each group runs as ONE padded
-scaled_dot_product_attention call per layer with a boolean mask, so a step with 64 decoding
-sequences costs one kernel call per layer rather than 64. The gather indices and masks are built
-once per step (here) and shared by all layers.
+Every step's tokens arrive flat (`[T, heads, head_dim]`). Sequences are split in three groups:
+single-token decodes, short verify items (speculative decoding's last token plus k drafts, at
+most a few query rows each) and multi-token prefill chunks. Each group runs as ONE padded call
+per layer with a mask, so a step with 64 decoding sequences costs one kernel call per layer
+rather than 64: two batched matmuls for decodes and verify items (few query rows against a long
+context), scaled_dot_product_attention for prefill. A verify item kept out of the prefill group
+is not padded to the longest prefill chunk. The gather indices and masks are built once per step
+(here) and shared by all layers.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class AttentionGroup:
     context_lens: torch.Tensor  # [B] tokens of context incl. this step's
     block_tables: torch.Tensor  # [B, max_blocks] int32 (pads 0), for fused kernels
     covers_all: bool  # the group is the whole step in flat order: no scatter needed
+    short: bool  # few query rows per sequence: batched matmuls rather than SDPA
     # Per-step memo shared by all layers (folded masks, gather buffers): same shapes every layer.
     scratch: dict[object, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
 
@@ -42,6 +46,12 @@ class AttentionMetadata:
     decode: AttentionGroup | None
     prefill: AttentionGroup | None
     block_size: int
+    verify: AttentionGroup | None = None
+
+    @property
+    def groups(self) -> tuple[tuple[str, AttentionGroup], ...]:
+        named = (("decode", self.decode), ("verify", self.verify), ("prefill", self.prefill))
+        return tuple((name, g) for name, g in named if g is not None)
 
     @classmethod
     def build(
@@ -49,8 +59,10 @@ class AttentionMetadata:
         seqs: Sequence[tuple[int, int, Sequence[int]]],
         block_size: int,
         device: torch.device | str = "cpu",
+        short: Sequence[bool] | None = None,
     ) -> AttentionMetadata:
-        """From `(start_pos, n_tokens, block_table)` per sequence, in flat-batch order."""
+        """From `(start_pos, n_tokens, block_table)` per sequence, in flat-batch order;
+        `short[i]` puts a multi-token sequence in the verify group."""
         if not seqs:
             raise ValueError("empty step")
         offsets, total = [], 0
@@ -62,15 +74,18 @@ class AttentionMetadata:
             offsets.append(total)
             total += n
         slots = _slot_mapping(seqs, block_size)
+        flags = list(short) if short is not None else [False] * len(seqs)
         dec = [i for i, (_, n, _) in enumerate(seqs) if n == 1]
-        pre = [i for i, (_, n, _) in enumerate(seqs) if n > 1]
+        ver = [i for i, (_, n, _) in enumerate(seqs) if n > 1 and flags[i]]
+        pre = [i for i, (_, n, _) in enumerate(seqs) if n > 1 and not flags[i]]
         dev = torch.device(device)
         return cls(
             num_tokens=total,
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            decode=_group(seqs, offsets, dec, block_size, dev) if dec else None,
-            prefill=_group(seqs, offsets, pre, block_size, dev) if pre else None,
+            decode=_group(seqs, offsets, dec, block_size, dev, short=True) if dec else None,
+            prefill=_group(seqs, offsets, pre, block_size, dev, short=False) if pre else None,
             block_size=block_size,
+            verify=_group(seqs, offsets, ver, block_size, dev, short=True) if ver else None,
         )
 
 
@@ -88,6 +103,8 @@ def _group(
     members: list[int],
     block_size: int,
     dev: torch.device,
+    *,
+    short: bool,
 ) -> AttentionGroup:
     starts = torch.tensor([seqs[i][0] for i in members], dtype=torch.long)
     lens = torch.tensor([seqs[i][1] for i in members], dtype=torch.long)
@@ -118,6 +135,7 @@ def _group(
         block_tables=tables.to(torch.int32).to(dev),
         # Members are in flat order, so an unpadded group of every sequence is the identity.
         covers_all=not padded and len(members) == len(seqs),
+        short=short,
     )
 
 
@@ -136,10 +154,8 @@ class PagedAttention:
     def forward(self, q: torch.Tensor, layer_kv: LayerKV, meta: AttentionMetadata) -> torch.Tensor:
         """q `[T, heads, head_dim]` -> attention output `[T, heads, head_dim]`."""
         out: torch.Tensor | None = None
-        for group, fn in ((meta.decode, self.decode), (meta.prefill, self.prefill)):
-            if group is None:
-                continue
-            rows = fn(q, layer_kv, group)
+        for name, group in meta.groups:
+            rows = getattr(self, name)(q, layer_kv, group)
             if group.covers_all:
                 return rows
             if out is None:
@@ -149,6 +165,9 @@ class PagedAttention:
         return out
 
     def decode(self, q: torch.Tensor, layer_kv: LayerKV, group: AttentionGroup) -> torch.Tensor:
+        return torch_group_attention(q, layer_kv, group)
+
+    def verify(self, q: torch.Tensor, layer_kv: LayerKV, group: AttentionGroup) -> torch.Tensor:
         return torch_group_attention(q, layer_kv, group)
 
     def prefill(self, q: torch.Tensor, layer_kv: LayerKV, group: AttentionGroup) -> torch.Tensor:
@@ -181,8 +200,9 @@ def torch_group_attention(
     if ctx.dtype != q.dtype:
         ctx = ctx.to(q.dtype)
     qg = q[group.q_index].view(b, q_len, kv_heads, per_kv, head_dim)
-    if q_len == 1:
-        return _decode_attention(qg[:, 0], ctx, group)
+    if group.short:
+        rows = _bmm_attention(qg, ctx, group).reshape(b * q_len, heads, head_dim)
+        return rows if group.valid_rows is None else rows.index_select(0, group.valid_rows)
     # GQA by folding each kv head's query heads into the query axis: [B, KV, per_kv * Q, D].
     # It never materialises repeated K/V, and beats enable_gqa=True on CPU (5x in bf16).
     qf = qg.permute(0, 2, 3, 1, 4).reshape(b, kv_heads, per_kv * q_len, head_dim)
@@ -193,27 +213,30 @@ def torch_group_attention(
     return rows if group.valid_rows is None else rows.index_select(0, group.valid_rows)
 
 
-def _decode_attention(q: torch.Tensor, ctx: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
-    """q `[B, KV, per_kv, D]`, ctx `[2, KV, B, C, D]` -> `[B, heads, D]`.
+def _bmm_attention(q: torch.Tensor, ctx: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
+    """q `[B, Q, KV, per_kv, D]`, ctx `[2, KV, B, C, D]` -> `[B, Q, heads, D]`, for few query
+    rows per sequence (decodes: Q = 1; verify items: Q = 1 + k).
 
     Two batched matmuls over (kv head, sequence) beat CPU flash SDPA 3-4x for one query row per
     sequence (64 seqs x 176 keys, fp32 and bf16), and the gathered K/V are already in bmm layout.
     Softmax runs in float32 like the reference's eager path.
     """
-    b, kv_heads, per_kv, head_dim = q.shape
+    b, q_len, kv_heads, per_kv, head_dim = q.shape
     c = ctx.shape[3]
     bias = group.scratch.get("bias")
     if bias is None:
-        bias = torch.zeros((1, b, 1, c), dtype=torch.float32, device=q.device)
-        bias = bias.masked_fill_(~group.mask.view(1, b, 1, c), float("-inf"))
+        bias = torch.zeros((1, b, 1, q_len, c), dtype=torch.float32, device=q.device)
+        bias = bias.masked_fill_(~group.mask.view(1, b, 1, q_len, c), float("-inf"))
         group.scratch["bias"] = bias
-    qb = q.transpose(0, 1).reshape(kv_heads * b, per_kv, head_dim)
+    rows = per_kv * q_len
+    qb = q.permute(2, 0, 3, 1, 4).reshape(kv_heads * b, rows, head_dim)
     k = ctx[0].view(kv_heads * b, c, head_dim)
     v = ctx[1].view(kv_heads * b, c, head_dim)
-    scores = torch.bmm(qb, k.transpose(1, 2)).float().view(kv_heads, b, per_kv, c)
+    scores = torch.bmm(qb, k.transpose(1, 2)).float().view(kv_heads, b, per_kv, q_len, c)
     probs = scores.mul_(head_dim**-0.5).add_(bias).softmax(dim=-1).to(v.dtype)
-    out = torch.bmm(probs.view(kv_heads * b, per_kv, c), v)
-    return out.view(kv_heads, b, per_kv, head_dim).transpose(0, 1).reshape(b, -1, head_dim)
+    out = torch.bmm(probs.view(kv_heads * b, rows, c), v)
+    return out.view(kv_heads, b, per_kv, q_len, head_dim).permute(1, 3, 0, 2, 4).reshape(
+        b, q_len, kv_heads * per_kv, head_dim)
 
 
 def _folded_mask(group: AttentionGroup, per_kv: int) -> torch.Tensor:
@@ -226,15 +249,3 @@ def _folded_mask(group: AttentionGroup, per_kv: int) -> torch.Tensor:
         mask = group.mask.expand(b, per_kv, q_len, c).reshape(b, 1, per_kv * q_len, c)
         group.scratch[key] = mask
     return mask
-
-
-def select_attention(device: torch.device | str) -> PagedAttention:
-    """Fastest available implementation for the device; its `name` says which was picked."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        from backends.engine.attention_cuda import cuda_attention
-
-        picked = cuda_attention()
-        if picked is not None:
-            return picked
-    return TorchPagedAttention()

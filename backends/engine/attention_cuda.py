@@ -1,7 +1,9 @@
 """CUDA decode paths for paged attention: a Triton kernel, else flash-attn, else none.
 
 Only single-token decodes use these kernels (the step that repeats once per generated token);
-prefill chunks keep the torch SDPA path, which dispatches to fused CUDA kernels by itself.
+prefill chunks keep the torch SDPA path, which dispatches to fused CUDA kernels by itself, and
+speculative verify items (1 + k query rows) the torch short-query path. `select_attention` lives
+here, beside the kernels it picks, so `attention.py` never imports back up from them.
 Nothing is imported until `cuda_attention()` is called, so CPU-only installs never touch
 triton or flash_attn.
 """
@@ -17,8 +19,19 @@ from backends.engine.attention import (
     AttentionGroup,
     LayerKV,
     PagedAttention,
+    TorchPagedAttention,
     torch_group_attention,
 )
+
+
+def select_attention(device: torch.device | str) -> PagedAttention:
+    """Fastest available implementation for the device; its `name` says which was picked."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        picked = cuda_attention()
+        if picked is not None:
+            return picked
+    return TorchPagedAttention()
 
 
 def cuda_attention() -> PagedAttention | None:

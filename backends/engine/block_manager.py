@@ -1,7 +1,7 @@
 """Paged KV block allocation: free list, ref counts, prefix cache, copy-on-write. No torch.
 
 A sequence's KV lives in fixed-size blocks listed in `seq.block_table`. Every FULL block is
-identified by a chained hash `block_hash(prev_hash, tokens)`, so equal hashes mean equal
+identified by a chained hash `block_hash(prev_hash, tokens, adapter_id)`, so equal hashes mean equal
 prefixes up to that block; a later sequence with the same prefix reuses those blocks (ref
 count > 1) instead of recomputing them. A block whose ref count drops to 0 keeps its KV and
 hash and stays findable until its slot is needed for something else: uncached free blocks are
@@ -22,9 +22,11 @@ class NoFreeBlocks(RuntimeError):
     """Not enough free KV blocks; callers ask `can_allocate` first."""
 
 
-def block_hash(prev: int | None, tokens: Seq[int]) -> int:
-    """Chained hash of one full block. Module-level so tests can force collisions."""
-    return hash((prev, tuple(tokens)))
+def block_hash(prev: int | None, tokens: Seq[int], extra: object = None) -> int:
+    """Chained hash of one full block. `extra` keys what else the KV depends on (the LoRA
+    adapter id), so equal tokens under different weights never share a block. Module-level so
+    tests can force collisions."""
+    return hash((prev, tuple(tokens), extra))
 
 
 @dataclass
@@ -34,6 +36,7 @@ class _Block:
     # Kept to verify hits: a hash match alone could be a collision.
     tokens: tuple[int, ...] | None = None
     parent: int | None = None
+    extra: object = None
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ class BlockManager:
         for idx in range(len(hashes), full):
             prev = hashes[-1] if hashes else None
             block_tokens = tuple(seq.tokens(idx * bs, (idx + 1) * bs))
-            h = block_hash(prev, block_tokens)
+            h = block_hash(prev, block_tokens, seq.adapter_id)
             hashes.append(h)
             bid = seq.block_table[idx]
             block = self._blocks[bid]
@@ -169,6 +172,7 @@ class BlockManager:
             # prefix at once, or a copy-on-write copy): one registered copy is enough.
             if block.hash is None and h not in self._by_hash:
                 block.hash, block.tokens, block.parent = h, block_tokens, prev
+                block.extra = seq.adapter_id
                 self._by_hash[h] = bid
 
     def free(self, seq: Sequence) -> None:
@@ -178,7 +182,18 @@ class BlockManager:
             self._decref(bid)
         seq.block_table.clear()
         seq.num_computed = 0
+        seq.num_draft_computed = 0
         self._seq_hashes.pop(seq.seq_id, None)
+
+    def trim(self, seq: Sequence) -> int:
+        """Release the blocks past `seq.num_computed` (slots of rejected draft tokens); returns
+        how many. Those blocks were never full of computed KV, so none carries a hash."""
+        keep = self.blocks_needed(seq.num_computed)
+        released = 0
+        while len(seq.block_table) > keep:
+            self._decref(seq.block_table.pop())
+            released += 1
+        return released
 
     # --- internals -----------------------------------------------------------------------
 
@@ -213,12 +228,13 @@ class BlockManager:
         prev: int | None = None
         for idx in range(len(tokens) // bs):
             block_tokens = tuple(tokens[idx * bs:(idx + 1) * bs])
-            h = block_hash(prev, block_tokens)
+            h = block_hash(prev, block_tokens, seq.adapter_id)
             bid = self._by_hash.get(h)
             if bid is None:
                 break
             block = self._blocks[bid]
-            if block.tokens != block_tokens or block.parent != prev:
+            if (block.tokens != block_tokens or block.parent != prev
+                    or block.extra != seq.adapter_id):
                 break  # hash collision: different content under the same hash
             hits.append(bid)
             hashes.append(h)
@@ -240,7 +256,7 @@ class BlockManager:
         block = self._blocks[bid]
         if block.hash is not None and self._by_hash.get(block.hash) == bid:
             del self._by_hash[block.hash]
-        block.hash = block.tokens = block.parent = None
+        block.hash = block.tokens = block.parent = block.extra = None
 
     def _incref(self, bid: int) -> None:
         block = self._blocks[bid]

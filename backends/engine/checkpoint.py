@@ -16,6 +16,7 @@ Sizes (llama, tied embeddings):
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -134,8 +135,11 @@ QWEN_TEMPLATE = """\
 """
 
 
-def build_tokenizer(family: Family, vocab: int) -> Tokenizer:
-    """Byte-level BPE trained on CORPUS; reserved entries pad it to exactly `vocab` ids."""
+def build_tokenizer(
+    family: Family, vocab: int, corpus: Iterable[str] | None = None
+) -> Tokenizer:
+    """Byte-level BPE trained on `corpus` (default CORPUS); reserved entries pad it to exactly
+    `vocab` ids."""
     specials = LLAMA_SPECIALS if family == "llama" else QWEN_SPECIALS
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -146,7 +150,7 @@ def build_tokenizer(family: Family, vocab: int) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS.splitlines(), trainer)
+    tok.train_from_iterator(CORPUS.splitlines() if corpus is None else corpus, trainer)
     size = tok.get_vocab_size()
     if size > vocab:
         raise ValueError(f"vocab {vocab} is below the trained tokenizer's {size} tokens")
@@ -161,7 +165,8 @@ def build_tokenizer(family: Family, vocab: int) -> Tokenizer:
     return Tokenizer.from_str(json.dumps(data))
 
 
-def _config(family: Family, shape: Shape, tok: Tokenizer, dtype: str) -> dict[str, Any]:
+def hf_config(family: Family, shape: Shape, tok: Tokenizer, dtype: str) -> dict[str, Any]:
+    """The checkpoint's config.json for `shape` (transformers' LlamaConfig/Qwen2Config kwargs)."""
     ids = tok.token_to_id
     common: dict[str, Any] = {
         "vocab_size": shape.vocab,
@@ -307,12 +312,30 @@ def write_tiny_checkpoint(
     shape = replace(SIZES[size], **overrides)
     if shape.hidden % shape.heads or shape.heads % shape.kv_heads:
         raise ValueError("hidden must divide by heads and heads by kv_heads")
+    tok = build_tokenizer(family, shape.vocab)
+    weights = _weights(family, shape, seed, getattr(torch, dtype))
+    params = sum(t.numel() for t in weights.values())
+    readme = README.format(name=Path(path).name, family=family, params=params, size=size,
+                           seed=seed, shape=json.dumps(asdict(shape)))
+    return write_checkpoint(path, family, shape, tok, weights, readme=readme, dtype=dtype)
+
+
+def write_checkpoint(
+    path: str | Path,
+    family: Family,
+    shape: Shape,
+    tok: Tokenizer,
+    weights: dict[str, torch.Tensor],
+    *,
+    readme: str,
+    dtype: str = "float32",
+) -> Path:
+    """Write a Hugging Face folder from HF-named tensors (random or trained) and a tokenizer."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(family, shape.vocab)
-    config = _config(family, shape, tok, dtype)
-    weights = _weights(family, shape, seed, getattr(torch, dtype))
-    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = hf_config(family, shape, tok, dtype)
+    tensors = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in weights.items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     tok.save(str(folder / "tokenizer.json"))
     _dump(folder / "config.json", config)
     _dump(folder / "tokenizer_config.json", _tokenizer_config(family, tok))
@@ -324,17 +347,7 @@ def write_tiny_checkpoint(
             "do_sample": False,
         },
     )
-    params = sum(t.numel() for t in weights.values())
-    (folder / "README.md").write_text(
-        README.format(
-            name=folder.name,
-            family=family,
-            params=params,
-            size=size,
-            seed=seed,
-            shape=json.dumps(asdict(shape)),
-        )
-    )
+    (folder / "README.md").write_text(readme)
     return folder
 
 

@@ -1,10 +1,12 @@
 """The engine: a step loop in its own thread over scheduler + model runner, with an asyncio face.
 
-Every step the scheduler returns a plan {sequence: n_tokens}; the runner computes those tokens
-in one flat batch and returns logits for the items that reached their last known token; those
-rows are sampled, stop conditions checked, and one `TokenEvent` per sampled token is handed to
-the request's consumer. Anything that later adds tokens to a step (draft/verify tokens for
-speculative decoding, training tokens for LoRA co-serving) extends the plan, not this loop.
+Every step the scheduler returns a `SchedulerOutput` of typed items (prefill chunks, decodes,
+and, with speculative decoding, verify items of 1 + k tokens whose drafts the proposer fills in
+first); the runner computes all of them in one flat batch and returns logits rows for what
+samples; `spec.rejection.accept` turns those rows into each sequence's new tokens (a plain
+decode is a verify item with no drafts); stop conditions are checked token by token, and one
+`TokenEvent` per token is handed to the request's consumer. Anything that adds tokens to a step
+(training tokens for LoRA co-serving next) extends the items, not this loop.
 
 Threading: the scheduler and the request table are guarded by one lock, held only to plan and
 to record a step, never during the forward pass (torch releases the GIL in its kernels, so the
@@ -38,9 +40,19 @@ import torch
 from backends.engine.block_manager import BlockManager
 from backends.engine.loader import preferred_dtype
 from backends.engine.runner import RunItem
-from backends.engine.sampler import SamplingParams, TokenLogprobs, is_stop_token, sample
-from backends.engine.scheduler import QueueFull, Scheduler, StepPlan
+from backends.engine.sampler import SamplingParams, TokenLogprobs, is_stop_token
+from backends.engine.scheduler import QueueFull, Scheduler
 from backends.engine.sequence import SeqStatus, Sequence
+from backends.engine.spec import (
+    Proposer,
+    RowGroup,
+    SpecFigures,
+    SpeculativeConfig,
+    Speculator,
+    accept,
+)
+from backends.engine.spec.calibrate import calibration_sizes, measure_step_costs
+from backends.engine.step import ItemKind, ScheduledItem, SchedulerOutput, SeqOutput, StepOutput
 from telemetry.meters import EnergyMeter, MeterError, NullMeter, share_by_tokens
 
 __all__ = [
@@ -71,6 +83,7 @@ class EngineConfig:
     max_model_len: int | None = None  # default: the checkpoint's max_position_embeddings
     prefix_caching: bool = True
     chunked_prefill: bool = True
+    speculative: SpeculativeConfig | None = None  # off unless the member turns it on
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,7 @@ class TokenEvent:
     cached_tokens: int
     joules: float | None
     energy_source: str
+    speculative: SpecFigures | None = None
 
 
 @dataclass
@@ -107,6 +121,7 @@ class Completion:
     logprobs: list[TokenLogprobs]
     joules: float | None
     energy_source: str
+    speculative: SpecFigures | None = None
 
 
 class Runner(Protocol):
@@ -115,7 +130,10 @@ class Runner(Protocol):
     kv: Any  # exposes num_blocks and block_size
     device: torch.device
 
-    def run(self, items: Seq[RunItem], copies: Seq[tuple[int, int]] = ()) -> torch.Tensor: ...
+    def run(
+        self, items: Seq[RunItem], copies: Seq[tuple[int, int]] = (),
+        num_layers: int | None = None,
+    ) -> torch.Tensor: ...
 
 
 class TextStopper:
@@ -206,6 +224,7 @@ class Engine:
         meter: EnergyMeter | None = None,
         max_model_len: int | None = None,
         vocab_size: int | None = None,
+        proposer: Proposer | None = None,
     ) -> None:
         self.config = config or EngineConfig()
         self.runner = runner
@@ -227,6 +246,9 @@ class Engine:
             self.blocks, max_num_seqs=self.config.max_num_seqs,
             token_budget=self.config.token_budget, max_waiting=self.config.max_waiting,
             chunked_prefill=self.config.chunked_prefill)
+        self.spec: Speculator | None = None
+        if self.config.speculative is not None and proposer is not None:
+            self.spec = Speculator(self.config.speculative, proposer, self._calibrate())
         self._requests: dict[int, _Request] = {}
         self._ids = itertools.count(1)
         self._cv = threading.Condition()
@@ -242,6 +264,13 @@ class Engine:
     def num_blocks(self) -> int:
         return self.blocks.num_blocks
 
+    def _calibrate(self) -> Any:
+        cfg = self.config.speculative
+        if cfg is None or not cfg.calibrate:
+            return None
+        limit = min(self.config.token_budget, self.config.max_num_seqs * (1 + cfg.max_k))
+        return measure_step_costs(self.runner.run, calibration_sizes(limit))
+
     # --- construction --------------------------------------------------------------------
 
     @classmethod
@@ -250,11 +279,16 @@ class Engine:
         meter: EnergyMeter | None = None,
     ) -> Engine:
         """Load a llama/qwen2 Hugging Face folder (weights, tokenizer) and start the engine."""
-        from backends.engine.attention import select_attention
+        from backends.engine.attention_cuda import select_attention
         from backends.engine.config import ModelConfig
-        from backends.engine.kv_cache import KVCache, kv_budget_bytes
+        from backends.engine.kv_cache import KVCache, block_bytes, kv_budget_bytes
         from backends.engine.loader import load_model
         from backends.engine.runner import ModelRunner
+        from backends.engine.spec.factory import (
+            build_proposer,
+            draft_block_bytes,
+            load_draft_model,
+        )
         from backends.engine.tokenizer import Tokenizer
 
         config = config or EngineConfig()
@@ -265,6 +299,12 @@ class Engine:
         model = load_model(folder, dtype=dtype, device=device, attention=select_attention(device))
         max_len = min(mcfg.max_position_embeddings,
                       config.max_model_len or mcfg.max_position_embeddings)
+        spec = config.speculative
+        draft = None
+        if spec is not None and spec.method == "draft":
+            draft = load_draft_model(Path(str(spec.draft_model)).expanduser(), mcfg,
+                                     dtype=dtype, device=device,
+                                     attention=select_attention(device))
         shape = dict(num_layers=mcfg.num_hidden_layers, block_size=config.block_size,
                      n_kv_heads=mcfg.num_key_value_heads, head_dim=mcfg.head_dim,
                      dtype=dtype, device=device)
@@ -275,34 +315,45 @@ class Engine:
             cap = config.max_num_seqs * math.ceil(max_len / config.block_size)
             budget = kv_budget_bytes(device, gpu_fraction=config.gpu_memory_fraction,
                                      cpu_bytes=config.cpu_kv_bytes)
+            if draft is not None:
+                # Each block holds both models' KV for its positions: size blocks by the sum.
+                target_b = block_bytes(mcfg.num_hidden_layers, config.block_size,
+                                       mcfg.num_key_value_heads, mcfg.head_dim, dtype)
+                draft_b = draft_block_bytes(draft, config.block_size, dtype)
+                budget = budget * target_b // (target_b + draft_b)
             kv = KVCache.from_budget(budget, max_blocks=cap, **shape)  # type: ignore[arg-type]
         tokenizer = Tokenizer(folder)
         eos = set(mcfg.eos_token_ids)
         tok_eos = getattr(tokenizer, "eos_token_id", None)
         if tok_eos is not None:
             eos.add(int(tok_eos))
-        return cls(ModelRunner(model, kv), config=config, tokenizer=tokenizer,
+        runner = ModelRunner(model, kv)
+        proposer = None
+        if spec is not None:
+            proposer = build_proposer(spec, runner, draft, max_num_seqs=config.max_num_seqs)
+        return cls(runner, config=config, tokenizer=tokenizer,
                    eos_token_ids=sorted(eos), meter=meter, max_model_len=max_len,
-                   vocab_size=mcfg.vocab_size)
+                   vocab_size=mcfg.vocab_size, proposer=proposer)
 
     # --- requests ------------------------------------------------------------------------
 
     def generate(
         self, prompt_ids: Seq[int], params: SamplingParams, *, priority: int = 0,
+        speculative: bool = True,
     ) -> RequestStream:
         """Queue a request and stream its tokens. Call from a running event loop.
 
         Raises at once: `QueueFull` when the waiting queue is full, `ValueError` for a request
         that can never run, `EngineClosed` after shutdown. Closing the iterator (or the task
         that iterates it being cancelled, as on a client disconnect) aborts the request and
-        frees its KV blocks."""
+        frees its KV blocks. `speculative=False` opts this request out of speculation."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
 
         def emit(item: TokenEvent | BaseException) -> None:
             loop.call_soon_threadsafe(events.put_nowait, item)
 
-        request_id = self._submit(prompt_ids, params, priority, emit)
+        request_id = self._submit(prompt_ids, params, priority, emit, speculative)
         return RequestStream(self, request_id, self._stream(request_id, events))
 
     async def _stream(
@@ -322,23 +373,28 @@ class Engine:
     def abort(self, request_id: int) -> bool:
         """Stop a request and free its blocks; False if it had already finished."""
         with self._cv:
-            self._requests.pop(request_id, None)
+            self._forget(request_id)
             return self.scheduler.abort(request_id) is not None
 
     def generate_sync(
         self, prompt_ids: Seq[int], params: SamplingParams, *, priority: int = 0,
+        speculative: bool = True,
     ) -> Completion:
-        return self.generate_batch_sync([prompt_ids], params, priority=priority)[0]
+        return self.generate_batch_sync([prompt_ids], params, priority=priority,
+                                        speculative=speculative)[0]
 
     def generate_batch_sync(
         self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams], *,
         priority: int = 0, timeout: float | None = None,
+        speculative: bool | Seq[bool] = True,
     ) -> list[Completion]:
         """Run prompts concurrently from a plain thread and wait for all of them (benchmarks,
         tests). Prompts beyond the waiting queue's room are fed in as room frees up."""
         plist = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         if len(plist) != len(prompts):
             raise ValueError("one SamplingParams per prompt")
+        specs = ([speculative] * len(prompts) if isinstance(speculative, bool)
+                 else list(speculative))
         inbox: queue.SimpleQueue[tuple[int, TokenEvent | BaseException]] = queue.SimpleQueue()
         results: list[Completion] = []
         done = 0
@@ -349,7 +405,7 @@ class Engine:
                     i = len(results)
                     try:
                         rid = self._submit(prompts[i], plist[i], priority,
-                                           lambda item, i=i: inbox.put((i, item)))
+                                           lambda item, i=i: inbox.put((i, item)), specs[i])
                     except QueueFull:
                         if done == len(results):
                             raise  # none of ours in flight: no room will come from us
@@ -373,7 +429,7 @@ class Engine:
 
     def _submit(
         self, prompt_ids: Seq[int], params: SamplingParams, priority: int,
-        emit: Callable[[TokenEvent | BaseException], None],
+        emit: Callable[[TokenEvent | BaseException], None], speculative: bool = True,
     ) -> int:
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
@@ -399,6 +455,8 @@ class Engine:
                            TextStopper(params.stop), measured=self.meter.measures)
             self.scheduler.add(seq)
             self._requests[seq.seq_id] = req
+            if self.spec is not None:
+                self.spec.add(seq.seq_id, speculative)
             self._cv.notify()
         return seq.seq_id
 
@@ -412,21 +470,19 @@ class Engine:
                         self._cv.wait()
                     if self._stopping:
                         return
-                    plan = self.scheduler.schedule()
-                    items = [_run_item(seq, n) for seq, n in plan.items]
-                    sampling = plan.sampling()
-                    reqs = [self._requests[s.seq_id] for s in sampling]
-                if plan.is_empty:
+                    sched = self.scheduler.schedule(self.spec.planner if self.spec else None)
+                    reqs = {it.seq.seq_id: self._requests[it.seq.seq_id] for it in sched.items}
+                if sched.is_empty:
                     # Everything was preempted and the next plan admits from waiting; the short
                     # wait only guards against spinning if a plan ever stays empty.
                     with self._cv:
                         self._cv.wait(0.001)
                     continue
                 try:
-                    self._step(plan, items, sampling, reqs)
+                    self._step(sched, reqs)
                 except Exception as e:
-                    log.exception("engine step failed; failing its %d requests", len(items))
-                    self._fail([seq.seq_id for seq, _ in plan.items], e)
+                    log.exception("engine step failed; failing its %d requests", len(reqs))
+                    self._fail(list(reqs), e)
         except BaseException as e:  # pragma: no cover - a bug in the loop itself
             log.exception("engine step loop died")
             with self._cv:
@@ -435,37 +491,65 @@ class Engine:
                 pending = list(self._requests)
             self._fail(pending, EngineClosed(f"engine step loop died: {e!r}"))
 
-    def _step(self, plan: StepPlan, items: list[RunItem], sampling: list[Sequence],
-              reqs: list[_Request]) -> None:
+    def _step(self, sched: SchedulerOutput, reqs: dict[int, _Request]) -> None:
         e0 = self._read_meter()
-        logits = self.runner.run(items, plan.copies)
-        result = sample(logits, [r.params for r in reqs], [r.generator for r in reqs])
-        e1 = self._read_meter()  # after sample(): its .tolist() waits for the GPU to finish
+        verifying = sched.verifying()
+        draft_probs = self.spec.propose(verifying, [reqs[it.seq.seq_id].params
+                                                    for it in verifying]) if verifying else {}
+        t0 = time.perf_counter()
+        logits = self.runner.run([_run_item(it) for it in sched.items], sched.copies)
+        sampling = sched.sampling()
+        gained = accept(logits, [RowGroup(reqs[it.seq.seq_id].params, it.draft_ids,
+                                          draft_probs.get(it.seq.seq_id),
+                                          len(it.seq.output_ids)) for it in sampling])
+        seconds = time.perf_counter() - t0  # accept()'s .tolist() waits for the GPU
+        e1 = self._read_meter()
         step_j = e1 - e0 if e0 is not None and e1 is not None else None
         with self._cv:
             self._steps += 1
-            self._tokens_computed += plan.num_tokens
-            if step_j is not None:
-                shares = share_by_tokens(step_j, {str(s.seq_id): n for s, n in plan.items})
-            for seq, _ in plan.items:
-                req = self._requests.get(seq.seq_id)
-                if req is None:
-                    continue
-                if step_j is None:
-                    req.measured = False
-                else:
-                    req.joules += shares[str(seq.seq_id)]
+            self._tokens_computed += sched.num_tokens
+            self._share_energy(sched, step_j)
+            if self.spec is not None and all(it.kind is not ItemKind.PREFILL
+                                             for it in sched.items):
+                self.spec.observe_forward(sum(len(it.query_tokens) for it in sched.items),
+                                          seconds)
             # An abort that landed during the forward pass already finished its sequence.
-            live = {s.seq_id: t for s, t in zip(sampling, result.tokens, strict=True)
-                    if s.status is SeqStatus.RUNNING}
-            self.scheduler.complete(plan, live)
-            for seq, req, token, lp in zip(sampling, reqs, result.tokens, result.logprobs,
-                                           strict=True):
-                if seq.seq_id in live:
-                    self._after_token(seq, req, token, lp)
+            live = {it.seq.seq_id: out for it, out in zip(sampling, gained, strict=True)
+                    if it.seq.status is SeqStatus.RUNNING}
+            self.scheduler.complete(sched, StepOutput(live))
+            for it in sampling:
+                out = live.get(it.seq.seq_id)
+                if out is not None:
+                    if self.spec is not None and it.kind is not ItemKind.PREFILL:
+                        self.spec.record(it.seq.seq_id, out)
+                    self._after_tokens(it.seq, reqs[it.seq.seq_id], out)
+
+    def _share_energy(self, sched: SchedulerOutput, step_j: float | None) -> None:
+        if step_j is not None:
+            shares = share_by_tokens(step_j, {str(it.seq.seq_id): it.budget_tokens
+                                              for it in sched.items})
+        for it in sched.items:
+            req = self._requests.get(it.seq.seq_id)
+            if req is None:
+                continue
+            if step_j is None:
+                req.measured = False
+            else:
+                req.joules += shares[str(it.seq.seq_id)]
+
+    def _after_tokens(self, seq: Sequence, req: _Request, out: SeqOutput) -> None:
+        """Stop conditions and events, token by token: a stop inside an accepted run drops the
+        tokens after it, as if they had never been sampled."""
+        base = len(seq.output_ids) - len(out.token_ids)
+        for j, token in enumerate(out.token_ids):
+            lp = out.logprobs[j] if j < len(out.logprobs) else None
+            if self._after_token(seq, req, token, lp, base + j + 1):
+                del seq.output_ids[base + j + 1:]
+                return
 
     def _after_token(self, seq: Sequence, req: _Request, token: int,
-                     lp: TokenLogprobs | None) -> None:
+                     lp: TokenLogprobs | None, count: int) -> bool:
+        """Emit one token (the `count`-th of the output); True when the request ended."""
         reason: str | None = None
         text = ""
         hit = False
@@ -476,8 +560,8 @@ class Engine:
             text, hit = req.stopper.push(delta)
             if hit:
                 reason = "stop"
-        if reason is None and (len(seq.output_ids) >= seq.max_tokens
-                               or seq.num_tokens >= self.max_model_len):
+        if reason is None and (count >= seq.max_tokens
+                               or seq.num_prompt_tokens + count >= self.max_model_len):
             reason = "length"
         if reason is not None and not hit:
             if req.detok is not None:
@@ -490,18 +574,26 @@ class Engine:
             request_id=seq.seq_id, token_id=token, text=text,
             logprobs=lp,
             finish_reason=reason, prompt_tokens=seq.num_prompt_tokens,
-            completion_tokens=len(seq.output_ids), cached_tokens=seq.num_cached,
+            completion_tokens=count, cached_tokens=seq.num_cached,
             joules=req.joules if req.measured else None,
-            energy_source=self.energy_source)
+            energy_source=self.energy_source,
+            speculative=self.spec.figures(seq.seq_id) if self.spec is not None else None)
         if reason is not None:
             self.scheduler.finish(seq, reason)
-            self._requests.pop(seq.seq_id, None)
+            self._forget(seq.seq_id)
         try:
             req.emit(event)
         except RuntimeError:  # the consumer's event loop is closed: nobody is listening
             if reason is None:
-                self._requests.pop(seq.seq_id, None)
+                self._forget(seq.seq_id)
                 self.scheduler.abort(seq.seq_id)
+                return True
+        return reason is not None
+
+    def _forget(self, request_id: int) -> _Request | None:
+        if self.spec is not None:
+            self.spec.remove(request_id)
+        return self._requests.pop(request_id, None)
 
     def _read_meter(self) -> float | None:
         if not self.meter.measures:
@@ -518,7 +610,7 @@ class Engine:
 
     def _fail(self, request_ids: Iterable[int], error: BaseException) -> None:
         with self._cv:
-            reqs = [(rid, self._requests.pop(rid, None)) for rid in list(request_ids)]
+            reqs = [(rid, self._forget(rid)) for rid in list(request_ids)]
             for rid, _ in reqs:
                 self.scheduler.abort(rid)
         for _, req in reqs:
@@ -546,6 +638,7 @@ class Engine:
                 "steps": self._steps,
                 "tokens_computed": self._tokens_computed,
                 "energy_source": self.energy_source,
+                "speculative": self.spec.stats() if self.spec is not None else None,
             }
 
     def shutdown(self, timeout: float = 30.0) -> None:
@@ -567,10 +660,10 @@ class Engine:
         self.shutdown()
 
 
-def _run_item(seq: Sequence, n: int) -> RunItem:
-    start = seq.num_computed
-    return RunItem(token_ids=seq.tokens(start, start + n), start_pos=start,
-                   block_table=list(seq.block_table), sample=StepPlan.samples(seq, n))
+def _run_item(item: ScheduledItem) -> RunItem:
+    return RunItem(token_ids=item.query_tokens, start_pos=item.start,
+                   block_table=list(item.seq.block_table), num_logits=item.num_logits,
+                   short=item.kind is ItemKind.VERIFY)
 
 
 def _collect(c: Completion, ev: TokenEvent) -> None:
@@ -582,6 +675,7 @@ def _collect(c: Completion, ev: TokenEvent) -> None:
     c.cached_tokens = ev.cached_tokens
     c.joules = ev.joules
     c.finish_reason = ev.finish_reason
+    c.speculative = ev.speculative
 
 
 def resolve_device(device: str) -> torch.device:

@@ -117,7 +117,8 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    """`forward(input_ids[T], positions[T], meta, kv) -> hidden[T, H]` (before the final norm);
+    """`forward(input_ids[T], positions[T], meta, kv) -> hidden[T, H]` (before the final norm;
+    `num_layers` stops after the first layers, as self-speculation's draft does);
     `logits(hidden[S, H]) -> [S, V]` float32 applies the final norm and the LM head to only the
     rows that sample, which saves the vocab matmul for every other prefill token."""
 
@@ -140,12 +141,14 @@ class DecoderModel(nn.Module):
         positions: torch.Tensor,
         meta: AttentionMetadata,
         kv: KVCache,
+        num_layers: int | None = None,
     ) -> torch.Tensor:
         h = self.embed_tokens(input_ids)
         if self.inv_freq.device != h.device:
             self.inv_freq = self.inv_freq.to(h.device)
         cos, sin = rope_cos_sin(positions, self.inv_freq, h.dtype)
-        for i, layer in enumerate(self.layers):
+        layers = self.layers if num_layers is None else self.layers[:num_layers]
+        for i, layer in enumerate(layers):
             a = layer.self_attn(
                 layer.input_layernorm(h), cos, sin, kv.layer(i), meta, self.attention
             )

@@ -14,13 +14,16 @@ from backends.engine.model import DecoderModel
 
 @dataclass(frozen=True, slots=True)
 class RunItem:
-    """`token_ids` sit at positions `[start_pos, start_pos + len)`; `sample` asks for logits of
-    the last one (false for a prefill chunk that does not reach the end of the prompt)."""
+    """`token_ids` sit at positions `[start_pos, start_pos + len)`; logits are returned for the
+    last `num_logits` of them (0 for a prefill chunk that does not reach the end of the prompt,
+    1 for a decode, 1 + k for a verify item of k draft tokens). `short` puts a multi-token item
+    in the short-query attention group (verify items) rather than the prefill group."""
 
     token_ids: Sequence[int]
     start_pos: int
     block_table: Sequence[int]
-    sample: bool
+    num_logits: int
+    short: bool = False
 
 
 class ModelRunner:
@@ -37,8 +40,12 @@ class ModelRunner:
     def attention_name(self) -> str:
         return self.model.attention.name
 
-    def run(self, items: Sequence[RunItem], copies: Sequence[tuple[int, int]] = ()) -> torch.Tensor:
-        """Logits `[number of items with sample=True, vocab]` float32, in item order."""
+    def run(
+        self, items: Sequence[RunItem], copies: Sequence[tuple[int, int]] = (),
+        num_layers: int | None = None,
+    ) -> torch.Tensor:
+        """Logits `[sum of num_logits, vocab]` float32, in item order. `num_layers` runs only
+        the first layers before the head (self-speculation's draft)."""
         with torch.inference_mode():
             # Copy-on-write copies come first: this step may write into the new blocks.
             self.kv.copy_blocks(copies)
@@ -51,12 +58,13 @@ class ModelRunner:
                 n = len(item.token_ids)
                 ids.extend(item.token_ids)
                 positions.extend(range(item.start_pos, item.start_pos + n))
-                if item.sample:
-                    last.append(len(ids) - 1)
+                if item.num_logits:
+                    last.extend(range(len(ids) - item.num_logits, len(ids)))
             meta = AttentionMetadata.build(
                 [(it.start_pos, len(it.token_ids), it.block_table) for it in items],
                 self.kv.block_size,
                 self.device,
+                short=[it.short for it in items],
             )
             dev = self.device
             hidden = self.model(
@@ -64,6 +72,7 @@ class ModelRunner:
                 torch.tensor(positions, dtype=torch.long, device=dev),
                 meta,
                 self.kv,
+                num_layers=num_layers,
             )
             rows = torch.tensor(last, dtype=torch.long, device=dev)
             return self.model.logits(hidden.index_select(0, rows))

@@ -1,17 +1,26 @@
 """Per-request sampling over a step's logits: greedy, temperature, top-k, top-p, seeds, logprobs.
 
 Rows are processed as one batch except where a request carries a seed: those draw their noise
-from their own torch.Generator, so a seeded request gives the same tokens whatever else is in the
-batch. Sampling uses the exponential race (argmax of p / Exp(1)), which is exact categorical
-sampling with one random draw per vocab entry and no cumsum/searchsorted.
+from a torch.Generator keyed by (seed, index of the output token), so a seeded request gives the
+same tokens whatever else is in the batch, and whether its tokens arrive one per step or several
+per step through speculative decoding. Sampling uses the exponential race (argmax of
+p / Exp(1)), which is exact categorical sampling with one random draw per vocab entry and no
+cumsum/searchsorted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+
+from backends.engine.step import TokenLogprobs
+
+__all__ = [
+    "SampleResult", "SamplingParams", "TokenLogprobs", "filtered_probs", "is_stop_token",
+    "race", "sample", "token_logprobs",
+]
 
 MAX_LOGPROBS = 5
 GREEDY_BELOW = 1e-5  # temperatures under this sample greedily (as vLLM does)
@@ -49,17 +58,16 @@ class SamplingParams:
         # Below this, logits / temperature overflows float32 and sampling would return NaNs.
         return self.temperature < GREEDY_BELOW
 
-    def make_generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:
-        """The request's own generator when it is seeded (create once per request)."""
+    def make_generator(
+        self, device: torch.device | str = "cpu", index: int = 0, stream: int = 0
+    ) -> torch.Generator | None:
+        """The generator for output token `index` when the request is seeded. Keyed by index,
+        so the noise of a token does not depend on how many tokens earlier steps produced;
+        `stream` separates other draws at the same index (a draft model's own sampling)."""
         if self.seed is None:
             return None
-        return torch.Generator(device=device).manual_seed(self.seed)
-
-
-@dataclass(frozen=True, slots=True)
-class TokenLogprobs:
-    logprob: float  # of the sampled token
-    top: list[tuple[int, float]] = field(default_factory=list)  # best first
+        mixed = hash((self.seed, index, stream)) & 0x7FFF_FFFF_FFFF_FFFF
+        return torch.Generator(device=device).manual_seed(mixed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +114,13 @@ def sample(
         tokens[idx] = logits[idx].argmax(dim=-1)
     if random:
         idx = torch.tensor(random, device=logits.device)
-        probs = _filtered_probs(logits[idx], [params[i] for i in random])
-        tokens[idx] = _race(probs, [gens[i] for i in random])
+        probs = filtered_probs(logits[idx], [params[i] for i in random])
+        tokens[idx] = race(probs, [gens[i] for i in random])
     chosen = tokens.tolist()
-    return SampleResult(chosen, _logprobs(logits, chosen, params))
+    return SampleResult(chosen, token_logprobs(logits, chosen, params))
 
 
-def _filtered_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+def filtered_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
     dev = logits.device
     temps = torch.tensor([p.temperature for p in params], device=dev)
     scaled = logits / temps[:, None]
@@ -136,7 +144,7 @@ def _filtered_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> t
     return torch.softmax(filtered, dim=-1)
 
 
-def _race(probs: torch.Tensor, gens: Sequence[torch.Generator | None]) -> torch.Tensor:
+def race(probs: torch.Tensor, gens: Sequence[torch.Generator | None]) -> torch.Tensor:
     noise = torch.empty_like(probs)
     unseeded = [i for i, g in enumerate(gens) if g is None]
     if unseeded:
@@ -150,7 +158,7 @@ def _race(probs: torch.Tensor, gens: Sequence[torch.Generator | None]) -> torch.
     return (probs / noise.clamp_min_(1e-20)).argmax(dim=-1)
 
 
-def _logprobs(
+def token_logprobs(
     logits: torch.Tensor, chosen: list[int], params: Sequence[SamplingParams]
 ) -> list[TokenLogprobs | None]:
     wanted = [i for i, p in enumerate(params) if p.logprobs is not None]

@@ -1,52 +1,42 @@
 """Continuous batching: which sequences compute how many tokens in the next step. No torch.
 
-Each step's plan is a list of (sequence, n_tokens). Decoding sequences (one known token left)
-go first, one token each, so ongoing streams keep their pace; the rest of the token budget goes
-to prefill chunks, first of running sequences part-way through their prompt, then of waiting
-ones admitted in (priority, arrival) order. When KV blocks run out, the running sequence that
-matters least (highest priority value, latest arrival) is preempted by recompute: its blocks are
-freed and it re-enters the waiting queue keeping its output, to be prefilled again (prompt plus
-output) later -- usually cheaply, from the prefix cache.
+Each step's plan is a `SchedulerOutput` of typed items (`backends.engine.step`). Decoding
+sequences (one known token left) go first, one token each, so ongoing streams keep their pace;
+a `DraftPlanner` may then grow some of them into VERIFY items with k draft slots each, within
+the same token budget and only where blocks are free (speculation never preempts anyone). The
+rest of the budget goes to prefill chunks, first of running sequences part-way through their
+prompt, then of waiting ones admitted in (priority, arrival) order. When KV blocks run out, the
+running sequence that matters least (highest priority value, latest arrival) is preempted by
+recompute: its blocks are freed and it re-enters the waiting queue keeping its output, to be
+prefilled again (prompt plus output) later -- usually cheaply, from the prefix cache.
 
-A plan item may carry several tokens for a decoding sequence, which is what speculative
-decoding's verify step needs; a sequence "samples" when the item reaches its last known token.
+`complete` takes the step's `StepOutput`: a verify item advances by its accepted tokens only,
+and the slots of rejected drafts are released before any block hash is computed, so the prefix
+cache only ever holds accepted tokens.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Mapping
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field
+from typing import Protocol
 
 from backends.engine.block_manager import BlockManager
 from backends.engine.sequence import SeqStatus, Sequence
+from backends.engine.step import ItemKind, ScheduledItem, SchedulerOutput, StepOutput
+
+__all__ = ["DraftPlanner", "QueueFull", "Scheduler"]
 
 
 class QueueFull(RuntimeError):
     """The waiting queue is at `max_waiting`; the caller should shed load (HTTP 429/503)."""
 
 
-@dataclass
-class StepPlan:
-    items: list[tuple[Sequence, int]] = field(default_factory=list)
-    copies: list[tuple[int, int]] = field(default_factory=list)
-    preempted: list[Sequence] = field(default_factory=list)
+class DraftPlanner(Protocol):
+    """Chooses how many draft tokens each decoding sequence verifies this step."""
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(n for _, n in self.items)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.items
-
-    @staticmethod
-    def samples(seq: Sequence, n: int) -> bool:
-        return seq.num_computed + n == seq.num_tokens
-
-    def sampling(self) -> list[Sequence]:
-        """Sequences whose item yields logits, in item order (the order of the logits rows)."""
-        return [seq for seq, n in self.items if self.samples(seq, n)]
+    def plan(self, decoding: Seq[Sequence], budget: int) -> Mapping[int, int]: ...
 
 
 class Scheduler:
@@ -107,45 +97,71 @@ class Scheduler:
         seq.status = SeqStatus.FINISHED
         seq.finish_reason = reason
 
-    def schedule(self) -> StepPlan:
-        plan = StepPlan()
+    def schedule(self, planner: DraftPlanner | None = None) -> SchedulerOutput:
+        out = SchedulerOutput()
         budget = self.token_budget
         scheduled: set[int] = set()
         order = sorted(self._running, key=Sequence.sort_key)
         decoding = [s for s in order if s.num_remaining == 1]
         prefilling = [s for s in order if s.num_remaining > 1]
-        for group in (decoding, prefilling):
+        for kind, group in ((ItemKind.DECODE, decoding), (ItemKind.PREFILL, prefilling)):
+            if kind is ItemKind.PREFILL and planner is not None:
+                budget = self._add_drafts(out, planner, budget)
             for seq in group:
                 if budget == 0:
                     break
                 if seq.status is not SeqStatus.RUNNING:
                     continue  # preempted earlier in this step
                 n = min(seq.num_remaining, budget)
-                if not self._make_room(seq, n, scheduled, plan):
+                if not self._make_room(seq, n, scheduled, out):
                     continue
-                plan.copies.extend(self.blocks.allocate(seq, n))
-                plan.items.append((seq, n))
+                out.copies.extend(self.blocks.allocate(seq, n))
+                out.items.append(ScheduledItem(seq, kind, n))
                 scheduled.add(seq.seq_id)
                 budget -= n
         # Admitting while preempting would just thrash the cache.
-        if not plan.preempted:
-            budget = self._admit(plan, budget)
-        return plan
+        if not out.preempted:
+            budget = self._admit(out, budget)
+        return out
 
-    def complete(self, plan: StepPlan, sampled: dict[int, int]) -> None:
-        """Record a step's results: `sampled` maps seq_id to the token sampled for it."""
-        for seq, n in plan.items:
+    def complete(self, out: SchedulerOutput, result: StepOutput) -> None:
+        """Record a step's results: each sampling item's accepted drafts and sampled token."""
+        for item in out.items:
+            seq = item.seq
             if seq.status is not SeqStatus.RUNNING:
                 continue  # finished (aborted) between schedule and complete
-            seq.num_computed += n
-            token = sampled.get(seq.seq_id)
-            if token is not None:
-                seq.output_ids.append(token)
+            gained = result.outputs.get(seq.seq_id)
+            seq.num_computed += item.num_tokens
+            if gained is not None:
+                seq.num_computed += gained.num_accepted
+                seq.output_ids.extend(gained.token_ids)
+            if item.num_draft_slots:
+                self.blocks.trim(seq)
+            seq.num_draft_computed = min(seq.num_draft_computed, seq.num_computed)
             self.blocks.commit(seq)
 
     # --- internals -----------------------------------------------------------------------
 
-    def _admit(self, plan: StepPlan, budget: int) -> int:
+    def _add_drafts(self, out: SchedulerOutput, planner: DraftPlanner, budget: int) -> int:
+        decodes = [it for it in out.items if it.kind is ItemKind.DECODE]
+        if not decodes or budget == 0:
+            return budget
+        wanted = planner.plan([it.seq for it in decodes], budget)
+        for item in decodes:
+            seq = item.seq
+            # The last token sampled must stay within max_tokens (the context bound is in it).
+            k = min(wanted.get(seq.seq_id, 0), budget, seq.max_tokens - len(seq.output_ids) - 1)
+            while k > 0 and not self.blocks.can_allocate(seq, 1 + k):
+                k -= 1
+            if k <= 0:
+                continue
+            out.copies.extend(self.blocks.allocate(seq, 1 + k))
+            item.kind = ItemKind.VERIFY
+            item.num_draft_slots = k
+            budget -= k
+        return budget
+
+    def _admit(self, plan: SchedulerOutput, budget: int) -> int:
         while self._waiting and budget > 0 and len(self._running) < self.max_num_seqs:
             seq = self._waiting[0]
             remaining = seq.num_tokens - self.blocks.cached_prefix_tokens(seq)
@@ -162,11 +178,13 @@ class Scheduler:
             plan.copies.extend(self.blocks.allocate(seq, n))
             seq.status = SeqStatus.RUNNING
             self._running.append(seq)
-            plan.items.append((seq, n))
+            plan.items.append(ScheduledItem(seq, ItemKind.PREFILL, n))
             budget -= n
         return budget
 
-    def _make_room(self, seq: Sequence, n: int, scheduled: set[int], plan: StepPlan) -> bool:
+    def _make_room(
+        self, seq: Sequence, n: int, scheduled: set[int], plan: SchedulerOutput
+    ) -> bool:
         """Preempt until `seq` can get blocks for n tokens; False if `seq` itself went."""
         while not self.blocks.can_allocate(seq, n):
             candidates = [s for s in self._running if s.seq_id not in scheduled]

@@ -20,10 +20,13 @@ class Sequence:
     prompt_ids: list[int]
     max_tokens: int
     priority: int = 0
+    adapter_id: int | None = None  # a LoRA adapter's KV differs from the base's: part of the hash
     arrival: float = 0.0
     output_ids: list[int] = field(default_factory=list)
     num_computed: int = 0
     num_cached: int = 0
+    # Positions whose KV a separate draft model holds (speculative decoding); reset with the KV.
+    num_draft_computed: int = 0
     block_table: list[int] = field(default_factory=list)
     status: SeqStatus = SeqStatus.WAITING
     finish_reason: str | None = None

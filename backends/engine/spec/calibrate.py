@@ -1,0 +1,39 @@
+"""Start-up measurements of forward-pass cost against token count (the planner's cost model)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from backends.engine.runner import RunItem
+from backends.engine.spec.cost import StepCostModel
+
+
+def measure_step_costs(
+    run: Callable[[list[RunItem]], torch.Tensor], sizes: Sequence[int], repeats: int = 3
+) -> StepCostModel:
+    """Seconds of a forward pass of n one-token items, for each n (best of `repeats`).
+
+    Dummy tokens go to position 0 of block 0, which nothing holds before the engine serves.
+    `run(items)` is the runner's run (returns logits)."""
+    points = []
+    for n in sizes:
+        items = [RunItem([0], 0, [0], 1) for _ in range(n)]
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run(items).sum().item()
+            best = min(best, time.perf_counter() - t0)
+        points.append((n, best))
+    return StepCostModel(points)
+
+
+def calibration_sizes(limit: int) -> list[int]:
+    sizes, n = [], 1
+    while n < limit:
+        sizes.append(n)
+        n *= 2
+    sizes.append(max(1, limit))
+    return sorted(set(sizes))
