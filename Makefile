@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser run test lint bench bench-engine bench-replay bench-routing bench-reports bench-safety bench-cache clean
+.PHONY: setup browser run test fuzz lint bench bench-engine bench-replay bench-routing bench-reports bench-safety bench-cache clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,11 @@ run: setup
 test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The schemathesis run of `make test`, at a large budget and a random seed.
+fuzz: setup
+	GREENGATE_FUZZ_EXAMPLES=$${GREENGATE_FUZZ_EXAMPLES:-500} GREENGATE_FUZZ_SEED=$${GREENGATE_FUZZ_SEED:-random} \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_defects_schema_fuzz.py
 
 lint: setup
 	$(BIN)/ruff check .

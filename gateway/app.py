@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from backends.engine_backend import EngineMember
 from backends.pool_config import PoolConfig
-from gateway import admin, database, reports_api
+from gateway import admin, database, openapi_models, reports_api
 from gateway.decision_log import is_connection_error
 from gateway.errors import GatewayError, error_response
 from gateway.runtime import Runtime
@@ -75,9 +75,16 @@ def create_app(
     async def embeddings(request: Request) -> Response:
         return await rt(request).proxy.handle(request, "embeddings")
 
-    app.add_route("/v1/chat/completions", chat, methods=["POST"])
-    app.add_route("/v1/completions", completions, methods=["POST"])
-    app.add_route("/v1/embeddings", embeddings, methods=["POST"])
+    # Described in /openapi.json by their request models (gateway.openapi_models), which
+    # FastAPI does not parse: the handler reads the raw body.
+    for path, handler, summary in (
+            ("/v1/chat/completions", chat, "Create a chat completion"),
+            ("/v1/completions", completions, "Create a (legacy) completion"),
+            ("/v1/embeddings", embeddings, "Create embeddings")):
+        app.add_api_route(path, handler, methods=["POST"], tags=["openai"], summary=summary,
+                          response_class=Response,
+                          openapi_extra=openapi_models.data_plane_route_extra(path))
+    openapi_models.install(app)
 
     @app.get("/v1/models", tags=["openai"])
     async def models(request: Request) -> Response:

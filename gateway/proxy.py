@@ -74,7 +74,7 @@ def validate(endpoint: Endpoint, body: Any) -> None:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
                 raise _bad(f"messages[{i}] must be an object with a string 'role'.",
                            f"messages[{i}]")
-            _check_content(m.get("content"), f"messages[{i}].content")
+            _check_content(m.get("content"), f"messages[{i}].content", m["role"])
     elif not isinstance(value, (str, list)) or (isinstance(value, list) and not value):
         raise _bad(f"'{field}' must be a string or a non-empty array.", field)
     elif isinstance(value, list) and not _text_or_tokens(value):
@@ -106,22 +106,38 @@ def validate(endpoint: Endpoint, body: Any) -> None:
         v = body.get(name)
         if name == "tools" and v is not None and not isinstance(v, list):
             raise _bad("'tools' must be an array.", "tools")
+        if name == "tools" and v:
+            for i, tool in enumerate(v):
+                fn = tool.get("function") if isinstance(tool, dict) else None
+                if (not isinstance(fn, dict) or not isinstance(fn.get("name"), str)
+                        or tool.get("type", "function") != "function"):
+                    raise _bad(f"tools[{i}] must be a function tool: "
+                               '{"type": "function", "function": {"name": ...}}.',
+                               f"tools[{i}]")
         if name == "stop" and v is not None and not isinstance(v, (str, list)):
             raise _bad("'stop' must be a string or an array of strings.", "stop")
 
 
-def _check_content(content: Any, param: str) -> None:
-    """OpenAI's content shapes: a string, null, or an array of part objects whose `text`,
-    where present, is a string."""
+_USER_PARTS = frozenset({"text", "image_url", "input_audio", "file"})
+_OTHER_PARTS = frozenset({"text", "refusal"})
+
+
+def _check_content(content: Any, param: str, role: str) -> None:
+    """OpenAI's content shapes: a string, null, or an array of typed part objects (a user's:
+    text, image_url, input_audio, file; others': text, refusal) whose `text` is a string."""
     if content is None or isinstance(content, str):
         return
     if not isinstance(content, list):
         raise _bad(f"'{param}' must be a string or an array of content parts.", param)
+    kinds = _USER_PARTS if role == "user" else _OTHER_PARTS
     for j, part in enumerate(content):
-        if not isinstance(part, dict):
-            raise _bad(f"'{param}[{j}]' must be a content part object.", f"{param}[{j}]")
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str) or kind not in kinds:
+            raise _bad(f"'{param}[{j}]' must be a content part with 'type' one of "
+                       f"{', '.join(sorted(kinds))}.", f"{param}[{j}]")
         if "text" in part and not isinstance(part["text"], str):
-            raise _bad(f"'{param}[{j}].text' must be a string.", f"{param}[{j}].text")
+            # param names the field as the bundled engine does; the message, the exact path
+            raise _bad(f"'{param}[{j}].text' must be a string.", "messages")
 
 
 def _token_ids(v: Any) -> bool:
