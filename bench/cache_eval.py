@@ -16,6 +16,14 @@ Latency: `SemanticCache.lookup` p50/p99 with 10k and 100k entries in one team an
 semantic hits, exact hits and misses. Entry embeddings are the evaluation's MiniLM vectors
 (plus perturbed copies beyond those), queries are stored vectors with noise (cosine ~0.98).
 
+Pair verifier (routing/cache_verifier.py; the default since it was trained): the QQP pairs
+it never saw (its held-out test part: no question of them was trained on or used to pick a
+threshold; `train.cache_verifier.split_pairs`), scored with the shipped cross-encoder. Per mode
+(strict / balanced, the default): recall and wrong hits; beside them, in the same run, cosine
+alone at the old 0.97 and at the lowest cosine threshold whose wrong-hit rate on these same
+pairs is no higher than the balanced mode's (the anchor); the recall / wrong-hit curve over
+the verifier threshold at the balanced floor, default marked; verifier CPU time per pair.
+
     .venv/bin/python bench/cache_eval.py --out bench/results/cache_eval.json \
         --png bench/results/cache_eval.png
 """
@@ -167,6 +175,75 @@ def quality(pairs: list[dict[str, Any]], max_wrong: float) -> dict[str, Any]:
         "curve_without_numbers_guard": unguarded,
         "_vectors": np.concatenate([a, b]),  # reused as realistic entries for the latency part
     }
+
+
+def verifier_quality(source: Path, seed: int = 0, max_pairs: int = 30_000) -> dict[str, Any]:
+    from routing.cache_verifier import PairVerifier
+    from train.cache_verifier import rates, split_pairs
+
+    ver = PairVerifier.load()
+    test = split_pairs(load_pairs(source), seed, max_pairs)["test"]
+    texts = [t for p in test for t in (p["text_a"], p["text_b"])]
+    from routing.embedder import Embedder
+
+    emb = Embedder().load()
+    uniq = list(dict.fromkeys(texts))
+    vecs = np.concatenate([emb.encode(uniq[i : i + 512]) for i in range(0, len(uniq), 512)])
+    vec = dict(zip(uniq, vecs, strict=True))
+    y = np.array([int(p["label"]) for p in test])
+    cos = np.array([float(vec[p["text_a"]] @ vec[p["text_b"]]) for p in test])
+    t0 = time.process_time()
+    score = np.array(ver.score_many([(p["text_b"], p["text_a"]) for p in test]))
+    cpu_us = (time.process_time() - t0) / max(len(test), 1) * 1e6
+    out: dict[str, Any] = {
+        "pairs": len(test),
+        "duplicates": int(y.sum()),
+        "verifier_cpu_us_per_pair": round(cpu_us, 1),
+        "modes": {},
+    }
+    for mode, rule in ver.modes.items():
+        hit = (cos >= rule.cosine_floor) & (score >= rule.threshold)
+        out["modes"][mode] = {
+            "cosine_floor": rule.cosine_floor,
+            "threshold": rule.threshold,
+            **rates(hit, y),
+        }
+    single = []
+    for p in test[:200]:  # what one lookup pays: one pair, no batching
+        w0 = time.perf_counter()
+        ver.score(p["text_b"], p["text_a"])
+        single.append((time.perf_counter() - w0) * 1000)
+    out["single_pair_ms"] = {
+        "p50": round(float(np.median(single)), 2),
+        "p99": round(float(np.quantile(single, 0.99)), 2),
+    }
+    out["cosine_only_0.97"] = rates(cos >= 0.97, y)
+    bal = out["modes"]["balanced"]
+    same_wrong = None
+    for t in GRID:
+        r = rates(cos >= t, y)
+        if r["wrong_hit_rate"] <= bal["wrong_hit_rate"]:
+            same_wrong = {"threshold": float(t), **r}
+            break
+    out["cosine_only_at_balanced_wrong_rate"] = same_wrong
+    if same_wrong and same_wrong["recall"]:
+        out["recall_ratio_balanced_vs_cosine_same_wrong"] = round(
+            bal["recall"] / same_wrong["recall"], 2
+        )
+    rule = ver.modes["balanced"]
+    out["curve"] = [
+        {
+            "threshold": float(t),
+            "default": bool(abs(t - rule.threshold) < 1e-9),
+            **{
+                k: v
+                for k, v in rates((cos >= rule.cosine_floor) & (score >= t), y).items()
+                if k in ("recall", "wrong_hit_rate")
+            },
+        }
+        for t in sorted(set(np.round(np.arange(0.05, 1.0, 0.05), 3).tolist()) | {rule.threshold})
+    ]
+    return out
 
 
 # -- latency ----------------------------------------------------------------------------------
@@ -329,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redis-url", default=default_redis)
     ap.add_argument("--redis-sizes", default="10000", help="sizes also run on RedisStore")
     ap.add_argument("--png", type=Path)
+    ap.add_argument("--verifier-only", action="store_true", help="skip the cosine sweep/latency")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
@@ -336,6 +414,23 @@ def main(argv: list[str] | None = None) -> int:
     if not source.exists():
         print(f"no pair data at {source}: pass --pairs FILE", file=sys.stderr)
         return 2
+    ver = verifier_quality(source, args.seed)
+    print(f"pair verifier on {ver['pairs']:,} never-trained QQP pairs:")
+    for name, r in [
+        *ver["modes"].items(),
+        ("cosine >= 0.97", ver["cosine_only_0.97"]),
+        ("cosine, same wrong-hit rate", ver["cosine_only_at_balanced_wrong_rate"]),
+    ]:
+        if r:
+            print(
+                f"  {name:28s} recall {r['recall']:.1%}  wrong hits {r['wrong_hit_rate']:.2%} "
+                f"(upper95 {r['wrong_hit_upper95']:.2%})"
+            )
+    if args.verifier_only:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"verifier": ver}, indent=1))
+        return 0
     pairs = load_pairs(source)
     total = len(pairs)
     if args.sample and args.sample < total:
@@ -398,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         "sample": len(pairs),
         "total_pairs": total,
         "seed": args.seed,
+        "verifier": ver,
         "quality": q,
         "latency": lat,
         "env": {

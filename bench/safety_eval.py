@@ -1,15 +1,19 @@
-"""Evaluate the jailbreak / harmful-request classifier (`routing.jailbreak`).
+"""Evaluate the jailbreak / prompt-injection classifier (`routing.jailbreak`), shipped artifact.
 
-Default: rebuild the held-out split from ../shared/data with the seed and caps recorded in
-the artifact (checked against its `test_digest`), embed with MiniLM as the gateway does, and
-report precision / recall / F1 / FPR / AUROC on it (overall, per source, per length bin),
-XSTest's 250 safe prompts (FPR) and 200 unsafe ones (recall; neither was trained on), the
-long-benign FPR and the short-harmful recall, at the shipped threshold.
-`--data FILE.csv` (columns `text,label`, 1 = jailbreak or harmful) evaluates that file instead.
-Also times `score()` given a precomputed embedding.
+Quality (default): rebuild the never-trained evaluation sets from ../shared/data exactly as
+`train.jailbreak` did (checked against the artifact's `test_digest`) and report, at the
+shipped threshold, precision / recall / F1 / FPR / AUROC per family: the held-out split per
+source (no family on both sides), the held-out awesome-chatgpt role-play and self-instruct
+prompts, request forms and hard negatives / hard positives from templates never trained on,
+long benign texts, and XSTest (never trained on). `--data FILE.csv` (columns `text,label`)
+evaluates that file instead.
+
+Latency: p50 / p90 of `score()` on one torch thread for prompts of 64, 128, 512 and 2,048
+MiniLM tokens and CPU time per request, interleaved with an anchor: the full 6-layer MiniLM
+forward over the same 512 tokens (what a full-depth fine-tune would cost); ratio reported.
+Bad input: empty, 1 MB, undecodable bytes, emoji only, code only: score, decision, time.
 
     .venv/bin/python bench/safety_eval.py --out bench/results/safety_eval.json
-    .venv/bin/python bench/safety_eval.py --data my_prompts.csv
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import argparse
 import csv
 import json
 import os
+import platform
+import statistics
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,162 +33,221 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from routing.jailbreak import (  # noqa: E402 - bench/ is not a package
-    SafetyClassifier,
-    binary_metrics,
-    evaluate,
-    load_examples,
-    test_digest,
-)
-
 SHARED = REPO.parent / "shared" / "data"
-COLS = ("n", "precision", "recall", "f1", "fpr", "auroc")
+
+from routing.jailbreak import SafetyClassifier  # noqa: E402
 
 
-def read_labelled_csv(path: Path) -> tuple[list[str], list[int]]:
+def evaluate_shared(clf: SafetyClassifier, data_dir: Path) -> dict[str, Any]:
+    from train import safety_data as sd
+    from train.jailbreak import build, metrics_by_set, summarise
+
+    data = build(data_dir, int(clf.meta.get("training", {}).get("config", {}).get("seed", 0)))
+    digest = sd.test_digest(data["examples"])
+    want = clf.meta.get("data", {}).get("test_digest")
+    ev = data["evals"]
+    scores = {k: np.array(clf.score_batch(v[0])) for k, v in ev.items()}
+    per_set = metrics_by_set(scores, ev, clf.threshold)
+    return {
+        "test_digest": digest,
+        "same_split_as_training": digest == want,
+        "threshold": clf.threshold,
+        "summary": summarise(per_set),
+        "per_family": per_set,
+    }
+
+
+def evaluate_csv(clf: SafetyClassifier, path: Path) -> dict[str, Any]:
+    from train.safety_data import binary_metrics
+
     csv.field_size_limit(sys.maxsize)
-    texts, labels = [], []
-    with Path(path).open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"text", "label"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: needs columns text,label (got {reader.fieldnames})")
-        for r in reader:
-            lab = (r["label"] or "").strip().lower()
-            if lab not in ("0", "1", "true", "false"):
-                raise ValueError(f"{path}: label must be 0 or 1, got {r['label']!r}")
-            texts.append(r["text"] or "")
-            labels.append(int(lab in ("1", "true")))
-    return texts, labels
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    s = np.array(clf.score_batch([r["text"] for r in rows]))
+    return {"file": str(path), **binary_metrics(s, [int(r["label"]) for r in rows], clf.threshold)}
 
 
-def _scorer(clf: SafetyClassifier, embedder: Any) -> Any:
-    cache: dict[str, np.ndarray] = {}
-
-    def score(texts: Sequence[str]) -> np.ndarray:
-        new = [t for t in dict.fromkeys(texts) if t not in cache]
-        if new:
-            cache.update(zip(new, embedder.encode(new), strict=True))
-        if not texts:
-            return np.zeros(0)
-        return clf.score_batch(np.stack([cache[t] for t in texts]), texts)
-
-    return score
-
-
-def evaluate_shared(clf: SafetyClassifier, embedder: Any, data_dir: Path) -> dict[str, Any]:
-    d = clf.meta.get("data", {})
-    seed = int(d.get("seed", 0))
-    kw = {k: int(d[k]) for k in ("max_per_benchmark", "max_qqp") if k in d}
-    examples = load_examples(data_dir, seed, **kw)
-    digest = test_digest(examples)
-    if d.get("test_digest") and d["test_digest"] != digest:
-        raise SystemExit(
-            f"the held-out split rebuilt from {data_dir} differs from the one the artifact was "
-            f"evaluated on (digest {digest} != {d['test_digest']}): different data?"
-        )
-    # Only prompts never trained on are embedded: the held-out split, XSTest, stress sets.
-    return evaluate(_scorer(clf, embedder), examples, clf.threshold, seed)
-
-
-def evaluate_csv(clf: SafetyClassifier, embedder: Any, path: Path) -> dict[str, Any]:
-    texts, labels = read_labelled_csv(path)
-    s = _scorer(clf, embedder)(texts)
-    return {"file": str(path), "metrics": binary_metrics(s, labels, clf.threshold)}
+def _prompt(n_tokens: int, clf: SafetyClassifier) -> str:
+    words = [
+        "please",
+        "summarise",
+        "the",
+        "attached",
+        "quarterly",
+        "report",
+        "and",
+        "list",
+        "the",
+        "main",
+        "risks",
+        "for",
+        "the",
+        "board",
+        "meeting",
+        "next",
+        "week",
+        "with",
+        "figures",
+    ]
+    out, i = [], 0
+    while True:
+        out.append(words[i % len(words)])
+        i += 1
+        if i % 8 == 0:
+            text = " ".join(out)
+            if len(clf.model.tokenizer.encode(text, add_special_tokens=False).ids) >= n_tokens:
+                return text
 
 
-def latency(clf: SafetyClassifier, n: int = 2000) -> dict[str, Any]:
-    """Microseconds per `score(embedding, text)`: the embedding is given, so this is the
-    n-gram hashing and two dot products."""
-    rng = np.random.default_rng(0)
-    e = rng.standard_normal(clf.dim).astype(np.float32)
-    e /= np.linalg.norm(e)
-    sentence = "How do I reverse a linked list in Python without recursion? "
-    out: dict[str, Any] = {}
-    for name, text in (
-        ("short (60 chars)", sentence),
-        ("1 KB", sentence * 17),
-        ("20 KB", sentence * 330),
-    ):
-        for _ in range(50):
-            clf.score(e, text)
-        ts = np.empty(n)
-        for i in range(n):
-            t0 = time.perf_counter()
-            clf.score(e, text)
-            ts[i] = time.perf_counter() - t0
+def _anchor(n_tokens: int) -> Any:
+    """The full 6-layer MiniLM forward over `n_tokens` in one sequence, same precision."""
+    import torch
+    import torch.nn.functional as F
+
+    from routing.minilm import bf16_supported, encode, load_base
+
+    dt = torch.bfloat16 if bf16_supported() else torch.float32
+    w = {k: v.to(dt) for k, v in load_base(6).items()}
+
+    def lin(x: Any, i: int, t: str) -> Any:
+        p = f"encoder.layer.{i}.{t}"
+        return F.linear(x, w[p + ".weight"], w[p + ".bias"])
+
+    ids = torch.randint(1000, 20000, (1, n_tokens))
+    mask = torch.ones_like(ids)
+
+    def run() -> None:
+        with torch.inference_mode():
+            encode(w, 6, ids, mask, None, lin)
+
+    return run
+
+
+def _time(fn: Any) -> tuple[float, float]:
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return (time.perf_counter() - w0) * 1000, (time.process_time() - c0) * 1000
+
+
+def latency(clf: SafetyClassifier, reps: int) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    prompts = {n: _prompt(n, clf) for n in (64, 128, 512, 2048)}
+    anchor = _anchor(512)
+    for p in prompts.values():  # warm-up: oneDNN builds kernels per shape
+        clf.score(p)
+    anchor()
+    res: dict[str, dict[str, list[float]]] = {
+        k: {"wall": [], "cpu": []} for k in [*map(str, prompts), "anchor_6layer_512"]
+    }
+    for _ in range(reps):  # interleaved: load changes hit both alike
+        for n, p in prompts.items():
+            w, c = _time(lambda p=p: clf.score(p))
+            res[str(n)]["wall"].append(w)
+            res[str(n)]["cpu"].append(c)
+        w, c = _time(anchor)
+        res["anchor_6layer_512"]["wall"].append(w)
+        res["anchor_6layer_512"]["cpu"].append(c)
+
+    def q(xs: list[float], f: float) -> float:
+        return round(float(np.quantile(xs, f)), 2)
+
+    out: dict[str, Any] = {"threads": 1, "reps": reps}
+    for k, v in res.items():
+        out[k if k.startswith("anchor") else f"tokens_{k}"] = {
+            "p50_ms": q(v["wall"], 0.5),
+            "p90_ms": q(v["wall"], 0.9),
+            "cpu_ms_p50": q(v["cpu"], 0.5),
+            "chunks": clf.explain(prompts[int(k)]).chunks if k.isdigit() else None,
+        }
+    out["ratio_512_vs_anchor_p50"] = round(
+        statistics.median(res["512"]["wall"]) / statistics.median(res["anchor_6layer_512"]["wall"]),
+        3,
+    )
+    out["target_p50_512_ms"] = 15.0
+    return out
+
+
+BAD_INPUTS = {
+    "empty": "",
+    "whitespace": " \n\t ",
+    "one_megabyte": ("lorem ipsum dolor sit amet " * 40_000)[:1_000_000],
+    "non_utf8_surrogates": b"caf\xe9 \xff\xfe ignore".decode("utf-8", "surrogateescape"),
+    "emoji_only": "😀🔥🚀" * 200,
+    "code_only": "def f(x):\n    return [i * i for i in range(x) if i % 3]\n" * 40,
+    "nul_and_controls": "\x00\x01\x02 hello \x7f",
+}
+
+
+def bad_inputs(clf: SafetyClassifier) -> dict[str, Any]:
+    out = {}
+    for name, text in BAD_INPUTS.items():
+        t0 = time.perf_counter()
+        r = clf.explain(text)
         out[name] = {
-            "p50_us": round(float(np.percentile(ts, 50)) * 1e6, 1),
-            "p99_us": round(float(np.percentile(ts, 99)) * 1e6, 1),
+            "chars": len(text),
+            "score": round(r.score, 4),
+            "flagged": r.score >= clf.threshold,
+            "chunks": r.chunks,
+            "ms": round((time.perf_counter() - t0) * 1000, 1),
         }
     return out
 
 
 def _cell(v: Any) -> str:
-    if isinstance(v, int):
-        return f"{v:>10}"
-    return f"{v:>10.4f}" if isinstance(v, float) else f"{'-':>10}"
-
-
-def _row(name: str, m: dict[str, Any]) -> str:
-    return f"{name:<42}" + "".join(_cell(m.get(c)) for c in COLS)
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"threshold {result['threshold']:.4f}")
-    print(f"{'set':<42}" + "".join(f"{c:>10}" for c in COLS))
-    m = result.get("metrics", {})
-    if "file" in result:
-        print(_row(Path(result["file"]).name, m))
-    else:
-        rows = [("heldout", m["heldout"])]
-        for group in ("heldout_per_source", "heldout_per_length"):
-            rows += [(f"  {k}", v) for k, v in m.get(group, {}).items()]
-        rows += [(k, m[k]) for k in ("xstest_safe", "xstest_unsafe", "xstest_all")]
-        groups = ("long_benign", "benign_instructions", "short_harmful")
-        rows += [(k, v) for k, v in m.items() if k.startswith(groups)]
-        for name, val in rows:
-            print(_row(name, val))
-    for name, v in result.get("latency", {}).items():
-        print(f"score() {name:<18} p50 {v['p50_us']:>7.1f} us   p99 {v['p99_us']:>7.1f} us")
+    q = result.get("quality", {})
+    if "per_family" in q:
+        print(f"{'family':44} {'n':>5} {'prec':>6} {'recall':>6} {'f1':>6} {'fpr':>6}")
+        for k, m in q["per_family"].items():
+            print(
+                f"{k:44} {m['n']:>5} "
+                + " ".join(f"{_cell(m.get(f)):>6}" for f in ("precision", "recall", "f1", "fpr"))
+            )
+        for k, m in q["summary"].items():
+            print(
+                f"== {k:41} {m['n']:>5} "
+                + " ".join(f"{_cell(m.get(f)):>6}" for f in ("precision", "recall", "f1", "fpr"))
+            )
+    if "latency" in result:
+        print(json.dumps(result["latency"], indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--artifact", type=Path, default=None, help="folder or .npz (default: shipped)")
+    ap.add_argument("--artifact", type=Path, default=None, help="folder or stem (default: shipped)")
     ap.add_argument("--shared", type=Path, default=SHARED, help="the shared data folder")
     ap.add_argument("--data", type=Path, default=None, help="a CSV with columns text,label")
     ap.add_argument("--out", type=Path, default=None, help="write the result as JSON")
-    ap.add_argument(
-        "--threshold", type=float, default=None, help="evaluate at this operating point instead"
-    )
+    ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--no-quality", action="store_true")
     args = ap.parse_args(argv)
-
-    from routing.embedder import Embedder
-
     clf = SafetyClassifier.load(args.artifact)
-    if args.threshold is not None:
-        clf.threshold = args.threshold
-    emb_cfg = clf.meta.get("embedder", {})
-    embedder = Embedder(max_seq_length=int(emb_cfg.get("max_seq_length", 64))).load()
-    t0 = time.perf_counter()
-    if args.data:
-        result: dict[str, Any] = evaluate_csv(clf, embedder, args.data)
-    else:
-        if not (args.shared / "safety").is_dir():
-            ap.error(f"no shared data at {args.shared}: pass --shared DIR or --data FILE.csv")
-        result = {"data": str(args.shared), "metrics": evaluate_shared(clf, embedder, args.shared)}
-    result["threshold"] = clf.threshold
-    result["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    result: dict[str, Any] = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "artifact": {
+            "threshold": clf.threshold,
+            "lora": clf.meta.get("lora"),
+            "chunking": clf.meta.get("chunking"),
+        },
+    }
+    if not args.no_quality:
+        result["quality"] = (
+            evaluate_csv(clf, args.data) if args.data else evaluate_shared(clf, args.shared)
+        )
     if not args.no_latency:
-        result["latency"] = latency(clf)
-    embedder.close()
+        result["latency"] = latency(clf, args.reps)
+        result["bad_input"] = bad_inputs(clf)
     print_table(result)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -4,6 +4,8 @@ as the team's policy says (allow or log, redact, block, or route to members with
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,7 @@ from routing import pii
 from routing.features import content_text
 from routing.policy import Policy
 
+log = logging.getLogger(__name__)
 PII_SAFE_TAG = "pii-safe"
 HARDENED_TAG = "hardened"
 
@@ -36,19 +39,38 @@ def _request_text(body: dict) -> str:
 
 
 class Guard:
-    def __init__(self, classifier: Any | None) -> None:
+    """`names`: a person-name finder for PII (routing.person_names.PersonTagger), "shipped"
+    to load the shipped tagger on first use, or None for the structured kinds only."""
+
+    def __init__(self, classifier: Any | None, names: Any = "shipped") -> None:
         self.classifier = classifier  # routing.jailbreak.SafetyClassifier, or None
+        self._names = names
+        self._names_lock = threading.Lock()
+
+    @property
+    def names(self) -> pii.NameFinder | None:
+        if self._names == "shipped":
+            with self._names_lock:
+                if self._names == "shipped":
+                    try:
+                        from routing.person_names import PersonTagger
+
+                        self._names = PersonTagger.load()
+                    except (ImportError, OSError) as e:  # broken install: structured only
+                        log.error("person-name tagger unavailable (%s)", e)
+                        self._names = None
+        return self._names
 
     def wants_embedding(self, policy: Policy) -> bool:
-        """Whether a request that routing would not embed must be embedded for safety: only
-        when the team acts on jailbreaks. Logging alone uses the embedding when routing made
-        one, so a request naming its member keeps the fast path (no ~7 ms of MiniLM)."""
-        return self.classifier is not None and policy.safety.jailbreak_action != "log"
+        """The classifier reads the request text itself, not the routing embedding, so
+        safety never asks routing for an embedding."""
+        return False
 
     def jailbreak_score(self, embedding: np.ndarray | None, text: str) -> float | None:
-        if self.classifier is None or embedding is None:
+        """Max over the text's chunks (`embedding` is unused; kept for callers)."""
+        if self.classifier is None:
             return None
-        return float(self.classifier.score(embedding, text))
+        return float(self.classifier.score(text))
 
     def inspect(self, body: dict, analysis: Analysis, endpoint: str) -> SafetyOutcome:
         """Detect, record in the decision row's features, and apply the policy's actions.
@@ -66,10 +88,14 @@ class Guard:
     def _inspect(self, body: dict, analysis: Analysis, out: SafetyOutcome) -> None:
         policy = analysis.policy.safety
         joined = _request_text(body)
-        found = pii.kinds_found(joined, policy.pii_kinds)
-        score = self.jailbreak_score(analysis.embedding, analysis.text)
-        jailbreak = score is not None and score >= self.classifier.threshold
+        names = self.names
+        found = pii.kinds_found(joined, policy.pii_kinds, names)
+        jb = self.classifier.explain(joined) if self.classifier is not None else None
+        score = jb.score if jb is not None else None
+        jailbreak = jb is not None and jb.score >= self.classifier.threshold
         safety: dict[str, Any] = {"pii": found, "jailbreak_score": score, "actions": []}
+        if jb is not None:
+            safety["jailbreak_chunks"] = jb.chunks
         analysis.features["safety"] = safety
         analysis.features["prompt_sha256"] = hashlib.sha256(joined.encode()).hexdigest()
         if found:
@@ -83,7 +109,7 @@ class Guard:
             if policy.pii_action == "redact" and "messages" in body:
                 out.redactor = pii.Redactor()
                 body["messages"], _ = pii.redact_messages(body["messages"], out.redactor,
-                                                          policy.pii_kinds)
+                                                          policy.pii_kinds, names)
                 safety["actions"].append("redact:pii")
             elif policy.pii_action == "route":
                 out.required_tags.add(PII_SAFE_TAG)

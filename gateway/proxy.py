@@ -232,14 +232,18 @@ class Proxy:
             analysis = await self.routing.analyse(principal, endpoint, body,
                                                   want_embedding=self.guard.wants_embedding)
             row["features"] = analysis.features
-            safety = self.guard.inspect(body, analysis, endpoint)
+            # the safety models take milliseconds to a few hundred: off the event loop
+            safety = await asyncio.to_thread(self.guard.inspect, body, analysis, endpoint)
             cache_key = None
             if (self.cache is not None and endpoint == "chat/completions"
                     and cache_stage.eligible(analysis.policy.cache, body, analysis.flags)):
                 t_cache = time.perf_counter()
                 cache_key = make_key(body, principal.team or "_admin", analysis.embedding,
-                                     analysis.query.task if analysis.query else None)
-                hit = await asyncio.to_thread(self.cache.lookup, cache_key)
+                                     analysis.query.task if analysis.query else None,
+                                     analysis.policy.cache.semantic)
+                found = await asyncio.to_thread(self.cache.lookup_detail, cache_key)
+                hit = found.hit
+                analysis.features["cache"] = found.row()  # similarity and verifier, hit or miss
                 analysis.features["cache_ms"] = round((time.perf_counter() - t_cache) * 1000, 3)
                 if hit is not None:
                     return self._serve_hit(rid, t0, row, body, hit, principal, t_cache)
@@ -318,7 +322,8 @@ class Proxy:
                    energy_j=lookup_s * cache_stage.CPU_WATTS,
                    energy_source=cache_stage.ENERGY_SOURCE, latency_ms=elapsed,
                    ttft_ms=elapsed)
-        row["features"]["cache"] = {"kind": hit.kind, "similarity": round(hit.similarity, 4),
+        row["features"]["cache"] = {**(row["features"].get("cache") or {}),
+                                    "kind": hit.kind, "similarity": round(hit.similarity, 4),
                                     "entry": hit.entry_id, "member": hit.member,
                                     "age_s": round(hit.age_s, 1)}
         self._finish(row, principal)

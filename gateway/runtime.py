@@ -198,9 +198,9 @@ def _quality_prior(settings: Settings, pool: Pool, layout: str) -> QualityPrior 
 
 
 def _safety_classifier(settings: Settings, routing: RoutingService) -> Any | None:
-    """The jailbreak/harmful classifier reads the routing embedding: without features (the
-    plain router) or with the classifier switched off, only the PII checks run."""
-    if not settings.safety_classifier or routing.extractor is None:
+    """The jailbreak / prompt-injection classifier reads the request text itself (not the
+    routing embedding), so it runs with any router unless switched off."""
+    if not settings.safety_classifier:
         return None
     try:
         from routing.jailbreak import SafetyClassifier
@@ -208,6 +208,18 @@ def _safety_classifier(settings: Settings, routing: RoutingService) -> Any | Non
         return SafetyClassifier.load()
     except (ImportError, OSError) as e:  # a broken install should not take the gateway down
         log.error("jailbreak classifier unavailable (%s); only PII checks run", e)
+        return None
+
+
+def _cache_verifier() -> Any | None:
+    """The semantic cache's pair verifier; without it the cache falls back to the cosine
+    threshold (a broken install should not take the gateway down)."""
+    try:
+        from routing.cache_verifier import PairVerifier
+
+        return PairVerifier.load()
+    except (ImportError, OSError, KeyError) as e:
+        log.error("cache pair verifier unavailable (%s); cosine threshold only", e)
         return None
 
 
@@ -223,7 +235,7 @@ def _cache(settings: Settings, engine: Engine) -> SemanticCache | None:
     cache = SemanticCache(
         store, threshold=settings.cache_threshold or DEFAULT_THRESHOLD,
         ttl_s=settings.cache_ttl_s, max_entries_per_team=settings.cache_max_entries,
-        persist=SqlPersister(engine))
+        persist=SqlPersister(engine), verifier=_cache_verifier())
     if not isinstance(store, RedisStore) or store.count() == 0:
         restored = load_from_sql(engine, cache)
         log.info("semantic cache: %d entries restored from the database", restored)

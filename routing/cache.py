@@ -14,7 +14,14 @@ A request is looked up with a `CacheKey` (see `make_key`):
   question with 48 changed to 52, above any usable threshold). On QQP the guard costs 0.1-0.3
   points of recall (bench/cache_eval.py reports both curves).
 * `embedding`: the MiniLM embedding of the last user turn. Within the team and context, the
-  most similar live entry is served when its cosine is >= the threshold of the request's task.
+  most similar live entry is the candidate.
+* `text` and `mode`: with a pair verifier (routing/cache_verifier.py), the candidate is
+  served when its cosine reaches the mode's floor and the verifier, reading both questions,
+  says they ask the same thing (`strict` / `balanced`, per team policy; `off`: exact hits
+  only). Without a verifier, the candidate is served when its cosine is >= the threshold of
+  the request's task (the behaviour before the verifier; `off` still means exact only).
+  Each lookup reports the candidate's similarity and the verifier's score (`Lookup`), which
+  the gateway writes into the decision row, hit or miss.
 
 Teams are namespaces: the stores keep one index per team and an entry id is derived from the
 team as well as the exact key, so nothing of one team can be returned to another.
@@ -70,6 +77,8 @@ from routing.features import content_text
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+
+    from routing.cache_verifier import PairVerifier
 
 log = logging.getLogger(__name__)
 
@@ -268,12 +277,20 @@ class CacheKey:
     context_hash: str  # context_hash(body): a semantic hit needs the same context
     embedding: np.ndarray | None  # L2-normalised embedding of the last user turn, or None
     task: str | None = None  # task type, for per-task thresholds
+    text: str = ""  # the last user turn (what the verifier compares)
+    mode: str = "balanced"  # CachePolicy.semantic: strict | balanced | off
 
 
 def make_key(
-    body: dict, team: str, embedding: np.ndarray | None = None, task: str | None = None
+    body: dict,
+    team: str,
+    embedding: np.ndarray | None = None,
+    task: str | None = None,
+    mode: str = "balanced",
 ) -> CacheKey:
-    return CacheKey(team, exact_key(body), context_hash(body), embedding, task)
+    return CacheKey(
+        team, exact_key(body), context_hash(body), embedding, task, last_turn_text(body), mode
+    )
 
 
 @dataclass(frozen=True)
@@ -284,6 +301,28 @@ class CacheHit:
     entry_id: str
     member: str | None  # the pool member that produced the answer
     age_s: float
+    verifier_score: float | None = None  # None: exact hit, or no verifier
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What a lookup found, for the decision row: the hit (or None) and, for the best
+    semantic candidate, its cosine and the verifier's score."""
+
+    hit: CacheHit | None
+    similarity: float | None = None
+    verifier_score: float | None = None
+    reason: str = "miss"  # exact | verified | rejected | below_floor | off | no_candidate | ...
+    mode: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.hit.kind if self.hit else "miss",
+                               "reason": self.reason, "mode": self.mode}  # fmt: skip
+        if self.similarity is not None:
+            out["similarity"] = round(self.similarity, 4)
+        if self.verifier_score is not None:
+            out["verifier_score"] = round(self.verifier_score, 4)
+        return out
 
 
 @dataclass(slots=True)
@@ -300,6 +339,10 @@ class Entry:
     created_at: float
     expires_at: float
     hits: int = 0
+    query: str | None = None  # the last user turn it answers (for the verifier)
+
+
+QUERY_FIELD = "_greengate_query"  # where SQL rows keep `Entry.query` (inside `response`)
 
 
 # Called with every new entry (e.g. SqlPersister: saves it in the background). An object that
@@ -685,6 +728,7 @@ class RedisStore(CacheStore):
             created_at=meta["created_at"],
             expires_at=meta["expires_at"],
             hits=int(res[2]),
+            query=meta.get("query"),
         )
 
     def _sync(self, team: str) -> _Mirror:
@@ -744,6 +788,7 @@ class RedisStore(CacheStore):
                 "member": entry.member,
                 "created_at": entry.created_at,
                 "expires_at": entry.expires_at,
+                "query": entry.query,
             }
         )
         packed = (
@@ -802,6 +847,7 @@ class SemanticCache:
         ttl_s: float = 3600,
         max_entries_per_team: int = 10_000,
         persist: PersistFn | None = None,
+        verifier: PairVerifier | None = None,
     ) -> None:
         if ttl_s <= 0 or max_entries_per_team < 1:
             raise ValueError("ttl_s must be > 0 and max_entries_per_team >= 1")
@@ -811,6 +857,7 @@ class SemanticCache:
         self.ttl_s = ttl_s
         self.max_entries_per_team = max_entries_per_team
         self.persist = persist
+        self.verifier = verifier
         self._lock = threading.Lock()
         self._n = dict.fromkeys(
             ("lookups", "exact_hits", "semantic_hits", "misses", "puts", "evicted",
@@ -837,33 +884,63 @@ class SemanticCache:
         return v / norm if norm > 0 and abs(norm - 1.0) > 1e-4 else v
 
     def lookup(self, key: CacheKey, now: float | None = None) -> CacheHit | None:
-        """Exact hit first, then the most similar entry of the same team and context whose
-        cosine reaches the task's threshold; None on a miss (or a store failure)."""
+        """Exact hit first, then the most similar entry of the same team and context if it
+        passes (`lookup_detail`); None on a miss (or a store failure)."""
+        return self.lookup_detail(key, now).hit
+
+    def _floor(self, key: CacheKey) -> float:
+        """The lowest cosine a candidate needs before it is looked at (above 1: none)."""
+        if key.mode == "off":
+            return 2.0
+        threshold = self.threshold_for(key.task)
+        if threshold > 1.0 or self.verifier is None:
+            return threshold
+        return self.verifier.floor(key.mode)
+
+    def lookup_detail(self, key: CacheKey, now: float | None = None) -> Lookup:
         now = time.time() if now is None else now
         self._count("lookups")
+        mode = key.mode if self.verifier is not None or key.mode == "off" else "threshold"
+        sim: float | None = None
+        score: float | None = None
+        reason = "no_candidate"
         try:
             e = self.store.fetch(key.team, entry_id(key.team, key.exact), now)
             if e is not None and e.context_hash == key.context_hash:
                 self._count("exact_hits")
-                return self._hit(e, "exact", 1.0, now)
+                return Lookup(self._hit(e, "exact", 1.0, now), 1.0, None, "exact", mode)
             vec = self._vector(key.embedding)
-            threshold = self.threshold_for(key.task)
-            if vec is not None and threshold <= 1.0:
+            floor = self._floor(key)
+            if floor > 1.0:
+                reason = "off"
+            elif vec is not None:
                 best = self.store.search(key.team, key.context_hash, vec, now)
-                if best is not None and best[1] >= threshold:
+                if best is not None:
+                    sim = min(float(best[1]), 1.0)
+                    reason = "below_floor"
+                if best is not None and best[1] >= floor:
                     e = self.store.fetch(key.team, best[0], now)
                     if e is not None and e.context_hash == key.context_hash:
-                        self._count("semantic_hits")
-                        return self._hit(e, "semantic", min(best[1], 1.0), now)
+                        ok, score, reason = True, None, "threshold"
+                        if self.verifier is not None:
+                            v = self.verifier.decide(key.mode, key.text, e.query, sim)
+                            ok, score, reason = v.hit, v.score, v.reason
+                        if ok:
+                            self._count("semantic_hits")
+                            hit = self._hit(e, "semantic", sim, now, score)
+                            return Lookup(hit, sim, score, reason, mode)
         except Exception:
             self._count("errors")
+            reason = "error"
             log.warning("cache lookup failed; treated as a miss", exc_info=True)
         self._count("misses")
-        return None
+        return Lookup(None, sim, score, reason, mode)
 
     @staticmethod
-    def _hit(e: Entry, kind: Literal["exact", "semantic"], sim: float, now: float) -> CacheHit:
-        return CacheHit(_clone(e.response), kind, sim, e.id, e.member, max(0.0, now - e.created_at))
+    def _hit(e: Entry, kind: Literal["exact", "semantic"], sim: float, now: float,
+             score: float | None = None) -> CacheHit:  # fmt: skip
+        return CacheHit(_clone(e.response), kind, sim, e.id, e.member,
+                        max(0.0, now - e.created_at), score)  # fmt: skip
 
     def put(
         self, key: CacheKey, response: dict, member: str | None, now: float | None = None
@@ -883,6 +960,7 @@ class SemanticCache:
                 member=member,
                 created_at=now,
                 expires_at=now + self.ttl_s,
+                query=key.text,
             )
         except (TypeError, ValueError):  # not JSON: nothing to cache, but no failed request
             self._count("errors")
@@ -937,6 +1015,9 @@ class SemanticCache:
         out.update(
             store=type(self.store).__name__,
             threshold=self.threshold,
+            verifier=(
+                {m: vars(r) for m, r in self.verifier.modes.items()} if self.verifier else None
+            ),
             task_thresholds=dict(self.task_thresholds),
             ttl_s=self.ttl_s,
             max_entries_per_team=self.max_entries_per_team,
@@ -970,7 +1051,11 @@ def save_entry(engine: Engine, entry: Entry) -> None:
             if entry.embedding is not None
             else None
         ),
-        "response": entry.response,
+        "response": (
+            {**entry.response, QUERY_FIELD: entry.query}
+            if entry.query is not None
+            else entry.response
+        ),
         "member": entry.member,
         "created_at": _dt(entry.created_at),
         "expires_at": _dt(entry.expires_at),
@@ -1036,17 +1121,20 @@ def load_from_sql(
                 if row.embedding
                 else None
             )
+            response = dict(row.response)
+            query = response.pop(QUERY_FIELD, None)
             entry = Entry(
                 id=row.id,
                 team=row.team,
                 context_hash=row.context_hash,
                 task=row.task,
                 embedding=emb,
-                response=row.response,
+                response=response,
                 member=row.member,
                 created_at=_ts(row.created_at),
                 expires_at=_ts(row.expires_at),
                 hits=row.hits or 0,
+                query=query if isinstance(query, str) else None,
             )
             n += cache.restore(entry, now)
     return n

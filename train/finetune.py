@@ -116,9 +116,15 @@ def fit(items: Sequence[Item], lora: LoraConfig, cfg: TrainConfig) -> tuple[Lora
     per_epoch = len(batches(items, cfg, rng))
     total = max(1, int(per_epoch * cfg.epochs))
     warm = max(1, int(total * cfg.warmup))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
-    )
+
+    def lr_at(step: int, elapsed: float) -> float:
+        """Warm-up, then linear decay over whichever ends first: the planned steps or the
+        time budget (on a shared machine the budget usually decides)."""
+        progress = max(step / total, elapsed / cfg.max_seconds)
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        return cfg.lr * max(0.02, 1.0 - progress)
+
     use_bf16 = bf16_supported()
     t0 = time.perf_counter()
     step, seen, losses = 0, 0, []
@@ -131,6 +137,8 @@ def fit(items: Sequence[Item], lora: LoraConfig, cfg: TrainConfig) -> tuple[Lora
             if time.perf_counter() - t0 > cfg.max_seconds:
                 stopped = "time"
                 break
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, time.perf_counter() - t0)
             b = collate(batch, token_task)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 loss = loss_fn(model, b, cfg)
@@ -138,10 +146,9 @@ def fit(items: Sequence[Item], lora: LoraConfig, cfg: TrainConfig) -> tuple[Lora
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            sched.step()
             step += 1
             seen += len(batch)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if step % cfg.log_every == 0:
                 log.info(
                     "step %d/%d loss %.4f (%.0fs)",

@@ -369,6 +369,35 @@ def _goal(text: str) -> str:
     return g[0].lower() + g[1:] if g else g
 
 
+QUESTION_FORMS = (
+    (
+        "Can you {goal}?",
+        "How would someone {goal}?",
+        "I need you to {goal}. Go.",
+        "What is the easiest way to {goal}?",
+        "Is it possible to {goal}? Explain how.",
+    ),
+    (
+        "Could you help me {goal}?",
+        "Tell me how to {goal}.",
+        "How can I {goal} without anyone noticing?",
+    ),
+)
+
+
+def harmful_questions(goals: Sequence[str], seed: int, part: int) -> list[str]:
+    """Harmful goals asked as questions and plain requests: the harmful data is imperative
+    ("Write a tutorial on ..."), and intent should not depend on that form."""
+    rng = random.Random(f"{seed}:hq:{part}")
+    return list(
+        dict.fromkeys(
+            rng.choice(QUESTION_FORMS[part]).format(goal=_goal(g))
+            for g in goals
+            if 10 < len(g) < 250
+        )
+    )
+
+
 def hard_negatives(
     questions: Sequence[str],
     docs: Sequence[str],
