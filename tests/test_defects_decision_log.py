@@ -295,3 +295,20 @@ def test_quarantine_is_listed_and_counted(make_gateway: GatewayFactory, fake) ->
     metrics = httpx.get(gw.url + "/metrics", timeout=10).text
     assert "greengate_decisions_quarantined 0.0" in metrics
     assert 'greengate_queue_depth{queue="decision_journal"}' in metrics
+
+
+def test_quarantined_rows_are_listed_in_the_ui(make_gateway: GatewayFactory, fake) -> None:
+    from tests.ui_support import sign_in
+
+    gw = make_gateway()
+    rt = gw.server.server.config.app.state.rt
+    assert "Rows kept aside" not in sign_in(gw).get("/ui/decisions").text
+    # What the writer does with a row the database refuses (its own test above finds one).
+    rt.decisions._quarantine(_row("refused1", status=200, team="team-q"), ValueError("boom"))
+    page = sign_in(gw).get("/ui/decisions").text
+    assert "Rows kept aside" in page and "refused1" in page and "ValueError: boom" in page
+    assert gw.decision("refused1")["error"].startswith("row quarantined: ValueError")
+    metrics = httpx.get(gw.url + "/metrics", timeout=10).text
+    assert "greengate_decisions_quarantined 1.0" in metrics
+    listed = httpx.get(gw.url + "/admin/decisions/quarantine", headers=gw.headers(), timeout=10)
+    assert listed.json()["recent"][0]["id"] == "refused1"

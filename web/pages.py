@@ -86,8 +86,11 @@ async def decisions(request: Request, v: Visitor, api: AdminClient) -> Response:
     limit = q.get("limit") or "50"
     rows, teams, pool = await api.many(("/admin/decisions", {**filters, "limit": limit}),
                                        ("/admin/teams", {}), ("/admin/pool", {}))
+    # Rows the database refused (admin only: they can belong to any team).
+    quarantine = None if v.read_only else await api.get("/admin/decisions/quarantine")
     return html(request, "decisions.html", {
         "nav": "decisions", "rows": rows, "filters": filters, "limit": limit,
+        "quarantine": quarantine,
         "teams": [t["name"] for t in teams], "members": [m["name"] for m in pool] + ["cache"],
         "statuses": [200, 400, 401, 403, 404, 413, 422, 429, 500, 502, 503, 504]}, visitor=v)
 
