@@ -10,11 +10,21 @@ from typing import Literal
 Endpoint = Literal["chat/completions", "completions", "embeddings"]
 
 
+EXTENSION_FIELD = "greengate"  # greengate's own request options, e.g. {"speculative": false}
+
+
 @dataclass(slots=True)
 class UpstreamRequest:
     endpoint: Endpoint
     body: dict  # an OpenAI request body, "model" already set to the upstream's name
     stream: bool = False
+
+    def wire_body(self) -> dict:
+        """The body for a remote provider: greengate's extension object stays here (a strict
+        provider would refuse an unknown field)."""
+        if EXTENSION_FIELD not in self.body:
+            return self.body
+        return {k: v for k, v in self.body.items() if k != EXTENSION_FIELD}
 
 
 @dataclass(slots=True)

@@ -23,6 +23,7 @@ from backends.engine.engine import (
     RequestStream,
     TokenEvent,
 )
+from backends.engine.spec import SpeculativeConfig
 from backends.pool_config import (
     BUILTIN_ENGINE_MODEL,
     RANDOM_WEIGHTS_TAG,
@@ -50,11 +51,18 @@ def resolve_checkpoint(model: str, state_dir: Path) -> Path:
 
 
 def engine_config(opts: EngineOptions) -> EngineConfig:
+    spec = None
+    if opts.speculative is not None:
+        s = opts.speculative
+        spec = SpeculativeConfig(method=s.method, max_k=s.max_k, adaptive=s.adaptive,
+                                 ngram_min=s.ngram_min, ngram_max=s.ngram_max,
+                                 draft_model=s.draft_model, exit_layer=s.exit_layer)
     return EngineConfig(
         device=opts.device, dtype=opts.dtype, block_size=opts.block_size,
         max_num_seqs=opts.max_num_seqs, token_budget=opts.token_budget,
         max_waiting=opts.max_waiting, cpu_kv_bytes=int(opts.kv_cache_gb * 2**30),
-        gpu_memory_fraction=opts.gpu_memory_fraction, prefix_caching=opts.prefix_caching)
+        gpu_memory_fraction=opts.gpu_memory_fraction, prefix_caching=opts.prefix_caching,
+        speculative=spec)
 
 
 class EngineMember(Member):
@@ -87,7 +95,8 @@ class EngineMember(Member):
 
     def _events(self, er: fmt.EngineRequest) -> RequestStream:
         try:
-            return self.engine.generate(er.prompt_ids, er.params, priority=er.priority)
+            return self.engine.generate(er.prompt_ids, er.params, priority=er.priority,
+                                        speculative=er.speculative)
         except QueueFull as e:
             # Retryable: the gateway tries again, then falls back to another member.
             raise UpstreamError(f"engine queue is full: {e}", kind="http", status=503,
@@ -123,7 +132,7 @@ class EngineMember(Member):
             await events.aclose()
         assert last is not None  # the engine always ends with a finished event
         use = fmt.usage(last.prompt_tokens, last.completion_tokens, last.joules,
-                        last.energy_source)
+                        last.energy_source, last.speculative)
         data = fmt.completion(er.kind, fmt.new_id(er.kind), self._model_name(req), "".join(parts),
                               last.finish_reason, use, entries)
         return UpstreamResponse(content=orjson.dumps(data), data=data)
@@ -149,7 +158,7 @@ class EngineMember(Member):
                     if er.include_usage:
                         yield fmt.usage_chunk(er.kind, rid, model, created, fmt.usage(
                             ev.prompt_tokens, ev.completion_tokens, ev.joules,
-                            ev.energy_source))
+                            ev.energy_source, ev.speculative))
         finally:
             # A client that leaves mid-stream closes us: closing the engine's iterator aborts the
             # request and frees its KV blocks at once.

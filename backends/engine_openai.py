@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 import orjson
 
-from backends.base import Endpoint, UpstreamError
+from backends.base import EXTENSION_FIELD, Endpoint, UpstreamError
 from backends.engine.sampler import SamplingParams, TokenLogprobs
+from backends.engine.spec import SpecFigures
 from backends.engine.tokenizer import Tokenizer
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
@@ -37,6 +38,7 @@ class EngineRequest:
     logprobs: bool
     echo_prompt: str | None = None  # completions' echo
     priority: int = 0
+    speculative: bool = True  # greengate's extension {"speculative": false} opts out
 
 
 def _number(body: dict, name: str, default: float | None, lo: float, hi: float) -> float | None:
@@ -159,7 +161,21 @@ def parse(endpoint: Endpoint, body: dict, tok: Tokenizer, *, context_window: int
     include = bool((body.get("stream_options") or {}).get("include_usage"))
     # vLLM's extension: a lower number is admitted first (FCFS within a priority).
     priority = _int(body, "priority", -(2**31), 2**31 - 1) or 0
-    return EngineRequest(kind, prompt_ids, params, include, want_logprobs, echo, priority)
+    return EngineRequest(kind, prompt_ids, params, include, want_logprobs, echo, priority,
+                         _extension(body).get("speculative", True))
+
+
+def _extension(body: dict) -> dict[str, Any]:
+    ext = body.get(EXTENSION_FIELD)
+    if ext is None:
+        return {}
+    if not isinstance(ext, dict):
+        raise bad_request(f"'{EXTENSION_FIELD}' must be an object", EXTENSION_FIELD)
+    spec = ext.get("speculative", True)
+    if not isinstance(spec, bool):
+        raise bad_request("greengate.speculative must be true or false",
+                          f"{EXTENSION_FIELD}.speculative")
+    return ext
 
 
 def new_id(kind: Literal["chat", "text"]) -> str:
@@ -167,7 +183,7 @@ def new_id(kind: Literal["chat", "text"]) -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int, joules: float | None,
-          energy_source: str | None) -> dict[str, Any]:
+          energy_source: str | None, speculative: SpecFigures | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"prompt_tokens": prompt_tokens,
                            "completion_tokens": completion_tokens,
                            "total_tokens": prompt_tokens + completion_tokens}
@@ -175,6 +191,9 @@ def usage(prompt_tokens: int, completion_tokens: int, joules: float | None,
         # Measured on this machine's meter; the gateway logs it instead of an estimate.
         out["energy_j"] = joules
         out["energy_source"] = energy_source
+    if speculative is not None:
+        # For the decision row; the gateway takes it out of the client's usage block.
+        out["speculative"] = speculative.as_dict()
     return out
 
 

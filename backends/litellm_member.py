@@ -40,7 +40,7 @@ class LiteLLMMember(Member):
 
     def _kwargs(self, req: UpstreamRequest) -> dict:
         cfg = self._cfg
-        kw: dict[str, Any] = {k: v for k, v in req.body.items() if k != "model"}
+        kw: dict[str, Any] = {k: v for k, v in req.wire_body().items() if k != "model"}
         kw["model"] = cfg.model
         kw["num_retries"] = 0  # greengate retries and falls back itself
         kw["timeout"] = cfg.timeouts.total_s

@@ -56,7 +56,7 @@ class OpenAICompatMember(Member):
         return self._client.build_request(
             "POST",
             f"{self._base}/{req.endpoint}",
-            content=orjson.dumps(req.body),
+            content=orjson.dumps(req.wire_body()),
             headers=self._headers,
             timeout=self._timeout,
         )

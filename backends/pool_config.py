@@ -45,6 +45,37 @@ class Timeouts(BaseModel):
     total_s: float = Field(600.0, gt=0)
 
 
+class SpeculativeOptions(BaseModel):
+    """Speculative decoding for an engine member: a proposer drafts tokens that the model
+    verifies in its normal step. Output is exactly what the model alone would produce."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["ngram", "draft", "self"] = Field(
+        description="ngram: prompt lookup in the request's own context (no model); draft: a "
+        "smaller checkpoint with the same tokenizer; self: the model's own first layers.")
+    max_k: int = Field(5, ge=1, le=16, description="Draft tokens per request per step, at most.")
+    adaptive: bool = Field(
+        True, description="Choose k per request from its acceptance and per step from the "
+        "measured step cost (turns itself off when the batch is compute-bound); false: always "
+        "max_k.")
+    ngram_min: int = Field(2, ge=1, le=16, description="ngram: shortest suffix match.")
+    ngram_max: int = Field(4, ge=1, le=16, description="ngram: longest suffix match.")
+    draft_model: str | None = Field(
+        None, description="draft: a checkpoint folder sharing the member's tokenizer.")
+    exit_layer: int | None = Field(
+        None, ge=1, description="self: layers that draft (default: a quarter of the model's).")
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> SpeculativeOptions:
+        if self.method == "draft" and not self.draft_model:
+            raise ValueError("speculative method 'draft' needs draft_model (a checkpoint folder)")
+        if self.method != "draft" and self.draft_model:
+            raise ValueError("draft_model is for speculative method 'draft' only")
+        if self.ngram_min > self.ngram_max:
+            raise ValueError("ngram_min must be <= ngram_max")
+        return self
+
+
 class EngineOptions(BaseModel):
     """How the bundled engine serves a `kind: engine` member. Defaults suit a laptop CPU."""
 
@@ -64,6 +95,9 @@ class EngineOptions(BaseModel):
     prefix_caching: bool = True
     default_max_tokens: int = Field(
         256, ge=1, description="Output cap when a request sets none (bounded by the context).")
+    speculative: SpeculativeOptions | None = Field(
+        None, description="Off unless set. A request opts out with the extension field "
+        "`greengate: {speculative: false}`.")
 
 
 class MemberConfig(BaseModel):

@@ -144,7 +144,7 @@ def _engine_state(backend: EngineMember) -> dict[str, Any]:
             "kv_usage": s["kv_usage"], "kv_blocks": s["kv_blocks"], "running": s["running"],
             "waiting": s["waiting"], "preemptions": s["preemptions"],
             "prefix_cache_hit_tokens": s["prefix_cache_hit_tokens"],
-            "energy_source": s["energy_source"]}
+            "energy_source": s["energy_source"], "speculative": s.get("speculative")}
 
 
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(days=1)}

@@ -77,6 +77,8 @@ class Decision(Base):
     counterfactual_member: Mapped[str | None] = mapped_column(String(256))
     counterfactual_cost_usd: Mapped[float | None] = mapped_column(Float)
     counterfactual_energy_j: Mapped[float | None] = mapped_column(Float)
+    # {method, proposed, accepted, mean_k, acceptance} when an engine member speculated.
+    speculative: Mapped[dict | None] = mapped_column(JSON)
 
     __table_args__ = (
         Index("ix_decisions_created_at", "created_at"),

@@ -50,11 +50,39 @@ class Metrics:
                                     "Requests queued in the bundled engine.", ["member"],
                                     registry=r)
 
+        self.spec_tokens = Gauge("greengate_engine_spec_tokens",
+                                 "Speculative draft tokens since start, proposed and accepted.",
+                                 ["member", "method", "outcome"], registry=r)
+        self.spec_acceptance = Gauge("greengate_engine_spec_acceptance",
+                                     "Share of proposed draft tokens the model accepted (NaN "
+                                     "before any).", ["member", "method"], registry=r)
+        self.spec_mean_k = Gauge("greengate_engine_spec_mean_k",
+                                 "Draft tokens per request per decode step, on average (the "
+                                 "adaptive k; 0 when speculation turned itself off).",
+                                 ["member", "method"], registry=r)
+
     def track_engine(self, member: str, stats: Callable[[], Mapping[str, Any]]) -> None:
         """Gauges read the engine's own counters at scrape time, so nothing polls it."""
         self.kv_usage.labels(member).set_function(lambda: float(stats()["kv_usage"]))
         self.engine_running.labels(member).set_function(lambda: float(stats()["running"]))
         self.engine_waiting.labels(member).set_function(lambda: float(stats()["waiting"]))
+        spec = stats().get("speculative")
+        if spec is None:
+            return
+        method = str(spec["method"])
+
+        def figure(name: str) -> Callable[[], float]:
+            def read() -> float:
+                value = (stats().get("speculative") or {}).get(name)
+                return float("nan") if value is None else float(value)
+            return read
+
+        self.spec_tokens.labels(member, method, "proposed").set_function(
+            figure("proposed_tokens"))
+        self.spec_tokens.labels(member, method, "accepted").set_function(
+            figure("accepted_tokens"))
+        self.spec_acceptance.labels(member, method).set_function(figure("acceptance"))
+        self.spec_mean_k.labels(member, method).set_function(figure("mean_k"))
 
     def track_quarantine(self, count: Callable[[], float]) -> None:
         self.quarantined.set_function(count)

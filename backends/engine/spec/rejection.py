@@ -64,31 +64,32 @@ def accept(logits: torch.Tensor, groups: Sequence[RowGroup]) -> list[SeqOutput]:
     if logits.shape[0] != len(row_params):
         raise ValueError(f"{logits.shape[0]} logits rows for {len(row_params)} expected")
     drawn = sample(logits, row_params, row_gens)
+    # Target distributions for the rows of sampled drafts, in one batched call.
+    stochastic = [g.draft_probs is not None and not g.params.greedy for g in groups]
+    p_all = filtered_probs(logits.float(), row_params) if any(stochastic) else None
     out: list[SeqOutput] = []
     row = 0
-    for g in groups:
+    for g, sampled_drafts in zip(groups, stochastic, strict=True):
         k = len(g.draft)
-        if g.draft_probs is None or g.params.greedy:
+        if not sampled_drafts:
             a = 0
             while a < k and drawn.tokens[row + a] == g.draft[a]:
                 a += 1
             tokens = [*g.draft[:a], drawn.tokens[row + a]]
             lps = drawn.logprobs[row:row + a + 1]
         else:
-            tokens, a = _rejection(logits[row:row + k], g, drawn.tokens[row + k])
+            assert p_all is not None
+            tokens, a = _rejection(p_all[row:row + k], g, drawn.tokens[row + k])
             lps = _logprobs(logits[row:row + a + 1], tokens, g.params)
         out.append(SeqOutput(tokens, num_draft=k, num_rejected=k - a, logprobs=list(lps)))
         row += k + 1
     return out
 
 
-def _rejection(
-    logits: torch.Tensor, g: RowGroup, bonus: int
-) -> tuple[list[int], int]:
+def _rejection(p: torch.Tensor, g: RowGroup, bonus: int) -> tuple[list[int], int]:
+    """`p [k, vocab]`: the target's (filtered) distributions at the draft positions."""
     assert g.draft_probs is not None
-    k = len(g.draft)
-    dev = logits.device
-    p = filtered_probs(logits.float(), [g.params] * k)
+    dev = p.device
     q = g.draft_probs.to(device=dev, dtype=torch.float32)
     for j, d in enumerate(g.draft):
         gen = g.params.make_generator(dev, g.first_index + j, ACCEPT_STREAM)
@@ -101,7 +102,7 @@ def _rejection(
         rgen = g.params.make_generator(dev, g.first_index + j, RESIDUAL_STREAM)
         token = int(race(residual[None], [rgen])[0])
         return [*g.draft[:j], token], j
-    return [*g.draft, bonus], k
+    return [*g.draft, bonus], len(g.draft)
 
 
 def _logprobs(
