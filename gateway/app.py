@@ -98,8 +98,14 @@ def create_app(
                 entry = {"id": m.name, "object": "model", "created": created,
                          "owned_by": f"greengate:{m.cfg.kind}", "mode": m.cfg.mode,
                          "context_window": m.context_window}
-                if isinstance(m.backend, EngineMember) and m.backend.random_weights:
-                    entry["description"] = "bundled engine, RANDOM weights: a demo, not a model"
+                if isinstance(m.backend, EngineMember):
+                    if m.backend.random_weights:
+                        entry["description"] = ("bundled engine, RANDOM weights: a demo, "
+                                                "not a model")
+                    spec = m.backend.stats().get("speculative")
+                    if spec is not None:
+                        entry["speculative"] = {k: spec[k] for k in (
+                            "method", "max_k", "adaptive", "acceptance", "mean_k")}
                 data.append(entry)
         return Response(orjson.dumps({"object": "list", "data": data}),
                         media_type="application/json")

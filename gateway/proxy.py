@@ -353,7 +353,7 @@ class Proxy:
             "prompt_tokens": None, "completion_tokens": None, "usage_source": None,
             "cost_usd": None, "energy_j": None, "energy_source": None, "cache_hit": False,
             "gco2e": None, "counterfactual_member": None, "counterfactual_cost_usd": None,
-            "counterfactual_energy_j": None,
+            "counterfactual_energy_j": None, "speculative": None,
         }
 
     async def _read_json(self, request: Request) -> Any:
@@ -611,6 +611,9 @@ class Proxy:
         row["cost_usd"] = m.cost(prompt, completion)
         # The bundled engine reports joules measured per step; those beat any estimate.
         measured_j, measured_source = usage.pop("energy_j", None), usage.pop("energy_source", None)
+        spec = usage.pop("speculative", None)
+        if isinstance(spec, dict):
+            row["speculative"] = spec
         energy = (EnergyReading(float(measured_j), str(measured_source))
                   if measured_j is not None and measured_source else m.energy(prompt, completion))
         if energy is not None:
