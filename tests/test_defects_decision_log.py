@@ -5,9 +5,11 @@ the log falls behind; shutdown journals what it cannot write and the next start 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -312,3 +314,55 @@ def test_quarantined_rows_are_listed_in_the_ui(make_gateway: GatewayFactory, fak
     assert "greengate_decisions_quarantined 1.0" in metrics
     listed = httpx.get(gw.url + "/admin/decisions/quarantine", headers=gw.headers(), timeout=10)
     assert listed.json()["recent"][0]["id"] == "refused1"
+
+
+def test_nul_in_every_parameter_of_every_operation_is_never_a_500(
+    make_gateway: GatewayFactory, db_url: str, fake
+) -> None:
+    """Every string path and query parameter in /openapi.json, and the admin bodies, with a
+    NUL in it: a clear 4xx (or an answer), never a 500; the log still takes rows after."""
+    gw = make_gateway(database_url=db_url)
+    schema = httpx.get(gw.url + "/openapi.json", timeout=10).json()
+    bad = f"x{NUL}y"
+    tried = 0
+    with httpx.Client(base_url=gw.url, headers=gw.headers(), timeout=30) as c:
+        for path, ops in schema["paths"].items():
+            for method, op in ops.items():
+                params = op.get("parameters", [])
+                strings = [p for p in params if "string" in json.dumps(p.get("schema", {}))]
+                for target in strings:
+                    url = path
+                    query = {}
+                    for p in params:
+                        value = bad if p is target else "1"
+                        if p["in"] == "path":
+                            url = url.replace("{" + p["name"] + "}", quote(value, safe=""))
+                        elif p is target:
+                            query[p["name"]] = value
+                    r = c.request(method.upper(), url, params=query)
+                    tried += 1
+                    assert r.status_code < 500, (method, path, target["name"], r.text)
+        bodies = [
+            ("POST", "/admin/teams", {"name": bad}),
+            ("POST", "/admin/keys", {"team": "t", "name": bad, "allowed_models": [bad]}),
+            (
+                "POST",
+                "/admin/budgets",
+                {"scope": "team", "subject": bad, "metric": "usd", "period": "day", "limit": 1},
+            ),
+            ("PUT", "/admin/policies/t", {"reference_member": bad, "fallback_order": [bad]}),
+            ("PUT", f"/admin/policies/{quote(bad)}", {}),
+            ("POST", "/v1/feedback", {"request_id": bad, "score": 1, "comment": bad}),
+        ]
+        for method, url, body in bodies:
+            r = c.request(method, url, json=body)
+            tried += 1
+            assert r.status_code < 500, (method, url, r.text)
+            if r.status_code >= 400:
+                assert set(r.json()["error"]) >= {"message", "type", "param", "code"}
+        assert tried > 20
+        r = c.post(
+            "/v1/chat/completions",
+            json={"model": "fake-small", "messages": [{"role": "user", "content": "ok"}]},
+        )
+        assert gw.decision(r.headers["x-request-id"])["status"] == 200
