@@ -42,6 +42,10 @@ def is_connection_error(e: BaseException) -> bool:
     return isinstance(e, DBAPIError) and bool(e.connection_invalidated)
 
 
+def _storable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [storable_decision(TABLE, r) for r in rows]
+
+
 def _encode(row: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(row, default=str) + b"\n"
@@ -167,7 +171,7 @@ class DecisionLog:
 
     async def _write(self, rows: list[dict[str, Any]]) -> bool:
         """Write `rows`; False when the database is unreachable (the rows were journaled)."""
-        rows = [storable_decision(TABLE, r) for r in rows]
+        rows = await asyncio.to_thread(_storable, rows)  # CPU work: off the event loop
         delay = 0.2
         for attempt in range(self.connect_retries + 1):
             try:
@@ -361,7 +365,7 @@ class DecisionLog:
         rest = self._inflight + list(self._rows)
         self._inflight, self._rows = [], collections.deque()
         if rest:
-            self._journal([storable_decision(TABLE, r) for r in rest])
+            self._journal(_storable(rest))
             log.warning(
                 "decision log: %d rows not written before shutdown went to %s; "
                 "the next start replays them",

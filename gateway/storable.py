@@ -6,8 +6,10 @@ is made storable before it reaches the database, and the row says what was chang
 from __future__ import annotations
 
 import re
+from functools import cache
 from typing import Any
 
+import orjson
 from sqlalchemy import JSON, String, Table, Text
 
 REPLACEMENT = "\ufffd"
@@ -30,6 +32,16 @@ def clean_text(value: str, max_len: int | None = None) -> tuple[str, list[str]]:
     return value, notes
 
 
+def _json_is_clean(value: Any) -> bool:
+    """The common case, cheaply: orjson refuses lone surrogates, writes NUL as an escape, and a
+    document shorter than TEXT_MAX holds no string longer than it."""
+    try:
+        dumped = orjson.dumps(value)
+    except TypeError:  # a lone surrogate, or something orjson cannot write: look closely
+        return False
+    return b"\\u0000" not in dumped and len(dumped) < TEXT_MAX
+
+
 def clean_json(value: Any, notes: list[str], path: str) -> Any:
     """A copy of a JSON value whose strings (keys too) are storable; notes name the paths."""
     if isinstance(value, str):
@@ -46,21 +58,35 @@ def clean_json(value: Any, notes: list[str], path: str) -> Any:
     return value
 
 
+@cache
+def _plan(table: Table) -> tuple[tuple[str, int | None], ...]:
+    """(column, length limit) per text column, None as the limit marking a JSON column:
+    worked out once per table, since walking SQLAlchemy's columns per row costs more than
+    the cleaning."""
+    plan: list[tuple[str, int | None]] = []
+    for col in table.columns:
+        if isinstance(col.type, JSON):
+            plan.append((col.name, None))
+        elif isinstance(col.type, String | Text):
+            plan.append((col.name, col.type.length or TEXT_MAX))
+    return tuple(plan)
+
+
 def storable_row(table: Table, row: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """A copy of `row` for `table` with every string column and JSON value storable, and the
     list of changes made ("column: what")."""
     out = dict(row)
     notes: list[str] = []
-    for col in table.columns:
-        v = out.get(col.name)
+    for name, limit in _plan(table):
+        v = out.get(name)
         if v is None:
             continue
-        if isinstance(col.type, JSON):
-            out[col.name] = clean_json(v, notes, col.name)
-        elif isinstance(col.type, String | Text) and isinstance(v, str):
-            limit = col.type.length or TEXT_MAX
-            out[col.name], n = clean_text(v, limit)
-            notes.extend(f"{col.name}: {x}" for x in n)
+        if limit is None:
+            if not _json_is_clean(v):
+                out[name] = clean_json(v, notes, name)
+        elif isinstance(v, str) and (len(v) > limit or _BAD.search(v)):
+            out[name], n = clean_text(v, limit)
+            notes.extend(f"{name}: {x}" for x in n)
     return out, notes
 
 
