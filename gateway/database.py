@@ -10,6 +10,8 @@ from sqlalchemy import Engine, create_engine, event, text
 
 import migrations
 
+CONNECT_TIMEOUT_S = 5
+
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
@@ -25,7 +27,12 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # A database that stops answering (no refusal, just silence) must not hold a request,
+    # the writer or shutdown for the operating system's TCP timeout.
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if url.startswith("postgresql") and (
+        "connect_timeout" not in url) else {}
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                         pool_timeout=CONNECT_TIMEOUT_S, connect_args=connect_args)
 
 
 def alembic_config(url: str) -> Config:

@@ -41,6 +41,7 @@ from telemetry.carbon import CarbonIntensity
 from telemetry.metrics import Metrics
 
 log = logging.getLogger("greengate")
+STOP_STEP_S = 10.0  # a shutdown step that needs the database gives up after this
 
 
 @dataclass
@@ -101,10 +102,13 @@ class Runtime:
     async def stop(self) -> None:
         # Each step on its own: a database that is away (the bandit cannot be saved) must not
         # keep the decision log from draining and journaling.
-        for name, step in (("routing", self.routing.stop), ("decision log", self.decisions.stop),
-                           ("cache", self._close_cache), ("pool", self.pool.aclose)):
+        # The decision log bounds itself (log_drain_timeout_s, then the journal).
+        for name, step, limit in (
+                ("routing", self.routing.stop, STOP_STEP_S),
+                ("decision log", self.decisions.stop, None),
+                ("cache", self._close_cache, STOP_STEP_S), ("pool", self.pool.aclose, None)):
             try:
-                await step()
+                await asyncio.wait_for(step(), limit)
             except Exception:
                 log.exception("shutdown: stopping the %s failed", name)
         self.engine.dispose()
