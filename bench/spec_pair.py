@@ -10,11 +10,14 @@ Quora questions):
   with a LayerSkip-style early-exit loss at layer `EXIT_LAYER` (the final norm and LM head
   applied to that layer's output), so that self-speculation (the target's first layers plus its
   own head) has something to propose with;
+- a "copy" family: repeat a given text (the workload prompt lookup exists for), built from
+  RouterBench answers;
 - the **draft**, a Llama of ~2.6M parameters, distilled from the target's own greedy answers to
   the training prompts (sequence-level distillation: the draft learns what the target says).
 
-10% of the prompts of every data set (by a hash of the prompt) are held out of both trainings;
-the benchmark's prompts come from those. `python bench/spec_pair.py` trains (or reports the
+10% of the prompts of every data set (by a hash of the prompt) are held out of both trainings,
+with everything derived from them (a copy request of a held-out prompt's answer); the
+benchmark's prompts come from those. `python bench/spec_pair.py` trains (or reports the
 cached pair); the benchmark calls `ensure_pair()`.
 """
 
@@ -57,6 +60,11 @@ class Chat:
     family: str  # the data set it came from
     prompt: str
     answer: str | None
+    source: str = ""  # the data-set prompt it derives from: held out with it (default: prompt)
+
+    @property
+    def group(self) -> str:
+        return self.source or self.prompt
 
 
 def held_out(text: str, frac: float = 0.1) -> bool:
@@ -66,6 +74,7 @@ def held_out(text: str, frac: float = 0.1) -> bool:
 def load_chats(data: Path = DATA) -> list[Chat]:
     csv.field_size_limit(1 << 30)
     chats: list[Chat] = []
+    copyable: list[tuple[str, str]] = []
     for path in sorted((data / "routerbench").glob("*.csv")):
         family = path.stem.removesuffix("_train")
         with path.open(newline="") as f:
@@ -75,6 +84,13 @@ def load_chats(data: Path = DATA) -> list[Chat]:
                            if k.endswith("|model_response") and v]
                 for a in answers[:4]:  # 4 of the 11 answers keep the families balanced
                     chats.append(Chat(family, prompt, a))
+                for a in answers[4:7]:
+                    text = a[:300].rsplit(" ", 1)[0] if len(a) > 300 else a
+                    if len(text) >= 40:
+                        copyable.append((prompt, text))
+    # Requests whose answer copies the input (what prompt lookup is for): repeat an answer.
+    for source, text in random.Random(7).sample(copyable, min(2500, len(copyable))):
+        chats.append(Chat("copy", copy_prompt(text), text, source))
     for path in sorted((data / "routerdc7").glob("*.json")):
         family = path.stem.replace("-", "_").removesuffix("_train")
         if family == "cmmlu":
@@ -95,6 +111,10 @@ def _unlist(value: str) -> str:
     return value
 
 
+def copy_prompt(text: str) -> str:
+    return "Repeat this text exactly:\n\n" + text
+
+
 def render(prompt: str, answer: str | None = None) -> str:
     """The checkpoint's llama chat template, as text (bos added by the caller)."""
     text = HEADER.format(role="user") + prompt + "<|eot_id|>" + HEADER.format(role="assistant")
@@ -103,11 +123,15 @@ def render(prompt: str, answer: str | None = None) -> str:
     return text
 
 
-def heldout_prompts(n: int, seed: int = 0, *, max_chars: int = 600) -> list[tuple[str, str]]:
+def heldout_prompts(n: int, seed: int = 0, *, max_chars: int = 600,
+                    families: tuple[str, ...] | None = None,
+                    exclude: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """(family, prompt) pairs that neither model trained on, spread over the families."""
     by_family: dict[str, list[str]] = {}
     for c in load_chats():
-        if held_out(c.prompt) and len(c.prompt) <= max_chars:
+        if families is not None and c.family not in families or c.family in exclude:
+            continue
+        if held_out(c.group) and len(c.prompt) <= max_chars:
             by_family.setdefault(c.family, [])
             if c.prompt not in by_family[c.family]:
                 by_family[c.family].append(c.prompt)
@@ -208,7 +232,7 @@ def build_pair(out: Path = PAIR_DIR, *, target_minutes: float = 12.0,
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.monotonic()
     chats = load_chats()
-    train_chats = [c for c in chats if not held_out(c.prompt)]
+    train_chats = [c for c in chats if not held_out(c.group)]
     texts = [render(c.prompt, c.answer) for c in train_chats]
     tok = build_tokenizer("llama", VOCAB, corpus=texts[::3])
     bos = tok.token_to_id("<|begin_of_text|>")
@@ -231,7 +255,7 @@ def build_pair(out: Path = PAIR_DIR, *, target_minutes: float = 12.0,
     distilled = _distill_data(out / "target", prompts[:distill_prompts], tok, max_new=128)
     d_data = _pack(distilled, SEQ_LEN)
     draft = _hf_model(DRAFT, tok)
-    d_stats = train(draft, d_data, draft_minutes, lr=3e-3, batch=32, exit_layer=None,
+    d_stats = train(draft, d_data, draft_minutes, lr=3e-3, batch=16, exit_layer=None,
                     log_name="draft")
     _save(draft, out / "draft", DRAFT, tok,
           f"greengate spec-decode benchmark draft, distilled from the target's greedy answers "

@@ -419,3 +419,22 @@ def test_draft_model_must_share_the_vocabulary(tmp_path: Path) -> None:
 
 def test_sampler_module_keeps_its_public_names() -> None:
     assert sampler_mod.TokenLogprobs is rejection_mod.TokenLogprobs
+
+
+def test_stop_strings_and_logprobs_exact_inside_accepted_runs() -> None:
+    prompt = _prompts()[0]
+    greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=3)
+    (plain,) = _run(_engine(checkpoint("llama"), None), [prompt], greedy)
+    stop = plain.text[len(plain.text) // 2:len(plain.text) // 2 + 3]
+    assert stop.strip()
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=3,
+                            stop=(stop,))
+    (off,) = _run(_engine(checkpoint("llama"), None), [prompt], params)
+    (on,) = _run(_engine(checkpoint("llama"), SPECS["draft-same"](8)), [prompt], params)
+    assert on.finish_reason == off.finish_reason == "stop"
+    assert on.text == off.text and stop not in on.text
+    assert on.token_ids == off.token_ids
+    assert on.speculative is not None and on.speculative.accepted > 0
+    for x, y in zip(on.logprobs, off.logprobs, strict=True):
+        assert abs(x.logprob - y.logprob) < 1e-4 and [t for t, _ in x.top] == [
+            t for t, _ in y.top]

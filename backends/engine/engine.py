@@ -268,7 +268,8 @@ class Engine:
         cfg = self.config.speculative
         if cfg is None or not cfg.calibrate:
             return None
-        limit = min(self.config.token_budget, self.config.max_num_seqs * (1 + cfg.max_k))
+        # Sizes past 128 tokens follow the fitted line; measuring them only slows start-up.
+        limit = min(128, self.config.token_budget, self.config.max_num_seqs * (1 + cfg.max_k))
         return measure_step_costs(self.runner.run, calibration_sizes(limit))
 
     # --- construction --------------------------------------------------------------------

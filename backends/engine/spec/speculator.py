@@ -92,6 +92,7 @@ class Speculator:
             "accepted_tokens": self.accepted,
             "acceptance": self.accepted / self.proposed if self.proposed else None,
             "verify_steps": self.verify_steps,
+            "decode_steps": self.decode_steps,
             "mean_k": self.proposed / self.decode_steps if self.decode_steps else 0.0,
             "last_step_cap": self.planner.last_cap,
         }
