@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser run test fuzz lint bench bench-engine bench-replay bench-routing bench-reports bench-safety bench-cache clean
+.PHONY: setup browser run test fuzz lint bench bench-engine bench-replay bench-routing bench-reports bench-safety bench-cache clean bench-spec
 
 setup: $(STAMP)
 
@@ -48,6 +48,10 @@ bench: setup
 
 bench-engine: setup
 	$(BIN)/python bench/engine_throughput.py --out bench/results/engine_throughput.json
+
+# Trains the benchmark's target/draft pair on first run (~30 min here), cached in .greengate/models/.
+bench-spec: setup
+	$(BIN)/python bench/spec_decode.py --out bench/results/spec_decode.json
 
 bench-replay: setup
 	$(BIN)/python bench/replay.py --out bench/results/replay.json
