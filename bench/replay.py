@@ -993,7 +993,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--by-dataset", action="store_true", help="with --kfold: one fold per dataset instead"
     )
-    p.add_argument("--prior-kind", default="mlp", help="with --kfold: the router's predictor")
+    p.add_argument(
+        "--prior-kind",
+        default="auto",
+        help="with --kfold: the router's predictor (auto: per fold, lowest inner log loss)",
+    )
+    p.add_argument(
+        "--kfold-alphas",
+        type=float,
+        nargs="+",
+        help="with --kfold: LinUCB widths the router chooses from per fold on its training "
+        "folds (default replay_kfold.ALPHAS; one value fixes it)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.lambdas = 1, list(QUICK_LAMBDAS)
@@ -1207,7 +1218,7 @@ def main_kfold(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         lambdas=tuple(args.lambdas),
         mu=args.mu[0],
         prior_kind=args.prior_kind,
-        alpha=args.alpha,
+        alphas=tuple(args.kfold_alphas) if args.kfold_alphas else kf.ALPHAS,
     )
     replay = kf.KfoldReplay(data, table.energy, config, data_bounds(table))
     t0 = time.perf_counter()
@@ -1224,8 +1235,12 @@ def main_kfold(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     png = args.png or out.with_suffix(".png")
     variant = "one fold per dataset" if args.by_dataset else f"grouped {args.kfold}-fold"
-    ok = kf.plot(result, png, f"greengate k-fold replay ({variant}), {len(data)} RouterBench "
-                 "rows: quality-cost and quality-energy fronts (energy estimated)")
+    ok = kf.plot(
+        result,
+        png,
+        f"greengate k-fold replay ({variant}), {len(data)} RouterBench "
+        "rows: quality-cost and quality-energy fronts (energy estimated)",
+    )
     print(f"wrote {out}" + (f", {png}" if ok else ""))
     return 0
 

@@ -8,7 +8,9 @@ and scored on them (AUC, log loss, Brier, calibration). The kind with the lowest
 loss, averaged over families by rows, is written to routing/artifacts/quality_predictor.npz
 (plain arrays, one prefix per family) and quality_predictor.json (models, parameters,
 held-out metrics, per-model sigma/noise/mean/ceiling, the params->quality curve); it is the
-one fitted on the training part only, so the held-out figures describe what ships."""
+one fitted on the training part only, so the held-out figures describe what ships. The
+regularisation of logreg and kNN is chosen on the training part alone by inner grouped
+cross-validation (`tune_params`)."""
 
 from __future__ import annotations
 
@@ -33,14 +35,62 @@ from routing.quality_prior import META, NPZ
 log = logging.getLogger(__name__)
 
 HOLDOUT = 0.2
-# Chosen by grouped 5-fold CV on RouterBench (bench/replay.py --kfold); all regularised hard:
-# ~2,000 prompts against 404 inputs overfit quickly.
+# Starting points; all regularised hard: ~2,000 prompts against 404 inputs overfit quickly.
+# The kinds in TUNE_GRID have their strength chosen again on every training set by inner
+# grouped cross-validation (`tune_params`), so no figure measured on held-out rows picks them.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "logreg": {"l2": 1500.0},
     "knn": {"k": 150, "shrink": 5.0},
     "mlp": {"hidden": 32, "epochs": 8, "weight_decay": 0.5},
     "mf": {"rank": 16, "epochs": 8, "weight_decay": 0.5},
 }
+TUNE_GRID: dict[str, list[dict[str, Any]]] = {
+    "logreg": [{"l2": v} for v in (300.0, 1000.0, 3000.0, 10000.0)],
+    "knn": [{"k": v, "shrink": 5.0} for v in (50, 100, 200, 400)],
+}
+INNER_FOLDS = 3
+
+
+def log_loss(pred: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(y * np.log(pred + 1e-6) + (1 - y) * np.log(1 - pred + 1e-6)))
+
+
+def grouped_folds(groups: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Fold index per row, whole groups per fold."""
+    ug = np.unique(groups)
+    rng = np.random.default_rng(seed)
+    of_group = dict(zip(rng.permutation(ug).tolist(), np.arange(len(ug)) % k, strict=True))
+    return np.array([of_group[g] for g in groups.tolist()])
+
+
+def tune_params(
+    kind: str,
+    X: np.ndarray,
+    Y: np.ndarray,
+    groups: np.ndarray,
+    models: tuple[str, ...],
+    seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The TUNE_GRID entry with the lowest inner grouped INNER_FOLDS-fold log loss on (X, Y)
+    (the caller's training rows only), and every entry's loss; DEFAULT_PARAMS for kinds
+    without a grid."""
+    grid = TUNE_GRID.get(kind)
+    if not grid:
+        return dict(DEFAULT_PARAMS[kind]), {}
+    fold = grouped_folds(groups, INNER_FOLDS, seed + 17)
+    losses: dict[str, float] = {}
+    best, best_loss = grid[0], math.inf
+    for params in grid:
+        pred = np.empty_like(Y, dtype=np.float64)
+        for f in range(INNER_FOLDS):
+            tr = fold != f
+            p = fit_predictor(kind, X[tr], Y[tr], models, **params)
+            pred[~tr] = p.predict(X[~tr])
+        loss = log_loss(pred, Y)
+        losses[json.dumps(params, sort_keys=True)] = round(loss, 6)
+        if loss < best_loss:
+            best, best_loss = params, loss
+    return dict(best), losses
 
 
 def grouped_split(groups: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
@@ -53,7 +103,7 @@ def grouped_split(groups: np.ndarray, fraction: float, seed: int = 0) -> np.ndar
 
 def scores(pred: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     aucs = [auc(pred[:, j], y[:, j]) for j in range(y.shape[1])]
-    ll = -np.mean(y * np.log(pred + 1e-6) + (1 - y) * np.log(1 - pred + 1e-6))
+    ll = log_loss(pred, y)
     cal = calibration(pred, y)
     valid = [a for a in aucs if a is not None]
     return {
@@ -85,12 +135,17 @@ def fit_all(datas: list[QualityData], kinds: list[str]) -> dict[str, Any]:
         per: dict[str, Any] = {}
         for kind in kinds:
             t0 = time.perf_counter()
-            p = fit_predictor(kind, X[~held], Y[~held], d.models, **DEFAULT_PARAMS[kind])
+            params, inner = tune_params(kind, X[~held], Y[~held], d.groups[~held], d.models)
+            p = fit_predictor(kind, X[~held], Y[~held], d.models, **params)
             pred = p.predict(X[held])
             per[kind] = {
                 "predictor": p,
                 "heldout_pred": pred,
-                "metrics": {**scores(pred, Y[held]), "fit_s": round(time.perf_counter() - t0, 2)},
+                "metrics": {
+                    **scores(pred, Y[held]),
+                    "fit_s": round(time.perf_counter() - t0, 2),
+                    "inner_cv_log_loss": inner,
+                },
             }
             log.info("%s %s: %s", d.family, kind, per[kind]["metrics"])
         report[d.family] = {"data": d, "held": held, "kinds": per}
