@@ -438,3 +438,19 @@ def test_stop_strings_and_logprobs_exact_inside_accepted_runs() -> None:
     for x, y in zip(on.logprobs, off.logprobs, strict=True):
         assert abs(x.logprob - y.logprob) < 1e-4 and [t for t, _ in x.top] == [
             t for t, _ in y.top]
+
+
+def test_ngram_index_agrees_with_the_scan_as_sequences_grow() -> None:
+    from backends.engine.sequence import Sequence as Seq
+
+    rng = random.Random(0)
+    for trial in range(30):
+        vocab = rng.choice([3, 5, 12])
+        prompt = [rng.randrange(vocab) for _ in range(rng.randrange(1, 30))]
+        seq = Seq(seq_id=trial, prompt_ids=prompt, max_tokens=200)
+        proposer = NgramProposer(1 + trial % 2, 3 + trial % 3)
+        for _ in range(40):
+            k = rng.randrange(1, 6)
+            (p,) = proposer.propose([DraftRequest(seq, k, GREEDY)])
+            assert p.token_ids == lookup(seq.token_ids, k, proposer.min_n, proposer.max_n)
+            seq.output_ids.extend(rng.randrange(vocab) for _ in range(rng.randrange(1, 4)))
