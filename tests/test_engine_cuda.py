@@ -70,3 +70,26 @@ def test_decode_kernel_matches_torch(
     want = torch_group_attention(q, layer, meta.decode)
     tol = 1e-3 if dtype == torch.float32 else 2e-2
     assert (got.float() - want.float()).abs().max().item() < tol
+
+
+@pytest.mark.parametrize("method", ["ngram", "self", "draft"])
+def test_speculative_greedy_identical_on_cuda(method: str) -> None:
+    from backends.engine.engine import Engine, EngineConfig
+    from backends.engine.sampler import SamplingParams
+    from backends.engine.spec import SpeculativeConfig
+
+    path = checkpoint("llama")
+    spec = SpeculativeConfig(method, max_k=4, adaptive=False, ngram_min=1, exit_layer=1,
+                             draft_model=str(path) if method == "draft" else None)
+    prompts = [random_prompt(n, 300, seed=n) + [5, 6, 7] * 3 for n in (3, 11, 19)]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    outs = []
+    for s in (None, spec):
+        engine = Engine.from_checkpoint(path, EngineConfig(device="cuda", dtype="float32",
+                                                           num_blocks=64, speculative=s))
+        try:
+            outs.append([c.token_ids for c in engine.generate_batch_sync(prompts, params)])
+        finally:
+            engine.shutdown()
+        assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+    assert outs[0] == outs[1]
