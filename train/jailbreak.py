@@ -34,7 +34,7 @@ TARGET_FPR = 0.02
 VAL_FRACTION = 0.12
 
 
-def build(data_dir: Path, seed: int = 0) -> dict[str, Any]:
+def build(data_dir: Path, seed: int = 0, harmful_questions: bool = False) -> dict[str, Any]:
     """Training texts (label, family) and the never-trained evaluation sets."""
     ex = sd.load_examples(data_dir, seed)
     train = [e for e in ex if e.split == "train"]
@@ -64,8 +64,9 @@ def build(data_dir: Path, seed: int = 0) -> dict[str, Any]:
         rows.append((t, 0, "hard_negative", f))
     for f, t in sd.hard_positives(goals_tr, docs_tr, sd.N_HARD, seed, part=0):
         rows.append((t, 1, "hard_positive", f))
-    for t in sd.harmful_questions(goals_tr, seed, part=0):
-        rows.append((t, 1, "harmful_question", "hq:" + t[:30]))
+    if harmful_questions:  # off by default: it taught "Can you ...?" requests to look harmful
+        for t in sd.harmful_questions(goals_tr, seed, part=0):
+            rows.append((t, 1, "harmful_question", "hq:" + t[:30]))
     # Quora and benchmark questions are easy negatives (held-out FPR ~0): fewer of them buys
     # training steps for the hard ones.
     rng = random.Random(f"{seed}:thin")
@@ -154,7 +155,6 @@ HEADLINE = {
         "heldout/advbench",
         "unseen_forms/hard_positives_injected",
         "unseen_forms/hard_positives_obfuscated",
-        "unseen_forms/harmful_questions",
     ),
 }
 
@@ -182,13 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--max-seconds", type=float, default=600)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--harmful-questions",
+        action="store_true",
+        help="add harmful goals asked as questions (see build)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from routing.jailbreak import SafetyClassifier
     from routing.minilm import LoraConfig, TunedModel, load_tokenizer
 
     t0 = time.perf_counter()
-    data = build(args.data, args.seed)
+    data = build(args.data, args.seed, args.harmful_questions)
     rows = data["rows"]
     fams = sorted({r[3] for r in rows})
     val_f = {f for f in fams if sd._hash01(args.seed, "val", f) < VAL_FRACTION}
@@ -224,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             "aggregate": "max",
         },
         "threshold": 0.5,
+        "harmful_questions": args.harmful_questions,
         "training": info,
     }
     save(model, stem, meta)
