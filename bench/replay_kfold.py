@@ -57,7 +57,26 @@ DEFAULT_LAMBDAS = (0.0, 0.2, 0.4, 0.6, 0.8)
 DEFAULT_QUALITIES = (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 DEFAULT_BUDGETS = (0.1, 0.2, 0.3, 0.4, 0.5, 1.0, 2.0, 4.0)
 # lambda 0, the cost weight mu swept: the quality-cost trade-off itself.
-DEFAULT_MUS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0)
+DEFAULT_MUS = (
+    0.0,
+    0.02,
+    0.05,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    1.0,
+    2.0,
+    2.5,
+    3.0,
+    4.0,
+    5.0,
+    6.0,
+    8.0,
+    12.0,
+    20.0,
+)
 # LinUCB widths the router may use; each fold picks one on its training folds (inner replay).
 ALPHAS = (0.0, 0.1, 0.25, 0.5)
 # The gateway's LinUCB width (gateway.settings bandit_alpha): what a deployment without outcome

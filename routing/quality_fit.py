@@ -9,7 +9,7 @@ loss, averaged over families by rows, is written to routing/artifacts/quality_pr
 (plain arrays, one prefix per family) and quality_predictor.json (models, parameters,
 held-out metrics, per-model sigma/noise/mean/ceiling, the params->quality curve); it is the
 one fitted on the training part only, so the held-out figures describe what ships. The
-regularisation of logreg and kNN is chosen on the training part alone by inner grouped
+regularisation of every kind is chosen on the training part alone by inner grouped
 cross-validation (`tune_params`)."""
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 HOLDOUT = 0.2
 # Starting points; all regularised hard: ~2,000 prompts against 404 inputs overfit quickly.
-# The kinds in TUNE_GRID have their strength chosen again on every training set by inner
-# grouped cross-validation (`tune_params`), so no figure measured on held-out rows picks them.
+# Every kind has its strength chosen again on each training set by inner grouped
+# cross-validation over TUNE_GRID (`tune_params`), so no held-out row picks it.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "logreg": {"l2": 1500.0},
     "knn": {"k": 150, "shrink": 5.0},
@@ -47,6 +47,8 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 TUNE_GRID: dict[str, list[dict[str, Any]]] = {
     "logreg": [{"l2": v} for v in (300.0, 1000.0, 3000.0, 10000.0)],
     "knn": [{"k": v, "shrink": 5.0} for v in (50, 100, 200, 400)],
+    "mlp": [{"hidden": 32, "epochs": 8, "weight_decay": v} for v in (0.1, 0.5, 2.0)],
+    "mf": [{"rank": 16, "epochs": 8, "weight_decay": v} for v in (0.1, 0.5, 2.0)],
 }
 INNER_FOLDS = 3
 

@@ -95,10 +95,7 @@ def test_regularisation_is_chosen_on_the_training_rows_by_inner_grouped_cv(
     noise = (np.random.default_rng(3).random(Y.shape) < 0.5).astype(float)
     params, _ = tune_params("logreg", X, noise, data.groups, MODELS)
     assert params == max(TUNE_GRID["logreg"], key=lambda p: p["l2"])
-    # Kinds without a grid keep their defaults.
-    from routing.quality_fit import DEFAULT_PARAMS
-
-    assert tune_params("mlp", X, Y, data.groups, MODELS) == (DEFAULT_PARAMS["mlp"], {})
+    assert set(TUNE_GRID) == set(KINDS)  # every kind is tuned on its training rows
 
 
 def test_bad_predictor_input_is_refused(data: QualityData) -> None:
