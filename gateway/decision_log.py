@@ -317,7 +317,10 @@ class DecisionLog:
         loop = asyncio.get_running_loop()
         if not self.journaled or loop.time() < self._next_replay:
             return
-        await self.replay()
+        try:
+            await self.replay()
+        except Exception:  # a journal that cannot be read must not stop the writer
+            log.exception("replaying the decision journal failed; retrying later")
         if self.journaled:
             self._replay_delay = min(self._replay_delay * 2, 30.0)
         else:
