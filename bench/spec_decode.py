@@ -136,7 +136,9 @@ def main() -> None:
     ap.add_argument("--max-k", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--concurrency", default="1,8,32")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (0: torch's default); on a shared machine more than 1 "
+                    "spins against the other processes' load")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

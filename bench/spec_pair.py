@@ -229,7 +229,6 @@ def _distill_data(target_dir: Path, prompts: list[str], tok: Any, max_new: int) 
 
 def build_pair(out: Path = PAIR_DIR, *, target_minutes: float = 12.0,
                draft_minutes: float = 4.0, distill_prompts: int = 1000) -> dict[str, Any]:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.monotonic()
     chats = load_chats()
     train_chats = [c for c in chats if not held_out(c.group)]
@@ -290,7 +289,11 @@ def main() -> None:
     ap.add_argument("--target-minutes", type=float, default=12.0)
     ap.add_argument("--draft-minutes", type=float, default=4.0)
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads: on a shared machine, more than 1 spins against the "
+                    "other processes' load and runs several times slower")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     if args.retrain and (args.out / "pair.json").exists():
         (args.out / "pair.json").unlink()
     print(json.dumps(ensure_pair(args.out, target_minutes=args.target_minutes,

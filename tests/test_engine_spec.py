@@ -338,13 +338,23 @@ SPECS = {
 }
 
 
-@pytest.mark.parametrize("k", [1, 4, 8])
+@pytest.mark.parametrize("k", range(1, 9))
 @pytest.mark.parametrize("method", sorted(SPECS))
 def test_greedy_identical_for_every_proposer(method: str, k: int,
                                              reference: list[list[int]]) -> None:
     engine = _engine(checkpoint("llama"), SPECS[method](k))
-    # Mixed batch: some requests speculate, some do not; some are still in prefill.
-    outs = _run(engine, _prompts(), GREEDY, speculative=[True, True, False, True, True])
+    mixed = [True, True, False, True, True]
+    try:
+        # Mixed batch: some requests speculate, some do not; some are still in prefill.
+        first = engine.generate_batch_sync(_prompts(), GREEDY, speculative=mixed, timeout=120)
+        hits = engine.blocks.hit_tokens
+        # Again on the same engine: now the prompts' blocks come from the prefix cache.
+        outs = engine.generate_batch_sync(_prompts(), GREEDY, speculative=mixed, timeout=120)
+        assert engine.blocks.hit_tokens > hits
+    finally:
+        engine.shutdown()
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+    assert [c.token_ids for c in first] == reference
     assert [c.token_ids for c in outs] == reference
     assert outs[2].speculative is None
     figs = [c.speculative for c in outs if c.speculative is not None]
@@ -419,6 +429,20 @@ def test_draft_model_must_share_the_vocabulary(tmp_path: Path) -> None:
 
 def test_sampler_module_keeps_its_public_names() -> None:
     assert sampler_mod.TokenLogprobs is rejection_mod.TokenLogprobs
+
+
+@pytest.mark.parametrize("ngram_min", [1, 2])
+def test_json_shaped_output_is_unaffected_by_short_ngram_matches(ngram_min: int) -> None:
+    # Prompt lookup with a minimum match of 2 is known to corrupt tool-call JSON in an
+    # incumbent engine; here every draft is verified, so the output cannot change.
+    tok_json = [7, 8, 9, 8, 10, 8, 9, 11, 12, 8, 9, 8, 10, 13] * 3  # {"a": 1, "b": ...} shaped
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+    (off,) = _run(_engine(checkpoint("llama"), None), [tok_json], params)
+    spec = SpeculativeConfig("ngram", max_k=8, adaptive=False, ngram_min=ngram_min,
+                             calibrate=False)
+    (on,) = _run(_engine(checkpoint("llama"), spec), [tok_json], params)
+    assert on.token_ids == off.token_ids
+    assert on.speculative is not None and on.speculative.proposed > 0
 
 
 def test_stop_strings_and_logprobs_exact_inside_accepted_runs() -> None:
