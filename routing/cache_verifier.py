@@ -52,7 +52,7 @@ class ModeRule:
 class Verdict:
     hit: bool
     score: float | None  # verifier probability; None when it did not run
-    reason: str  # "verified", "rejected", "below_floor", "off", "legacy"
+    reason: str  # "verified", "rejected", "below_floor", "off", "cosine", "legacy"
 
 
 class PairVerifier:
@@ -110,5 +110,7 @@ class PairVerifier:
             return Verdict(False, None, "below_floor")
         if b is None:  # an entry stored without its question (older rows): cosine only
             return Verdict(cosine >= float(self.meta.get("legacy_threshold", 0.97)), None, "legacy")
+        if rule.threshold <= 0.0:  # this mode is cosine alone (chosen so on validation)
+            return Verdict(True, None, "cosine")
         s = self.score(a, b)
         return Verdict(s >= rule.threshold, s, "verified" if s >= rule.threshold else "rejected")

@@ -43,7 +43,7 @@ class JailbreakScore:
     score: float  # max over chunks
     chunks: int
     tokens: int  # content tokens of the (cut) text
-    worst_chunk: int  # index of the chunk with the highest score
+    worst_chunk: int  # index of the chunk with the highest score (-1: nothing to score)
 
 
 class SafetyClassifier:
@@ -108,7 +108,8 @@ class SafetyClassifier:
         per: list[tuple[int, int]] = []
         seqs: list[list[int]] = []
         for t in texts:
-            cs, n = self.chunks(t)
+            # Nothing to read (empty or whitespace): no attack, and no model call.
+            cs, n = self.chunks(t) if clean(t).strip() else ([], 0)
             per.append((len(cs), n))
             seqs.extend(cs)
         scores: list[float] = []
@@ -125,6 +126,9 @@ class SafetyClassifier:
         for n_chunks, n_tok in per:
             s = scores[pos : pos + n_chunks]
             pos += n_chunks
+            if not s:
+                res.append(JailbreakScore(0.0, 0, 0, -1))
+                continue
             worst = max(range(len(s)), key=s.__getitem__)
             res.append(JailbreakScore(s[worst], n_chunks, n_tok, worst))
         return res

@@ -155,8 +155,6 @@ def test_score_batch_matches_score(clf: SafetyClassifier) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "",
-        "   \n\t",
         "😀🔥🚀" * 300,
         "def f(x):\n    return [i * i for i in range(x)]\n" * 30,
         b"caf\xe9 \xff\xfe".decode("utf-8", "surrogateescape"),
@@ -166,6 +164,12 @@ def test_score_batch_matches_score(clf: SafetyClassifier) -> None:
 def test_bad_input_gets_a_score(clf: SafetyClassifier, text: str) -> None:
     r = clf.explain(text)
     assert 0.0 <= r.score <= 1.0 and r.chunks >= 1
+
+
+def test_empty_text_is_not_an_attack(clf: SafetyClassifier) -> None:
+    for text in ("", "   \n\t"):
+        r = clf.explain(text)
+        assert r.score == 0.0 and r.chunks == 0 and not clf.flag(text)
 
 
 def test_one_megabyte_prompt_is_bounded(clf: SafetyClassifier) -> None:
