@@ -41,36 +41,93 @@ def _admin_key(settings) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     return key, f"{path} (generated)"
 
 
+WORKERS_NEED_REDIS = (
+    "greengate: --workers {n} refused: each worker process would keep its own budget "
+    "counters, key cache and bandit learning, so budgets would be overspent up to {n}x and "
+    "routing would learn {n} times more slowly. Several workers share state the way replicas "
+    "do, through Redis: set GREENGATE_REDIS_URL (redis://host:6379/0), or run one worker.")
+
+
+def _load_pool(settings):  # type: ignore[no-untyped-def]
+    """The pool and where it came from; ConfigError/ValidationError on a bad file."""
+    from backends.pool_config import default_pool, load_pool, with_engine_model
+
+    explicit = "GREENGATE_CONFIG" in os.environ
+    if settings.config.exists() or explicit:
+        pool, source = load_pool(settings.config), str(settings.config)
+    else:
+        pool, source = default_pool(), "the built-in default (no greengate.yaml here)"
+    if settings.engine_model is not None:
+        pool = with_engine_model(pool, settings.engine_model)
+    return pool, source
+
+
+def worker_app():  # type: ignore[no-untyped-def]
+    """The app of one `serve --workers N` process: uvicorn imports this factory in each
+    worker; `cmd_serve` has put the resolved settings in GREENGATE_* for it."""
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    settings = Settings()
+    pool, _ = _load_pool(settings)
+    _logging(settings)
+    assert settings.admin_key is not None  # cmd_serve set it
+    return create_app(settings, pool, settings.admin_key.get_secret_value())
+
+
+def _logging(settings) -> None:  # type: ignore[no-untyped-def]
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from backends.pool_config import ConfigError, default_pool, load_pool, with_engine_model
+    from backends.pool_config import ConfigError
     from gateway.app import create_app
 
     settings = _settings(args)
-    explicit = getattr(args, "config", None) is not None or "GREENGATE_CONFIG" in os.environ
+    workers = args.workers if getattr(args, "workers", None) is not None else settings.workers
+    if workers < 1:
+        print("greengate: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if workers > 1 and not settings.redis_url:
+        print(WORKERS_NEED_REDIS.format(n=workers), file=sys.stderr)
+        return 2
+    if getattr(args, "config", None) is not None:
+        os.environ["GREENGATE_CONFIG"] = str(args.config)  # an explicit file must exist
     try:
-        if settings.config.exists() or explicit:
-            pool, source = load_pool(settings.config), str(settings.config)
-        else:
-            pool, source = default_pool(), "the built-in default (no greengate.yaml here)"
-        if settings.engine_model is not None:
-            pool = with_engine_model(pool, settings.engine_model)
+        pool, source = _load_pool(settings)
     except (ConfigError, ValidationError) as e:
         print(f"greengate: {e}", file=sys.stderr)
         return 2
     key, where = _admin_key(settings)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
+    _logging(settings)
     print(f"greengate: pool from {source}, database {settings.database_url}",
           file=sys.stderr)
     print(f"greengate: admin key from {where}; OpenAI base URL "
           f"http://{settings.host}:{settings.port}/v1", file=sys.stderr)
-    app = create_app(settings, pool, key)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=30, access_log=False)
+    # uvloop and httptools when installed (uvicorn[standard]); asyncio and h11 otherwise.
+    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
+                  timeout_graceful_shutdown=30, access_log=False, loop="auto", http="auto",
+                  backlog=4096)
+    if workers == 1:
+        uvicorn.run(create_app(settings, pool, key), **common)
+        return 0
+    from gateway import database
+
+    database.upgrade(settings.database_url)  # once, before the workers race to do it
+    os.environ.update({
+        "GREENGATE_CONFIG": str(settings.config.resolve()),
+        "GREENGATE_HOST": settings.host, "GREENGATE_PORT": str(settings.port),
+        "GREENGATE_DATABASE_URL": settings.database_url, "GREENGATE_ADMIN_KEY": key,
+        "GREENGATE_WORKERS": str(workers)})
+    print(f"greengate: {workers} worker processes sharing budgets through "
+          f"{settings.redis_url}; each keeps its own bandit learning until replicas share it",
+          file=sys.stderr)
+    uvicorn.run("gateway.cli:worker_app", factory=True, workers=workers, **common)
     return 0
 
 
@@ -186,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", type=Path, help="pool file (default greengate.yaml)")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int,
+                   help="worker processes (default 1; more than 1 needs GREENGATE_REDIS_URL)")
     db_opt(s)
     s.set_defaults(func=cmd_serve)
 

@@ -6,13 +6,11 @@ import logging
 import os
 from dataclasses import dataclass
 
-import httpx
-
 from backends.base import Member
 from backends.engine_backend import EngineMember
 from backends.health import CircuitBreaker
 from backends.litellm_member import LiteLLMMember
-from backends.openai_compat import OpenAICompatMember
+from backends.openai_compat import HttpLimits, OpenAICompatMember
 from backends.pool_config import EnergyProfile, MemberConfig, PoolConfig, Price
 from gateway.settings import Settings
 from routing.router import Candidate
@@ -77,11 +75,7 @@ def _prices(cfg: MemberConfig) -> Prices | None:
 class Pool:
     def __init__(self, config: PoolConfig, settings: Settings) -> None:
         self.config = config
-        self.http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-            # Each member sets its own timeouts per request; this is only the fallback.
-            timeout=httpx.Timeout(600.0, connect=5.0),
-        )
+        limits = HttpLimits(settings.upstream_max_connections, settings.upstream_keepalive_s)
         self.members: dict[str, PoolMember] = {}
         self.meter: EnergyMeter | None = None
         for cfg in config.pool:
@@ -90,7 +84,7 @@ class Pool:
                             cfg.name, cfg.api_key_env)
             backend: Member
             if cfg.kind == "openai":
-                backend = OpenAICompatMember(cfg, self.http)
+                backend = OpenAICompatMember(cfg, limits)
             elif cfg.kind == "litellm":
                 backend = LiteLLMMember(cfg)
             else:
@@ -138,6 +132,5 @@ class Pool:
     async def aclose(self) -> None:
         for m in self.members.values():
             await m.backend.aclose()
-        await self.http.aclose()
         if self.meter is not None:
             self.meter.close()

@@ -75,6 +75,14 @@ class Settings(BaseSettings):
         "fail_open", description="With the database away: serve from the keys and policies in "
         "memory and journal the decision rows (fail_open), or answer 503 (fail_closed).")
 
+    upstream_max_connections: int = Field(
+        100, ge=1, description="Keep-alive connections to each remote member at most; more "
+        "concurrent calls wait for one in a FIFO queue (bounded by the member's connect_s).")
+    upstream_keepalive_s: float = Field(
+        30.0, gt=0, description="An idle pooled connection is closed after this long.")
+    workers: int = Field(
+        1, ge=1, description="Worker processes for `serve` (> 1 needs GREENGATE_REDIS_URL).")
+
     redis_url: str | None = Field(
         None, description="Redis for budget counters shared by replicas (redis://host:6379/0).")
     carbon_g_per_kwh: float = Field(
