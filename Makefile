@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser run test fuzz lint bench bench-engine bench-replay bench-routing bench-reports bench-safety bench-cache clean bench-spec
+.PHONY: setup browser run test fuzz lint bench bench-engine bench-replay bench-routing bench-reports bench-safety bench-cache clean bench-spec bench-vs-litellm
 
 setup: $(STAMP)
 
@@ -68,6 +68,10 @@ bench-safety: setup
 
 bench-cache: setup
 	$(BIN)/python bench/cache_eval.py --out bench/results/cache_eval.json --png bench/results/cache_eval.png
+
+# greengate and the LiteLLM proxy (its own venv in .greengate/litellm-venv) on one fake provider.
+bench-vs-litellm: setup
+	$(BIN)/python bench/vs_litellm.py --out bench/results/vs_litellm.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
