@@ -61,6 +61,12 @@ class Guard:
                         self._names = None
         return self._names
 
+    @property
+    def needs_thread(self) -> bool:
+        """A model runs in `inspect` (milliseconds): off the event loop. Regexes alone take
+        microseconds, less than a hop to a thread and back."""
+        return self.classifier is not None or self._names is not None
+
     def wants_embedding(self, policy: Policy) -> bool:
         """The classifier reads the request text itself, not the routing embedding, so
         safety never asks routing for an embedding."""

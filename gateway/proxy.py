@@ -233,7 +233,9 @@ class Proxy:
                                                   want_embedding=self.guard.wants_embedding)
             row["features"] = analysis.features
             # the safety models take milliseconds to a few hundred: off the event loop
-            safety = await asyncio.to_thread(self.guard.inspect, body, analysis, endpoint)
+            safety = (await asyncio.to_thread(self.guard.inspect, body, analysis, endpoint)
+                      if self.guard.needs_thread else
+                      self.guard.inspect(body, analysis, endpoint))
             cache_key = None
             if (self.cache is not None and endpoint == "chat/completions"
                     and cache_stage.eligible(analysis.policy.cache, body, analysis.flags)):

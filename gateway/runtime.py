@@ -92,7 +92,8 @@ class Runtime:
         carbon = CarbonIntensity(settings.carbon_g_per_kwh, settings.carbon_regions)
         cache = await asyncio.to_thread(_cache, settings, engine)
         proxy = Proxy(settings, pool, auth, decisions, routing, budgets.budgets, metrics, carbon,
-                      Guard(await asyncio.to_thread(_safety_classifier, settings, routing)),
+                      Guard(await asyncio.to_thread(_safety_classifier, settings, routing),
+                            names="shipped" if settings.pii_names else None),
                       cache)
         log.info("greengate ready: %d members (%s), router %s", len(pool.members),
                  ", ".join(pool.members), settings.router)
