@@ -306,3 +306,37 @@ def test_workers_with_redis_serve_from_several_processes(tmp_path: Path, fake_ur
         out, _ = proc.communicate(timeout=60)
     assert "2 worker processes" in out
     assert out.count("Started server process") >= 2, out[-3000:]
+
+
+def test_no_sql_on_the_event_loop_while_serving(make_gateway, fake) -> None:  # type: ignore[no-untyped-def]
+    """Keys, policies and budgets are read from memory; decision rows are written by the
+    writer's own thread: a served request runs no SQL statement on the event loop's thread."""
+    import threading
+
+    import sqlalchemy as sa
+
+    gw = make_gateway()
+    key = gw.create_key("team-hot")
+    loop_thread = gw.server.thread.ident
+    on_loop: list[str] = []
+    elsewhere: list[str] = []
+
+    def seen(conn, cursor, statement, *a) -> None:  # type: ignore[no-untyped-def]
+        elsewhere.append(statement)
+        if threading.get_ident() == loop_thread:
+            on_loop.append(statement)
+
+    body = {"model": "fake-small", "messages": [{"role": "user", "content": "hello"}]}
+    r = gw.post("/v1/chat/completions", body, key=key)  # first use may load the key
+    assert r.status_code == 200, r.text
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", seen)
+    try:
+        for i in range(6):
+            r = gw.post("/v1/chat/completions", {**body, "stream": i % 2 == 1}, key=key)
+            assert r.status_code == 200, r.text
+        gw.latest_decision(7)
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", seen)
+    assert on_loop == []
+    # The listener does see the gateway's SQL: the writer's batched inserts, off the loop.
+    assert any("INSERT INTO decisions" in q for q in elsewhere)
