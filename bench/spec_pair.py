@@ -116,11 +116,20 @@ def copy_prompt(text: str) -> str:
 
 
 def render(prompt: str, answer: str | None = None) -> str:
-    """The checkpoint's llama chat template, as text (bos added by the caller)."""
+    """The checkpoint's llama chat template, as text (bos added by the caller): the prompt
+    ready for the assistant's turn, or with the answer when there is one."""
     text = HEADER.format(role="user") + prompt + "<|eot_id|>" + HEADER.format(role="assistant")
     if answer is not None:
         text += answer + "<|eot_id|>"
     return text
+
+
+def training_text(c: Chat) -> str:
+    # A question without an answer trains as a user turn alone: an assistant header followed by
+    # nothing would teach the model to end its turn before it starts.
+    if c.answer is None:
+        return HEADER.format(role="user") + c.prompt + "<|eot_id|>"
+    return render(c.prompt, c.answer)
 
 
 def heldout_prompts(n: int, seed: int = 0, *, max_chars: int = 600,
@@ -228,12 +237,20 @@ def _distill_data(target_dir: Path, prompts: list[str], tok: Any, max_new: int) 
 
 
 def build_pair(out: Path = PAIR_DIR, *, target_minutes: float = 12.0,
-               draft_minutes: float = 4.0, distill_prompts: int = 1000) -> dict[str, Any]:
+               draft_minutes: float = 4.0, distill_prompts: int = 1000,
+               init_target: Path | None = None) -> dict[str, Any]:
+    """Train the pair into `out`; `init_target` continues from an earlier target (its
+    tokenizer is kept) instead of starting from random weights."""
     t0 = time.monotonic()
     chats = load_chats()
     train_chats = [c for c in chats if not held_out(c.group)]
-    texts = [render(c.prompt, c.answer) for c in train_chats]
-    tok = build_tokenizer("llama", VOCAB, corpus=texts[::3])
+    texts = [training_text(c) for c in train_chats]
+    if init_target is not None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        tok = HFTokenizer.from_file(str(init_target / "tokenizer.json"))
+    else:
+        tok = build_tokenizer("llama", VOCAB, corpus=texts[::3])
     bos = tok.token_to_id("<|begin_of_text|>")
     encoded = [[bos, *e.ids] for e in tok.encode_batch(texts, add_special_tokens=False)]
     random.Random(0).shuffle(encoded)
@@ -242,8 +259,19 @@ def build_pair(out: Path = PAIR_DIR, *, target_minutes: float = 12.0,
           flush=True)
 
     target = _hf_model(TARGET, tok)
+    if init_target is not None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(init_target / "model.safetensors"))
+        target.load_state_dict(state, strict=False)
+        target.tie_weights()
+        prior = json.loads((init_target.parent / "pair.json").read_text())["target"]
+    else:
+        prior = {"tokens": 0, "minutes": 0.0}
     t_stats = train(target, data, target_minutes, lr=1.5e-3, batch=16,
                     exit_layer=EXIT_LAYER, log_name="target")
+    t_stats["tokens"] += prior["tokens"]
+    t_stats["minutes"] += prior["minutes"]
     _save(target, out / "target", TARGET, tok,
           f"greengate spec-decode benchmark target, trained here from ../shared/data "
           f"({t_stats['tokens']} tokens, {t_stats['minutes']:.1f} min), early-exit loss at "
@@ -277,6 +305,7 @@ def _params(model: Any) -> int:
 
 
 def ensure_pair(out: Path = PAIR_DIR, **kwargs: Any) -> dict[str, Any]:
+    """The cached pair's figures, training it first when there is none."""
     info = out / "pair.json"
     if info.exists():
         return json.loads(info.read_text())
@@ -289,6 +318,7 @@ def main() -> None:
     ap.add_argument("--target-minutes", type=float, default=12.0)
     ap.add_argument("--draft-minutes", type=float, default=4.0)
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--init-target", type=Path, help="continue from this target folder")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads: on a shared machine, more than 1 spins against the "
                     "other processes' load and runs several times slower")
@@ -297,7 +327,8 @@ def main() -> None:
     if args.retrain and (args.out / "pair.json").exists():
         (args.out / "pair.json").unlink()
     print(json.dumps(ensure_pair(args.out, target_minutes=args.target_minutes,
-                                 draft_minutes=args.draft_minutes), indent=2))
+                                 draft_minutes=args.draft_minutes,
+                                 init_target=args.init_target), indent=2))
 
 
 if __name__ == "__main__":
