@@ -8,6 +8,11 @@ in-the-wild jailbreaks (their closing "respond as DAN: ..." is part of the attac
 threshold is picked on a validation slice of the training families (12%, grouped, never
 fitted): the lowest threshold that flags at most `TARGET_FPR` of its benign prompts. Every
 reported metric is on families never trained on (train/safety_data.py explains the split).
+
+The shipped artifact is the first of three runs (defaults here; the other two are the
+`--harmful-questions --emphasis` and `--emphasis` runs, both worse on held-out role-play).
+It was trained with a step-based learning-rate decay that the 560 s budget cut at 154 of 319
+steps; train/finetune.py now decays by time as well, so a rerun lands close but not equal.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ TARGET_FPR = 0.02
 VAL_FRACTION = 0.12
 
 
-def build(data_dir: Path, seed: int = 0, harmful_questions: bool = False) -> dict[str, Any]:
+def build(
+    data_dir: Path, seed: int = 0, harmful_questions: bool = False, emphasis: bool = False
+) -> dict[str, Any]:
     """Training texts (label, family) and the never-trained evaluation sets."""
     ex = sd.load_examples(data_dir, seed)
     train = [e for e in ex if e.split == "train"]
@@ -67,10 +74,9 @@ def build(data_dir: Path, seed: int = 0, harmful_questions: bool = False) -> dic
     if harmful_questions:  # off by default: it taught "Can you ...?" requests to look harmful
         for t in sd.harmful_questions(goals_tr, seed, part=0):
             rows.append((t, 1, "harmful_question", "hq:" + t[:30]))
-    # Quora and benchmark questions are easy negatives (held-out FPR ~0): fewer of them buys
-    # training steps for the hard ones.
-    rng = random.Random(f"{seed}:thin")
-    rows = [r for r in rows if r[2] != "qqp" or rng.random() < 0.5]
+    if emphasis:  # half the Quora questions (easy negatives): more steps for the hard ones
+        rng = random.Random(f"{seed}:thin")
+        rows = [r for r in rows if r[2] != "qqp" or rng.random() < 0.5]
 
     evals: dict[str, tuple[list[str], list[int]]] = defaultdict(lambda: ([], []))
 
@@ -100,7 +106,12 @@ def build(data_dir: Path, seed: int = 0, harmful_questions: bool = False) -> dic
     return {"rows": rows, "evals": dict(evals), "examples": ex}
 
 
-def to_items(rows: Sequence[tuple[str, int, str, str]], clf_like: Any, seed: int) -> list[Item]:
+def to_items(
+    rows: Sequence[tuple[str, int, str, str]], clf_like: Any, seed: int, emphasis: bool = False
+) -> list[Item]:
+    """Chunks to train on. `emphasis` (not shipped: on held-out role-play it raised the FPR
+    from 0.17 to 0.32) doubles the weight of the real role-play / self-instruct prompts and
+    takes two later windows of long benign texts instead of one."""
     rng = random.Random(f"{seed}:chunks")
     tok = clf_like.tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
@@ -108,13 +119,19 @@ def to_items(rows: Sequence[tuple[str, int, str, str]], clf_like: Any, seed: int
     items = []
     for text, label, source, _fam in rows:
         ids = tok.encode(clean(text)[:20000], add_special_tokens=False).ids
-        w = 2.0 if source in ("awesome_roleplay", "selfinstruct") else 1.0
+        w = 2.0 if emphasis and source in ("awesome_roleplay", "selfinstruct") else 1.0
         items.append(Item([cls_id, *ids[:body], sep_id], float(label), weight=w))
         if len(ids) > body + 32:
-            if label == 0:  # every part of a benign text is benign: two later windows
-                for _ in range(2):
+            if label == 0:  # every part of a benign text is benign
+                for _ in range(2 if emphasis else 1):
                     s = rng.randrange(body // 2, len(ids) - body // 2)
-                    items.append(Item([cls_id, *ids[s : s + body], sep_id], 0.0))
+                    items.append(
+                        Item(
+                            [cls_id, *ids[s : s + body], sep_id],
+                            0.0,
+                            weight=1.0 if emphasis else 0.7,
+                        )
+                    )
             elif source == "jailbreak_wild":
                 items.append(Item([cls_id, *ids[-body:], sep_id], 1.0, weight=0.5))
     return items
@@ -182,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--max-seconds", type=float, default=600)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--emphasis", action="store_true", help="see to_items (not shipped)")
     ap.add_argument(
         "--harmful-questions",
         action="store_true",
@@ -193,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     from routing.minilm import LoraConfig, TunedModel, load_tokenizer
 
     t0 = time.perf_counter()
-    data = build(args.data, args.seed, args.harmful_questions)
+    data = build(args.data, args.seed, args.harmful_questions, args.emphasis)
     rows = data["rows"]
     fams = sorted({r[3] for r in rows})
     val_f = {f for f in fams if sd._hash01(args.seed, "val", f) < VAL_FRACTION}
@@ -203,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     class _Tok:
         tokenizer = load_tokenizer()
 
-    items = to_items(tr_rows, _Tok, args.seed)
+    items = to_items(tr_rows, _Tok, args.seed, args.emphasis)
     pos = sum(1 for it in items if it.label == 1.0)
     log.info(
         "%d training chunks (%d positive), %d validation prompts", len(items), pos, len(va_rows)
@@ -230,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "threshold": 0.5,
         "harmful_questions": args.harmful_questions,
+        "emphasis": args.emphasis,
         "training": info,
     }
     save(model, stem, meta)
