@@ -77,5 +77,11 @@ class Member(ABC):
     @abstractmethod
     def stream(self, req: UpstreamRequest) -> AsyncIterator[bytes]: ...
 
+    async def stream_batches(self, req: UpstreamRequest) -> AsyncIterator[list[bytes]]:
+        """The same payloads, grouped as they became available (never an empty group), so the
+        gateway writes once per group; by default one payload per group."""
+        async for payload in self.stream(req):
+            yield [payload]
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -20,7 +20,7 @@ import orjson
 
 from backends.base import Member, UpstreamError, UpstreamRequest, UpstreamResponse
 from backends.pool_config import MemberConfig
-from backends.sse import iter_sse_data
+from backends.sse import iter_sse_batches
 
 DRAIN_S = 0.5
 
@@ -159,14 +159,19 @@ class OpenAICompatMember(Member):
         return UpstreamResponse(content=body, data=data)
 
     async def stream(self, req: UpstreamRequest) -> AsyncIterator[bytes]:
+        async for batch in self.stream_batches(req):
+            for payload in batch:
+                yield payload
+
+    async def stream_batches(self, req: UpstreamRequest) -> AsyncIterator[list[bytes]]:
         resp = await self._send(req)
         done = False
         try:
             if resp.status >= 400:
                 raise self._http_error(resp, await self._read(resp))
             try:
-                async for payload in iter_sse_data(resp.content.iter_any()):
-                    yield payload
+                async for batch in iter_sse_batches(resp.content.iter_any()):
+                    yield batch
                 done = await _drain(resp)
             except (TimeoutError, aiohttp.ServerTimeoutError) as e:
                 raise UpstreamError("upstream stream stalled", kind="timeout") from e

@@ -449,6 +449,34 @@ def print_table(doc: dict[str, Any]) -> None:
               else f"  {k}: {val} (bound {v['bound']})")
 
 
+def markdown(doc: dict[str, Any]) -> str:
+    """The README table: one row per cell, greengate (routing off), auto and LiteLLM."""
+    lines = ["| cell | direct p50 ms | greengate ovh p50 / p99 ms | auto ovh p50 / p99 ms | "
+             "LiteLLM ovh p50 / p99 ms | RPS direct / greengate / auto / LiteLLM | "
+             "CPU ms/req greengate / auto / LiteLLM | greengate RPS x LiteLLM | "
+             "greengate p99 ovh / LiteLLM's |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def f(v: Any, p: int = 1) -> str:
+        return f"{v:.{p}f}" if isinstance(v, (int, float)) else "-"
+
+    for key, cell in doc["cells"].items():
+        s = cell["systems"]
+        d, g, a, lt = (s.get(n, {}) for n in ("direct", "greengate", "greengate_auto",
+                                              "litellm"))
+        r = doc["ratios"].get(key, {}).get("greengate", {})
+        lines.append(
+            f"| {key} | {f(d.get('p50_ms'), 2)} | "
+            f"{f(g.get('overhead_p50_ms'), 2)} / {f(g.get('overhead_p99_ms'), 2)} | "
+            f"{f(a.get('overhead_p50_ms'), 2)} / {f(a.get('overhead_p99_ms'), 2)} | "
+            f"{f(lt.get('overhead_p50_ms'))} / {f(lt.get('overhead_p99_ms'))} | "
+            f"{f(d.get('rps'), 0)} / {f(g.get('rps'), 0)} / {f(a.get('rps'), 0)} / "
+            f"{f(lt.get('rps'), 0)} | {f(g.get('cpu_ms_per_request'), 2)} / "
+            f"{f(a.get('cpu_ms_per_request'), 2)} / {f(lt.get('cpu_ms_per_request'), 2)} | "
+            f"{f(r.get('rps_x_litellm'))} | {f(r.get('p99_overhead_fraction_of_litellm'), 3)} |")
+    return "\n".join(lines)
+
+
 def write_png(doc: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -594,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["ratios"] = ratios(doc["cells"])
     doc["targets"] = targets(doc) if "greengate" in args.systems else {}
     print_table(doc)
+    print("\n" + markdown(doc))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=2) + "\n")

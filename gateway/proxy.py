@@ -529,8 +529,8 @@ class Proxy:
 
     async def _open_stream(
         self, m: PoolMember, req: UpstreamRequest, left: float = float("inf")
-    ) -> tuple[AsyncIterator[bytes], bytes]:
-        agen = m.backend.stream(req)
+    ) -> tuple[AsyncIterator[list[bytes]], list[bytes]]:
+        agen = m.backend.stream_batches(req)
         try:
             first = await asyncio.wait_for(anext(agen), min(m.cfg.timeouts.first_byte_s, left))
         except TimeoutError:
@@ -678,7 +678,7 @@ class Proxy:
         )
 
     async def _relay(self, row: dict, t0: float, m: PoolMember, endpoint: Endpoint, body: dict,
-                     agen: AsyncIterator[bytes], first: bytes, client_usage: bool,
+                     agen: AsyncIterator[list[bytes]], first: list[bytes], client_usage: bool,
                      deadline: float, principal: Principal, reference: PoolMember | None,
                      restore: StreamRestore | None,
                      cache_key: CacheKey | None) -> AsyncIterator[bytes]:
@@ -686,32 +686,39 @@ class Proxy:
         seen: list[bytes] = []  # kept only to count tokens if no usage arrives
         finished = False
         try:
-            payload: bytes | None = first
-            while payload is not None:
-                forward = True
-                if b'"usage"' in payload or b'"error"' in payload:
-                    data = orjson.loads(payload)
-                    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-                        row["status"] = 502
-                        row["error"] = str(data["error"].get("message"))[:2000]
-                        m.breaker.record_failure(row["id"])
-                        yield _sse(payload)
-                        return
-                    if isinstance(data, dict) and data.get("usage"):
-                        usage = data["usage"]
-                        forward = bool(data.get("choices")) or client_usage
-                if usage is None:
-                    seen.append(payload)
-                if forward and restore is not None:
-                    data = orjson.loads(payload)
-                    if isinstance(data, dict):
-                        payload = orjson.dumps(restore.chunk(data))
-                if forward:
-                    yield _sse(payload)
+            # One write per batch (the events one network read brought), not one per event:
+            # the payloads pass as they came unless usage, an error or a restore needs them.
+            batch: list[bytes] | None = first
+            while batch is not None:
+                out: list[bytes] = []
+                for payload in batch:
+                    forward = True
+                    if b'"usage"' in payload or b'"error"' in payload:
+                        data = orjson.loads(payload)
+                        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+                            row["status"] = 502
+                            row["error"] = str(data["error"].get("message"))[:2000]
+                            m.breaker.record_failure(row["id"])
+                            out.append(_sse(payload))
+                            yield b"".join(out)
+                            return
+                        if isinstance(data, dict) and data.get("usage"):
+                            usage = data["usage"]
+                            forward = bool(data.get("choices")) or client_usage
+                    if usage is None:
+                        seen.append(payload)
+                    if forward and restore is not None:
+                        data = orjson.loads(payload)
+                        if isinstance(data, dict):
+                            payload = orjson.dumps(restore.chunk(data))
+                    if forward:
+                        out.append(_sse(payload))
+                if out:
+                    yield b"".join(out)
                 if time.perf_counter() > deadline:
                     raise UpstreamError(f"stream exceeded {m.cfg.timeouts.total_s} s",
                                         kind="timeout")
-                payload = await anext(agen, None)
+                batch = await anext(agen, None)
             if usage is None:
                 text, last_chunk = _streamed_text(endpoint, seen)
                 usage = self._account(row, m, None, endpoint, body, text, reference)
