@@ -340,3 +340,18 @@ def test_no_sql_on_the_event_loop_while_serving(make_gateway, fake) -> None:  # 
     assert on_loop == []
     # The listener does see the gateway's SQL: the writer's batched inserts, off the loop.
     assert any("INSERT INTO decisions" in q for q in elsewhere)
+
+
+async def test_sse_batches_group_by_network_read_and_match_the_payloads() -> None:
+    from backends.sse import iter_sse_batches, iter_sse_data
+
+    reads = [b"data: a\n\ndata: b\n\nda", b"ta: c\n\n", b": comment\n\n",
+             b"data: d\r\n\r\ndata: [DONE]\n\ndata: after\n\n"]
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for r in reads:
+            yield r
+
+    batches = [b async for b in iter_sse_batches(chunks())]
+    assert batches == [[b"a", b"b"], [b"c"], [b"d"]]
+    assert [p for b in batches for p in b] == [p async for p in iter_sse_data(chunks())]
