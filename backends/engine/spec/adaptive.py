@@ -31,6 +31,7 @@ DECAY = 0.8  # per verify step: the estimate follows the last few steps
 IDLE_DECAY = 0.95  # per step without speculation: back toward the prior, to probe again
 MARGIN = 1.03  # a plan with drafts must beat plain decoding by 3% in expectation
 ALPHA_GRID = 20
+PREF_EVERY = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,10 @@ class AdaptivePlanner:
         self.max_k = max_k
         self.adaptive = adaptive
         self.last_cap = 0  # the K of the last plan (for /metrics)
+        # The per-alpha preferences move only as slowly as the cost model: recomputed every
+        # PREF_EVERY plans rather than on every step (the planner runs on every step).
+        self._prefs: list[int] | None = None
+        self._plans = 0
 
     def plan(self, decoding: Seq[Sequence], budget: int) -> Mapping[int, int]:
         states = [(s, self.state(s.seq_id)) for s in decoding]
@@ -121,7 +126,10 @@ class AdaptivePlanner:
         if not self.adaptive:
             self.last_cap = self.max_k
             return {s.seq_id: self.max_k for s, _ in active}
-        prefs = self._preferences()
+        if self._prefs is None or self._plans % PREF_EVERY == 0:
+            self._prefs = self._preferences()
+        self._plans += 1
+        prefs = self._prefs
         alphas = [st.alpha for _, st in active]
         want = [prefs[self._bucket(a)] for a in alphas]
         batch = len(decoding)
@@ -136,8 +144,11 @@ class AdaptivePlanner:
             batches = [sum(1 for k in ks if k >= j) for j in range(1, cap + 1)]
             seconds = self.target_cost.seconds(batch + extra) + self.draft_seconds(batches)
             rate = tokens / max(seconds, 1e-9)
-            if rate > best_rate * (MARGIN if best_cap == 0 else 1.0):
-                best_cap, best_rate = cap, rate
+            if rate <= best_rate * (MARGIN if best_cap == 0 else 1.0):
+                # Each deeper draft yields alpha^j more for about the same cost: once a level
+                # does not pay, none deeper does (and a compute-bound step stops at once).
+                break
+            best_cap, best_rate = cap, rate
         self.last_cap = best_cap
         return {s.seq_id: min(best_cap, w) for (s, _), w in zip(active, want, strict=True)
                 if min(best_cap, w) > 0}
