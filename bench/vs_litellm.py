@@ -498,13 +498,14 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
     axes[2].plot(range(len(keys)), [cells[k]["systems"]["direct"]["rps"] or 0 for k in keys],
                  "k_", markersize=18, label="direct")
     for ax, title in zip(axes, ("overhead p50 over direct (ms, log)",
-                                "overhead p99 over direct (ms, log)", "requests per second"),
+                                "overhead p99 over direct (ms, log)", "requests per second (log)"),
                          strict=True):
         ax.set_title(title)
         ax.set_xticks(range(len(keys)))
         ax.set_xticklabels(keys, rotation=30, fontsize=8)
     axes[0].set_yscale("log")
     axes[1].set_yscale("log")
+    axes[2].set_yscale("log")
     axes[2].legend(fontsize=8)
     fig.suptitle(doc["meta"]["note"], fontsize=9)
     fig.tight_layout()
