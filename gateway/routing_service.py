@@ -243,9 +243,11 @@ class RoutingService:
             return None  # no request id looks like this: the database need not be asked
         deadline = time.monotonic() + max(2.0, 4 * self.settings.log_flush_interval_s)
         while True:
+            # Asked before the lookup: a row written between the lookup and the question would
+            # otherwise be neither found nor pending, and its feedback answered 404.
+            queued = pending is not None and pending(rid)
             d = await asyncio.to_thread(self._decision, rid)
-            if (d is not None or pending is None or not pending(rid)
-                    or time.monotonic() > deadline):
+            if d is not None or not queued or time.monotonic() > deadline:
                 return d
             await asyncio.sleep(0.05)
 
