@@ -52,6 +52,7 @@ from backends.engine.spec import (
     accept,
 )
 from backends.engine.spec.calibrate import calibration_sizes, measure_step_costs
+from backends.engine.spec.cost import StepCostModel
 from backends.engine.step import ItemKind, ScheduledItem, SchedulerOutput, SeqOutput, StepOutput
 from telemetry.meters import EnergyMeter, MeterError, NullMeter, share_by_tokens
 
@@ -184,7 +185,6 @@ class _Request:
     seq: Sequence
     params: SamplingParams
     emit: Callable[[TokenEvent | BaseException], None]
-    generator: torch.Generator | None
     detok: Any | None  # backends.engine.tokenizer.Detokenizer
     stopper: TextStopper
     joules: float = 0.0
@@ -264,7 +264,7 @@ class Engine:
     def num_blocks(self) -> int:
         return self.blocks.num_blocks
 
-    def _calibrate(self) -> Any:
+    def _calibrate(self) -> StepCostModel | None:
         cfg = self.config.speculative
         if cfg is None or not cfg.calibrate:
             return None
@@ -451,9 +451,11 @@ class Engine:
             seq = Sequence(seq_id=next(self._ids), prompt_ids=prompt,
                            max_tokens=min(params.max_tokens, room), priority=priority,
                            arrival=time.monotonic())
-            # Built before queueing: a bad seed must fail this call, not the step loop.
-            req = _Request(seq, params, emit, params.make_generator(self.device), detok,
-                           TextStopper(params.stop), measured=self.meter.measures)
+            # Tried before queueing: a bad seed must fail this call, not the step loop (the
+            # sampler makes the request's generators per output position).
+            params.make_generator(self.device)
+            req = _Request(seq, params, emit, detok, TextStopper(params.stop),
+                           measured=self.meter.measures)
             self.scheduler.add(seq)
             self._requests[seq.seq_id] = req
             if self.spec is not None:
@@ -508,12 +510,13 @@ class Engine:
         step_j = e1 - e0 if e0 is not None and e1 is not None else None
         with self._cv:
             self._steps += 1
-            self._tokens_computed += sched.num_tokens
-            self._share_energy(sched, step_j)
+            # What the forward pass computed: draft slots a proposer left empty cost nothing.
+            computed = {it.seq.seq_id: it.num_query_tokens for it in sched.items}
+            self._tokens_computed += sum(computed.values())
+            self._share_energy(computed, step_j)
             if self.spec is not None and all(it.kind is not ItemKind.PREFILL
                                              for it in sched.items):
-                self.spec.observe_forward(sum(len(it.query_tokens) for it in sched.items),
-                                          seconds)
+                self.spec.observe_forward(sum(computed.values()), seconds)
             # An abort that landed during the forward pass already finished its sequence.
             live = {it.seq.seq_id: out for it, out in zip(sampling, gained, strict=True)
                     if it.seq.status is SeqStatus.RUNNING}
@@ -525,18 +528,18 @@ class Engine:
                         self.spec.record(it.seq.seq_id, out)
                     self._after_tokens(it.seq, reqs[it.seq.seq_id], out)
 
-    def _share_energy(self, sched: SchedulerOutput, step_j: float | None) -> None:
+    def _share_energy(self, computed: dict[int, int], step_j: float | None) -> None:
+        """Split the step's joules among its sequences by the tokens each had computed."""
         if step_j is not None:
-            shares = share_by_tokens(step_j, {str(it.seq.seq_id): it.budget_tokens
-                                              for it in sched.items})
-        for it in sched.items:
-            req = self._requests.get(it.seq.seq_id)
+            shares = share_by_tokens(step_j, {str(sid): n for sid, n in computed.items()})
+        for sid in computed:
+            req = self._requests.get(sid)
             if req is None:
                 continue
             if step_j is None:
                 req.measured = False
             else:
-                req.joules += shares[str(it.seq.seq_id)]
+                req.joules += shares[str(sid)]
 
     def _after_tokens(self, seq: Sequence, req: _Request, out: SeqOutput) -> None:
         """Stop conditions and events, token by token: a stop inside an accepted run drops the

@@ -58,6 +58,11 @@ class ScheduledItem:
         return 1 + len(self.draft_ids) if self.samples else 0
 
     @property
+    def num_query_tokens(self) -> int:
+        """Tokens the forward pass computes for the item: known ones plus filled drafts."""
+        return self.num_tokens + len(self.draft_ids)
+
+    @property
     def budget_tokens(self) -> int:
         """What the item costs of the step's token budget (its reserved draft slots too)."""
         return self.num_tokens + self.num_draft_slots
