@@ -38,6 +38,15 @@ from typing import Any, Literal, Protocol
 import torch
 
 from backends.engine.block_manager import BlockManager
+from backends.engine.finetune.coserve import CoServeConfig, CoServePlanner
+from backends.engine.finetune.job import (
+    JobStatus,
+    TrainExample,
+    TrainingJobSpec,
+    TrainingListener,
+    TrainingProgress,
+)
+from backends.engine.finetune.trainer import LoraTrainer
 from backends.engine.loader import preferred_dtype
 from backends.engine.runner import RunItem
 from backends.engine.sampler import SamplingParams, TokenLogprobs, is_stop_token
@@ -53,11 +62,19 @@ from backends.engine.spec import (
 )
 from backends.engine.spec.calibrate import calibration_sizes, measure_step_costs
 from backends.engine.spec.cost import StepCostModel
-from backends.engine.step import ItemKind, ScheduledItem, SchedulerOutput, SeqOutput, StepOutput
+from backends.engine.step import (
+    ItemKind,
+    ScheduledItem,
+    SchedulerOutput,
+    SeqOutput,
+    StepOutput,
+    TrainItem,
+)
 from telemetry.meters import EnergyMeter, MeterError, NullMeter, share_by_tokens
 
 __all__ = [
     "Completion", "Engine", "EngineClosed", "EngineConfig", "QueueFull", "TokenEvent",
+    "TrainingHandle",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,6 +102,8 @@ class EngineConfig:
     prefix_caching: bool = True
     chunked_prefill: bool = True
     speculative: SpeculativeConfig | None = None  # off unless the member turns it on
+    max_loras: int = 8  # resident LoRA adapter versions (LRU beyond); 0 turns LoRA off
+    coserve: CoServeConfig = CoServeConfig()  # how training shares steps with inference
 
 
 @dataclass(frozen=True)
@@ -187,6 +206,7 @@ class _Request:
     emit: Callable[[TokenEvent | BaseException], None]
     detok: Any | None  # backends.engine.tokenizer.Detokenizer
     stopper: TextStopper
+    adapter_key: int | None = None  # the LoRA version this request leased
     joules: float = 0.0
     # A step the meter failed to measure makes the request's total unknown, not smaller.
     measured: bool = True
@@ -211,6 +231,54 @@ class RequestStream:
     async def aclose(self) -> None:
         self.engine.abort(self.request_id)
         await self._events.aclose()
+
+
+class TrainingHandle:
+    """The caller's view of a job the engine trains; `cancel` takes effect at the next step."""
+
+    def __init__(self, engine: Engine, job_id: str) -> None:
+        self.engine = engine
+        self.job_id = job_id
+
+    @property
+    def status(self) -> JobStatus:
+        return self.engine._job_status(self.job_id)
+
+    @property
+    def progress(self) -> TrainingProgress | None:
+        return self.engine._job_progress(self.job_id)
+
+    def cancel(self) -> bool:
+        return self.engine.cancel_training(self.job_id)
+
+
+@dataclass
+class _Job:
+    trainer: LoraTrainer
+    listener: TrainingListener
+    cancelled: bool = False
+    reported_step: int = -1
+    reported_checkpoints: int = 0
+
+
+class _JobPlanner:
+    """The scheduler's TrainPlanner: the co-serving share of the leftover budget, given to the
+    jobs in turn (one job per step keeps each step's training a single chunk)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._turn = 0
+
+    def plan(self, leftover: int, num_decodes: int) -> list[TrainItem]:
+        jobs = [j for j, job in self.engine._jobs.items()
+                if not job.cancelled and not job.trainer.done]
+        if not jobs:
+            return []
+        n = self.engine.coserve.tokens(leftover, num_decodes)
+        if n <= 0:
+            return []
+        self._turn += 1
+        return [TrainItem(jobs[self._turn % len(jobs)], n)]
 
 
 class Engine:
@@ -249,6 +317,15 @@ class Engine:
         self.spec: Speculator | None = None
         if self.config.speculative is not None and proposer is not None:
             self.spec = Speculator(self.config.speculative, proposer, self._calibrate())
+        self.lora: Any = None  # AdapterRegistry once LoRA is enabled
+        self._lora_ctx: Any = None
+        self._lora_slices: dict[str, list[tuple[str, int, int]]] = {}
+        if self.config.max_loras > 0 and hasattr(model, "layers"):
+            self._enable_lora(model)
+        self.coserve = CoServePlanner(self.config.coserve)
+        self._jobs: dict[str, _Job] = {}
+        self._job_planner = _JobPlanner(self)
+        self._train_tokens = 0
         self._requests: dict[int, _Request] = {}
         self._ids = itertools.count(1)
         self._cv = threading.Condition()
@@ -263,6 +340,107 @@ class Engine:
     @property
     def num_blocks(self) -> int:
         return self.blocks.num_blocks
+
+    def _enable_lora(self, model: Any) -> None:
+        from backends.engine.lora import AdapterRegistry, AdapterTensors, LoraContext, enable_lora
+
+        self._lora_ctx = LoraContext()
+        self._lora_slices = enable_lora(model, self._lora_ctx)
+        param = next(model.parameters())
+        n_layers = model.config.num_hidden_layers
+        self.lora = AdapterRegistry(self.config.max_loras, lambda w: AdapterTensors.build(
+            w, self._lora_slices, n_layers, param.device, param.dtype))
+        self.runner.lora = (self._lora_ctx, self.lora.tensors)
+
+    # --- LoRA adapters and fine-tuning jobs ----------------------------------------------
+
+    def _need_lora(self) -> Any:
+        if self.lora is None:
+            raise ValueError("LoRA is off in this engine (max_loras is 0, or the model has no "
+                             "decoder layers)")
+        return self.lora
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Serve the PEFT LoRA folder at `path` as `name` (weights loaded on first use)."""
+        reg = self._need_lora()
+        with self._cv:
+            reg.register(name, Path(path))
+
+    def unload_adapter(self, name: str) -> None:
+        with self._cv:
+            if self.lora is not None:
+                self.lora.unregister(name)
+
+    def adapter_names(self) -> list[str]:
+        with self._cv:
+            return self.lora.names() if self.lora is not None else []
+
+    def tokenize_chat(self, messages: Seq[dict[str, Any]]) -> TrainExample:
+        """A conversation as training tokens, the loss on the assistant's turns only: each
+        assistant turn's tokens are those its rendering adds after the generation prompt."""
+        if self.tokenizer is None:
+            raise ValueError("this engine has no tokenizer")
+        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if not any(m["role"] == "assistant" for m in msgs):
+            raise ValueError("the conversation has no assistant message to learn")
+        ids: list[int] = []
+        mask: list[bool] = []
+        for i, m in enumerate(msgs):
+            if m["role"] != "assistant":
+                continue
+            prompt = self.tokenizer.encode(
+                self.tokenizer.apply_chat_template(msgs[:i], add_generation_prompt=True))
+            full = self.tokenizer.encode(self.tokenizer.apply_chat_template(msgs[:i + 1]))
+            if full[:len(ids)] != ids or full[:len(prompt)] != prompt:
+                # Re-rendering changed earlier tokens (a template that rewrites history):
+                # restart from this rendering, keeping the assistant mask honest.
+                ids, mask = [], []
+            mask.extend([False] * (len(prompt) - len(ids)))
+            ids = list(prompt)
+            mask.extend([True] * (len(full) - len(ids)))
+            ids = list(full)
+        eos = self.eos_token_ids[0] if self.eos_token_ids else None
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids.append(eos)  # so the adapter learns where an answer ends
+            mask.append(True)
+        return TrainExample(ids, mask)
+
+    def start_training(self, spec: TrainingJobSpec,
+                       listener: TrainingListener) -> TrainingHandle:
+        """Train `spec`'s LoRA adapter in the leftover budget of this engine's steps."""
+        self._need_lora()
+        with self._cv:
+            if self._stopping or self._dead is not None:
+                raise EngineClosed("the engine is shut down")
+            if spec.job_id in self._jobs:
+                raise ValueError(f"job {spec.job_id} is already training")
+            model = self.runner.model
+            model.requires_grad_(False)
+            trainer = LoraTrainer(spec, model, self._lora_slices, self._lora_ctx,
+                                  lambda w: self._publish(spec.adapter_name, w),
+                                  base_name=str(getattr(model.config, "name", "")))
+            self._jobs[spec.job_id] = _Job(trainer, listener)
+            self._cv.notify()
+        return TrainingHandle(self, spec.job_id)
+
+    def cancel_training(self, job_id: str) -> bool:
+        with self._cv:
+            job = self._jobs.get(job_id)
+            if job is None or job.trainer.done:
+                return False
+            job.cancelled = True
+            self._cv.notify()
+            return True
+
+    def _job_status(self, job_id: str) -> JobStatus:
+        with self._cv:
+            job = self._jobs.get(job_id)
+            return job.trainer.status if job is not None else JobStatus.CANCELLED
+
+    def _job_progress(self, job_id: str) -> TrainingProgress | None:
+        with self._cv:
+            job = self._jobs.get(job_id)
+            return job.trainer.progress() if job is not None else None
 
     def _calibrate(self) -> StepCostModel | None:
         cfg = self.config.speculative
@@ -340,21 +518,22 @@ class Engine:
 
     def generate(
         self, prompt_ids: Seq[int], params: SamplingParams, *, priority: int = 0,
-        speculative: bool = True,
+        speculative: bool = True, adapter: str | None = None,
     ) -> RequestStream:
         """Queue a request and stream its tokens. Call from a running event loop.
 
         Raises at once: `QueueFull` when the waiting queue is full, `ValueError` for a request
         that can never run, `EngineClosed` after shutdown. Closing the iterator (or the task
         that iterates it being cancelled, as on a client disconnect) aborts the request and
-        frees its KV blocks. `speculative=False` opts this request out of speculation."""
+        frees its KV blocks. `speculative=False` opts this request out of speculation;
+        `adapter` names a loaded LoRA adapter (ValueError if unknown)."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
 
         def emit(item: TokenEvent | BaseException) -> None:
             loop.call_soon_threadsafe(events.put_nowait, item)
 
-        request_id = self._submit(prompt_ids, params, priority, emit, speculative)
+        request_id = self._submit(prompt_ids, params, priority, emit, speculative, adapter)
         return RequestStream(self, request_id, self._stream(request_id, events))
 
     async def _stream(
@@ -379,15 +558,15 @@ class Engine:
 
     def generate_sync(
         self, prompt_ids: Seq[int], params: SamplingParams, *, priority: int = 0,
-        speculative: bool = True,
+        speculative: bool = True, adapter: str | None = None,
     ) -> Completion:
         return self.generate_batch_sync([prompt_ids], params, priority=priority,
-                                        speculative=speculative)[0]
+                                        speculative=speculative, adapters=[adapter])[0]
 
     def generate_batch_sync(
         self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams], *,
         priority: int = 0, timeout: float | None = None,
-        speculative: bool | Seq[bool] = True,
+        speculative: bool | Seq[bool] = True, adapters: Seq[str | None] | None = None,
     ) -> list[Completion]:
         """Run prompts concurrently from a plain thread and wait for all of them (benchmarks,
         tests). Prompts beyond the waiting queue's room are fed in as room frees up."""
@@ -396,6 +575,9 @@ class Engine:
             raise ValueError("one SamplingParams per prompt")
         specs = ([speculative] * len(prompts) if isinstance(speculative, bool)
                  else list(speculative))
+        names = list(adapters) if adapters is not None else [None] * len(prompts)
+        if len(names) != len(prompts):
+            raise ValueError("one adapter (or None) per prompt")
         inbox: queue.SimpleQueue[tuple[int, TokenEvent | BaseException]] = queue.SimpleQueue()
         results: list[Completion] = []
         done = 0
@@ -406,7 +588,8 @@ class Engine:
                     i = len(results)
                     try:
                         rid = self._submit(prompts[i], plist[i], priority,
-                                           lambda item, i=i: inbox.put((i, item)), specs[i])
+                                           lambda item, i=i: inbox.put((i, item)), specs[i],
+                                           names[i])
                     except QueueFull:
                         if done == len(results):
                             raise  # none of ours in flight: no room will come from us
@@ -431,6 +614,7 @@ class Engine:
     def _submit(
         self, prompt_ids: Seq[int], params: SamplingParams, priority: int,
         emit: Callable[[TokenEvent | BaseException], None], speculative: bool = True,
+        adapter: str | None = None,
     ) -> int:
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
@@ -456,7 +640,14 @@ class Engine:
             params.make_generator(self.device)
             req = _Request(seq, params, emit, detok, TextStopper(params.stop),
                            measured=self.meter.measures)
-            self.scheduler.add(seq)
+            if adapter is not None:
+                req.adapter_key = seq.adapter_id = self._need_lora().acquire(adapter)
+            try:
+                self.scheduler.add(seq)
+            except BaseException:
+                if req.adapter_key is not None:
+                    self.lora.release(req.adapter_key)
+                raise
             self._requests[seq.seq_id] = req
             if self.spec is not None:
                 self.spec.add(seq.seq_id, speculative)
@@ -469,15 +660,17 @@ class Engine:
         try:
             while True:
                 with self._cv:
-                    while not self._stopping and not self.scheduler.has_work:
+                    while not self._stopping and not self.scheduler.has_work and not self._jobs:
                         self._cv.wait()
                     if self._stopping:
                         return
-                    sched = self.scheduler.schedule(self.spec.planner if self.spec else None)
+                    self._drop_cancelled()
+                    sched = self.scheduler.schedule(self.spec.planner if self.spec else None,
+                                                    self._job_planner if self._jobs else None)
                     reqs = {it.seq.seq_id: self._requests[it.seq.seq_id] for it in sched.items}
                 if sched.is_empty:
-                    # Everything was preempted and the next plan admits from waiting; the short
-                    # wait only guards against spinning if a plan ever stays empty.
+                    # Everything was preempted and the next plan admits from waiting (or every
+                    # job just ended); the short wait only guards against spinning.
                     with self._cv:
                         self._cv.wait(0.001)
                     continue
@@ -506,6 +699,8 @@ class Engine:
                                           draft_probs.get(it.seq.seq_id),
                                           len(it.seq.output_ids)) for it in sampling])
         seconds = time.perf_counter() - t0  # accept()'s .tolist() waits for the GPU
+        trained = self._train(sched.train)  # after inference: its tokens are already out
+        step_s = time.perf_counter() - t0
         e1 = self._read_meter()
         step_j = e1 - e0 if e0 is not None and e1 is not None else None
         with self._cv:
@@ -513,10 +708,12 @@ class Engine:
             # What the forward pass computed: draft slots a proposer left empty cost nothing.
             computed = {it.seq.seq_id: it.num_query_tokens for it in sched.items}
             self._tokens_computed += sum(computed.values())
-            self._share_energy(computed, step_j)
-            if self.spec is not None and all(it.kind is not ItemKind.PREFILL
-                                             for it in sched.items):
-                self.spec.observe_forward(sum(computed.values()), seconds)
+            self._train_tokens += sum(trained.values())
+            self._share_energy(computed, trained, step_j)
+            if all(it.kind is not ItemKind.PREFILL for it in sched.items):
+                if self.spec is not None and sched.items:
+                    self.spec.observe_forward(sum(computed.values()), seconds)
+                self.coserve.observe(step_s, sched.num_decodes, sum(trained.values()))
             # An abort that landed during the forward pass already finished its sequence.
             live = {it.seq.seq_id: out for it, out in zip(sampling, gained, strict=True)
                     if it.seq.status is SeqStatus.RUNNING}
@@ -527,11 +724,68 @@ class Engine:
                     if self.spec is not None and it.kind is not ItemKind.PREFILL:
                         self.spec.record(it.seq.seq_id, out)
                     self._after_tokens(it.seq, reqs[it.seq.seq_id], out)
+            self._report_jobs(trained)
 
-    def _share_energy(self, computed: dict[int, int], step_j: float | None) -> None:
-        """Split the step's joules among its sequences by the tokens each had computed."""
-        if step_j is not None:
-            shares = share_by_tokens(step_j, {str(sid): n for sid, n in computed.items()})
+    def _train(self, items: Seq[TrainItem]) -> dict[str, int]:
+        """Run the step's training slices (outside inference mode); a failing job fails alone."""
+        done: dict[str, int] = {}
+        for item in items:
+            job = self._jobs.get(item.job_id)
+            if job is None or job.cancelled or job.trainer.done:
+                continue
+            try:
+                done[item.job_id] = job.trainer.run(item.num_tokens)
+            except Exception as e:
+                log.exception("fine-tuning job %s failed", item.job_id)
+                job.trainer.status = JobStatus.FAILED
+                job.trainer.error = f"{type(e).__name__}: {e}"
+                job.trainer.release()
+        return done
+
+    def _report_jobs(self, trained: dict[str, int]) -> None:
+        """Hand each job's news to its listener (under the lock; listeners only queue)."""
+        for job_id in list(self._jobs):
+            job = self._jobs[job_id]
+            t = job.trainer
+            if job_id not in trained and not t.done:
+                continue
+            for level, message in t.events:
+                job.listener.on_event(job_id, level, message)
+            t.events.clear()
+            progress = t.progress()
+            if t.cur.step != job.reported_step:
+                job.reported_step = t.cur.step
+                job.listener.on_metrics(job_id, progress)
+            for path in t.checkpoints[job.reported_checkpoints:]:
+                job.listener.on_checkpoint(job_id, path, progress)
+            job.reported_checkpoints = len(t.checkpoints)
+            if t.done:
+                del self._jobs[job_id]
+                job.listener.on_finished(job_id, t.status, t.final_path, progress, t.error)
+
+    def _drop_cancelled(self) -> None:
+        for job_id in [j for j, job in self._jobs.items() if job.cancelled]:
+            job = self._jobs.pop(job_id)
+            job.trainer.status = JobStatus.CANCELLED
+            job.trainer.release()
+            if self.lora is not None:
+                self.lora.unregister(job.trainer.spec.adapter_name)
+            job.listener.on_finished(job_id, JobStatus.CANCELLED, None, job.trainer.progress(),
+                                     None)
+
+    def _publish(self, name: str, weights: Any) -> None:
+        with self._cv:  # the registry is shared with submitting threads
+            self.lora.publish(name, weights)
+
+    def _share_energy(self, computed: dict[int, int], trained: dict[str, int],
+                      step_j: float | None) -> None:
+        """Split the step's joules among its sequences and jobs by the tokens each computed
+        (a training token counted at its budget cost: forward and backward)."""
+        cost = self.config.coserve.train_cost
+        weights = {str(sid): n for sid, n in computed.items()}
+        weights.update({f"train:{j}": round(n * cost) for j, n in trained.items()})
+        if step_j is not None and weights:
+            shares = share_by_tokens(step_j, weights)
         for sid in computed:
             req = self._requests.get(sid)
             if req is None:
@@ -540,6 +794,10 @@ class Engine:
                 req.measured = False
             else:
                 req.joules += shares[str(sid)]
+        for job_id in trained:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.trainer.add_energy(None if step_j is None else shares[f"train:{job_id}"])
 
     def _after_tokens(self, seq: Sequence, req: _Request, out: SeqOutput) -> None:
         """Stop conditions and events, token by token: a stop inside an accepted run drops the
@@ -597,7 +855,10 @@ class Engine:
     def _forget(self, request_id: int) -> _Request | None:
         if self.spec is not None:
             self.spec.remove(request_id)
-        return self._requests.pop(request_id, None)
+        req = self._requests.pop(request_id, None)
+        if req is not None and req.adapter_key is not None:
+            self.lora.release(req.adapter_key)
+        return req
 
     def _read_meter(self) -> float | None:
         if not self.meter.measures:
@@ -643,6 +904,12 @@ class Engine:
                 "tokens_computed": self._tokens_computed,
                 "energy_source": self.energy_source,
                 "speculative": self.spec.stats() if self.spec is not None else None,
+                "lora": self.lora.stats() if self.lora is not None else None,
+                "training_tokens": self._train_tokens,
+                "training_share": round(self.coserve.share, 3),
+                "training": [{"job_id": j, "status": job.trainer.status.value,
+                              **job.trainer.progress().__dict__}
+                             for j, job in self._jobs.items()],
             }
 
     def shutdown(self, timeout: float = 30.0) -> None:
@@ -667,7 +934,7 @@ class Engine:
 def _run_item(item: ScheduledItem) -> RunItem:
     return RunItem(token_ids=item.query_tokens, start_pos=item.start,
                    block_table=list(item.seq.block_table), num_logits=item.num_logits,
-                   short=item.kind is ItemKind.VERIFY)
+                   short=item.kind is ItemKind.VERIFY, adapter=item.seq.adapter_id)
 
 
 def _collect(c: Completion, ev: TokenEvent) -> None:

@@ -94,6 +94,29 @@ class Attention(nn.Module):
         out = attn.forward(q, layer_kv, meta)
         return self.o_proj(out.reshape(t, self.q_size))
 
+    def forward_dense(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One sequence's chunk attending to `past` (its earlier chunks' rotated K and V) and
+        itself, causally, without the paged cache: the training path, where autograd must see
+        every K and V the loss depends on."""
+        t = x.shape[0]
+        qk, v = self.qkv_proj(x).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        qk = apply_rope(qk.view(t, self.heads + self.kv_heads, self.head_dim), cos, sin)
+        q, k = qk.split([self.heads, self.kv_heads], dim=1)
+        v = v.view(t, self.kv_heads, self.head_dim)
+        if past is not None:
+            k, v = torch.cat((past[0], k)), torch.cat((past[1], v))
+        n_past = k.shape[0] - t
+        rep = self.heads // self.kv_heads
+        kk = k.repeat_interleave(rep, dim=1).transpose(0, 1)
+        vv = v.repeat_interleave(rep, dim=1).transpose(0, 1)
+        allowed = (torch.arange(k.shape[0], device=x.device)[None, :]
+                   <= torch.arange(n_past, n_past + t, device=x.device)[:, None])
+        out = F.scaled_dot_product_attention(q.transpose(0, 1), kk, vv, attn_mask=allowed)
+        return self.o_proj(out.transpose(0, 1).reshape(t, self.q_size)), (k, v)
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -155,6 +178,26 @@ class DecoderModel(nn.Module):
             h = h + a
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         return h
+
+    def forward_dense(
+        self, input_ids: torch.Tensor, start: int,
+        past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Hidden states of one sequence's tokens at positions `[start, start + T)` given the
+        earlier positions' per-layer K/V (`past`), and the K/V up to here. Writes no KV cache."""
+        h = self.embed_tokens(input_ids)
+        if self.inv_freq.device != h.device:
+            self.inv_freq = self.inv_freq.to(h.device)
+        positions = torch.arange(start, start + input_ids.shape[0], device=h.device)
+        cos, sin = rope_cos_sin(positions, self.inv_freq, h.dtype)
+        present = []
+        for i, layer in enumerate(self.layers):
+            a, kv = layer.self_attn.forward_dense(
+                layer.input_layernorm(h), cos, sin, None if past is None else past[i])
+            present.append(kv)
+            h = h + a
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return h, present
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(hidden)).float()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from backends.engine.attention import AttentionMetadata, PagedAttention
 from backends.engine.kv_cache import KVCache
+from backends.engine.lora.layers import AdapterTensors, LoraContext, row_groups
 from backends.engine.model import DecoderModel
 
 
@@ -24,6 +25,7 @@ class RunItem:
     block_table: Sequence[int]
     num_logits: int
     short: bool = False
+    adapter: int | None = None  # a resident LoRA version's key (AdapterRegistry), None: base
 
 
 class ModelRunner:
@@ -35,6 +37,9 @@ class ModelRunner:
         self.model = model
         self.kv = kv
         self.device = kv.device
+        # Set by the engine once LoRA is enabled on the model: the context the wrapped layers
+        # read, and how an adapter key becomes its resident tensors.
+        self.lora: tuple[LoraContext, Callable[[int], AdapterTensors]] | None = None
 
     @property
     def attention_name(self) -> str:
@@ -67,12 +72,25 @@ class ModelRunner:
                 short=[it.short for it in items],
             )
             dev = self.device
-            hidden = self.model(
-                torch.tensor(ids, dtype=torch.long, device=dev),
-                torch.tensor(positions, dtype=torch.long, device=dev),
-                meta,
-                self.kv,
-                num_layers=num_layers,
-            )
+            ctx = self._lora_groups(items)
+            try:
+                hidden = self.model(
+                    torch.tensor(ids, dtype=torch.long, device=dev),
+                    torch.tensor(positions, dtype=torch.long, device=dev),
+                    meta,
+                    self.kv,
+                    num_layers=num_layers,
+                )
+            finally:
+                if ctx is not None:
+                    ctx.groups = []
             rows = torch.tensor(last, dtype=torch.long, device=dev)
             return self.model.logits(hidden.index_select(0, rows))
+
+    def _lora_groups(self, items: Sequence[RunItem]) -> LoraContext | None:
+        if self.lora is None or all(it.adapter is None for it in items):
+            return None
+        ctx, lookup = self.lora
+        ctx.groups = row_groups([it.adapter for it in items],
+                                [len(it.token_ids) for it in items], lookup, self.device)
+        return ctx

@@ -5,10 +5,12 @@ sequences (one known token left) go first, one token each, so ongoing streams ke
 a `DraftPlanner` may then grow some of them into VERIFY items with k draft slots each, within
 the same token budget and only where blocks are free (speculation never preempts anyone). The
 rest of the budget goes to prefill chunks, first of running sequences part-way through their
-prompt, then of waiting ones admitted in (priority, arrival) order. When KV blocks run out, the
-running sequence that matters least (highest priority value, latest arrival) is preempted by
-recompute: its blocks are freed and it re-enters the waiting queue keeping its output, to be
-prefilled again (prompt plus output) later -- usually cheaply, from the prefix cache.
+prompt, then of waiting ones admitted in (priority, arrival) order; a `TrainPlanner` then fills
+what is left with fine-tuning tokens (co-serving), which hold no KV blocks. When KV blocks run
+out, the running sequence that matters least (highest priority value, latest arrival) is
+preempted by recompute: its blocks are freed and it re-enters the waiting queue keeping its
+output, to be prefilled again (prompt plus output) later -- usually cheaply, from the prefix
+cache.
 
 `complete` takes the step's `StepOutput`: a verify item advances by its accepted tokens only,
 and the slots of rejected drafts are released before any block hash is computed, so the prefix
@@ -24,9 +26,15 @@ from typing import Protocol
 
 from backends.engine.block_manager import BlockManager
 from backends.engine.sequence import SeqStatus, Sequence
-from backends.engine.step import ItemKind, ScheduledItem, SchedulerOutput, StepOutput
+from backends.engine.step import (
+    ItemKind,
+    ScheduledItem,
+    SchedulerOutput,
+    StepOutput,
+    TrainItem,
+)
 
-__all__ = ["DraftPlanner", "QueueFull", "Scheduler"]
+__all__ = ["DraftPlanner", "QueueFull", "Scheduler", "TrainPlanner"]
 
 
 class QueueFull(RuntimeError):
@@ -37,6 +45,12 @@ class DraftPlanner(Protocol):
     """Chooses how many draft tokens each decoding sequence verifies this step."""
 
     def plan(self, decoding: Seq[Sequence], budget: int) -> Mapping[int, int]: ...
+
+
+class TrainPlanner(Protocol):
+    """Fills what inference left of a step's token budget with training tokens."""
+
+    def plan(self, leftover: int, num_decodes: int) -> list[TrainItem]: ...
 
 
 class Scheduler:
@@ -97,7 +111,8 @@ class Scheduler:
         seq.status = SeqStatus.FINISHED
         seq.finish_reason = reason
 
-    def schedule(self, planner: DraftPlanner | None = None) -> SchedulerOutput:
+    def schedule(self, planner: DraftPlanner | None = None,
+                 trainer: TrainPlanner | None = None) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.token_budget
         scheduled: set[int] = set()
@@ -122,6 +137,8 @@ class Scheduler:
         # Admitting while preempting would just thrash the cache.
         if not out.preempted:
             budget = self._admit(out, budget)
+        if trainer is not None and budget > 0:
+            out.train = trainer.plan(budget, out.num_decodes)
         return out
 
     def complete(self, out: SchedulerOutput, result: StepOutput) -> None:

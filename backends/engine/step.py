@@ -18,7 +18,7 @@ class ItemKind(enum.Enum):
     PREFILL = "prefill"  # a chunk of known tokens whose KV is missing (prompt, or a recompute)
     DECODE = "decode"  # the one known token whose KV is missing; samples one token
     VERIFY = "verify"  # that token plus k draft tokens, scored together; samples 1..k+1 tokens
-    # Co-served training joins here as TRAIN.
+    TRAIN = "train"  # tokens of a fine-tuning job's example: forward (+ backward), no KV cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,19 +68,36 @@ class ScheduledItem:
         return self.num_tokens + self.num_draft_slots
 
 
+@dataclass(frozen=True, slots=True)
+class TrainItem:
+    """A training job's share of a step: `num_tokens` tokens of its current example (it has no
+    KV sequence; the trainer keeps its own state). The next training kind (the speculative
+    draft model learning from accepted tokens) is another job behind the same record."""
+
+    job_id: str
+    num_tokens: int
+    kind: ItemKind = ItemKind.TRAIN
+
+
 @dataclass
 class SchedulerOutput:
     items: list[ScheduledItem] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write (src, dst)
     preempted: list[Sequence] = field(default_factory=list)
+    train: list[TrainItem] = field(default_factory=list)  # after every inference item
 
     @property
     def num_tokens(self) -> int:
+        """Inference tokens of the step's budget (training takes what is left of it)."""
         return sum(it.budget_tokens for it in self.items)
 
     @property
     def is_empty(self) -> bool:
-        return not self.items
+        return not self.items and not self.train
+
+    @property
+    def num_decodes(self) -> int:
+        return sum(it.kind is not ItemKind.PREFILL for it in self.items)
 
     def sampling(self) -> list[ScheduledItem]:
         """Items that yield logits, in item order (the order of the logits rows)."""

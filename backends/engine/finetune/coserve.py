@@ -1,0 +1,81 @@
+"""How many training tokens join each step (co-serving, FlexLLM's hybrid token scheduler).
+
+Inference is planned first; training gets what the step's token budget leaves, scaled by a
+share that backs off multiplicatively when the measured inter-token latency of steps carrying
+decodes goes past the target and grows additively while it is under (AIMD, as congestion
+control does, so it settles just under the target without a model of the hardware). The target
+is the member's ITL SLO when one is set, otherwise (1 + slack) times the ITL the same number of
+decodes had in recent steps without training. With no inference in a step, training takes the
+whole budget. Pure logic: the engine feeds it step timings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["CoServeConfig", "CoServePlanner"]
+
+
+@dataclass(frozen=True)
+class CoServeConfig:
+    itl_slo_s: float | None = None  # the member's inter-token latency SLO, when it has one
+    slack: float = 0.10  # without an SLO: allowed ITL growth over inference alone
+    # A training token costs about three inference tokens (forward, then backward's two
+    # matmuls per weight): budget units per training token.
+    train_cost: float = 3.0
+    min_share: float = 0.02
+    increase: float = 0.05
+    decrease: float = 0.5
+    baseline_decay: float = 0.9
+    refresh_every: int = 16  # every so many decode steps, one runs alone to re-measure
+
+
+class CoServePlanner:
+    def __init__(self, config: CoServeConfig | None = None) -> None:
+        self.config = config or CoServeConfig()
+        self.share = 0.25
+        self._baseline: dict[int, float] = {}  # decode-count bucket -> ITL without training
+        self.last_target_s: float | None = None
+        self._decode_steps = 0
+
+    def tokens(self, leftover: int, num_decodes: int) -> int:
+        """Training tokens for this step, given the budget inference left and its decodes."""
+        if leftover <= 0:
+            return 0
+        if num_decodes and self.config.itl_slo_s is None:
+            self._decode_steps += 1
+            if (_bucket(num_decodes) not in self._baseline
+                    or self._decode_steps % self.config.refresh_every == 0):
+                return 0  # measure inference alone first (and now and then again)
+        units = leftover if num_decodes == 0 else leftover * self.share
+        return max(0, math.floor(units / self.config.train_cost))
+
+    def observe(self, seconds: float, num_decodes: int, train_tokens: int) -> None:
+        """A finished step: its wall time, its decode items, the training tokens it carried."""
+        if num_decodes == 0:
+            return
+        bucket = _bucket(num_decodes)
+        if train_tokens == 0:
+            d = self.config.baseline_decay
+            old = self._baseline.get(bucket)
+            self._baseline[bucket] = seconds if old is None else d * old + (1 - d) * seconds
+            return
+        target = self.target(num_decodes)
+        if target is None:
+            return
+        self.last_target_s = target
+        if seconds > target:
+            self.share = max(self.config.min_share, self.share * self.config.decrease)
+        else:
+            self.share = min(1.0, self.share + self.config.increase)
+
+    def target(self, num_decodes: int) -> float | None:
+        if self.config.itl_slo_s is not None:
+            return self.config.itl_slo_s
+        base = self._baseline.get(_bucket(num_decodes))
+        return None if base is None else base * (1 + self.config.slack)
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
