@@ -4,7 +4,6 @@ persistence and input validation. Every random draw is seeded, so results are re
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -421,21 +420,37 @@ def test_unknown_bandit_error_names_the_known_ones() -> None:
         make_bandit("ucb9", 3)
 
 
-# -- speed ---------------------------------------------------------------------------------------
+# -- cost per decision ---------------------------------------------------------------------------
+# Timings are in bench/bandit_select.py; here the behaviour that keeps select cheap: in steady
+# state no arm's matrix is inverted or factorised again except the one an update changed.
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_select_over_12_arms_at_d32_is_fast(algo: str) -> None:
+def test_steady_state_select_and_update_refactorise_at_most_the_updated_arm(
+    algo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rng = np.random.default_rng(10)
     bandit = make_bandit(algo, 32, seed=10)
     arms = [f"model-{i}" for i in range(12)]
-    X = rng.standard_normal((400, 32))
-    for x in X[:200]:  # steady state: each select is followed by one update, as in serving
+    X = rng.standard_normal((300, 32))
+    for x in X[:100]:
         bandit.update(x, bandit.choose(x, arms), float(rng.random()))
-    times = []
-    for x in X[200:]:
-        start = time.perf_counter()
+    factorised: list[int] = []  # matrices per numpy O(d^3) call
+
+    def counting(fn: Callable) -> Callable:
+        def wrapper(a, *args, **kwargs):  # type: ignore[no-untyped-def]
+            factorised.append(int(np.prod(np.shape(a)[:-2], dtype=int)))
+            return fn(a, *args, **kwargs)
+        return wrapper
+
+    for name in ("inv", "solve", "cholesky", "eigh"):
+        monkeypatch.setattr(np.linalg, name, counting(getattr(np.linalg, name)))
+    selects = 0
+    for x in X[100:]:
         arm = bandit.choose(x, arms)
-        times.append(time.perf_counter() - start)
+        selects += 1
         bandit.update(x, arm, float(rng.random()))
-    assert np.median(times) < 1e-3
+    if algo == "lints":  # posterior draws need a factor; only the updated arm's is stale
+        assert sum(factorised) <= selects
+    else:
+        assert factorised == []
