@@ -36,6 +36,9 @@ class CircuitBreaker:
         self.open_until = 0.0
         self.total_failures = 0
         self.total_successes = 0
+        # Told when this breaker opens (seconds of cooldown) or recovers (0): replicas share
+        # a member's health through it (gateway.replicas publishes, force_* applies).
+        self.on_change: Callable[[float], None] | None = None
 
     def available(self) -> bool:
         # After the cooldown the member is half-open: the next call is the probe.
@@ -69,9 +72,12 @@ class CircuitBreaker:
 
     def record_success(self, request_id: str = "") -> None:
         self._note(request_id or f"anon-{self.total_successes}-s", False)
+        was_open = self._probing
         self._probing = False
         self.open_until = 0.0
         self.total_successes += 1
+        if was_open and self.on_change is not None:
+            self.on_change(0.0)
 
     def record_failure(self, request_id: str = "") -> None:
         """A failed attempt by `request_id`; a request counts once however often it retries."""
@@ -87,6 +93,18 @@ class CircuitBreaker:
     def _open(self) -> None:
         self.open_until = self._clock() + self.cooldown_s
         self._probing = True
+        if self.on_change is not None:
+            self.on_change(self.cooldown_s)
+
+    def force_open(self, for_s: float) -> None:
+        """Another replica cooled this member down: skip it here too (no event echoed)."""
+        self.open_until = max(self.open_until, self._clock() + for_s)
+        self._probing = True
+
+    def force_close(self) -> None:
+        """Another replica's probe succeeded: the member is healthy again here too."""
+        self._probing = False
+        self.open_until = 0.0
 
     def state(self) -> str:
         if not self.available():
