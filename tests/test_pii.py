@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import pickle
-import time
 
 import pytest
 
@@ -374,22 +373,20 @@ def test_redact_messages_respects_kinds() -> None:
     assert counts == {IP_ADDRESS: 1}
 
 
-# --------------------------------------------------------------------------- performance
+# --------------------------------------------------------------------------- large inputs
+# Timings (2 KB, and worst-case inputs at 1x and 2x size) are measured in bench/pii_speed.py.
 
 
-def test_detect_2kb_is_fast() -> None:
-    # A behaviour bound, loose on purpose (the benchmark measures ~0.1-0.4 ms): best of a few
-    # runs, so that a busy CI machine does not fail it.
+def test_detect_2kb_finds_every_repeat() -> None:
     unit = (
         "Hi, I'm writing about order 1234 from 2024-03-01. Please call me on 0490 75 40 81 or "
         "mail ann@example.com; card 4111 1111 1111 1111, IBAN DE89 3704 0044 0532 0130 00. "
         "The server 8.8.8.8 logged version 1.2.3 at 12:30. Ship to 742 Evergreen Terrace. "
     )
     text = (unit * (2048 // len(unit) + 1))[:2048]
-    detect(text)
-    best = min(_timed(text) for _ in range(5))
-    assert best < 0.005, f"detect took {best * 1000:.2f} ms on 2 KB"
-    assert len(detect(text)) >= 5 * (2048 // len(unit))
+    found = detect(text)
+    assert len(found) >= 5 * (2048 // len(unit))
+    assert {EMAIL_ADDRESS, CREDIT_CARD, IBAN_CODE, IP_ADDRESS} <= {f.kind for f in found}
 
 
 @pytest.mark.parametrize(
@@ -397,15 +394,13 @@ def test_detect_2kb_is_fast() -> None:
     ["a@" * 5000, "1 2 3 4 5 6 7 8 9 0 " * 500, "::1:" * 2500, "token=" + "a1" * 5000],
     ids=["at-signs", "spaced-digits", "colons", "long-value"],
 )
-def test_adversarial_input_stays_linear(text: str) -> None:
-    # 10 KB of worst-case input: windows and bounded repeats keep this near-linear.
-    assert min(_timed(text) for _ in range(3)) < 0.1
-
-
-def _timed(text: str) -> float:
-    t0 = time.perf_counter()
-    detect(text)
-    return time.perf_counter() - t0
+def test_adversarial_input_has_no_false_spans_and_keeps_a_real_one(text: str) -> None:
+    # 10 KB of worst-case input: nothing in it is PII, and a real value in its middle is still
+    # found (the scan's windows and bounded repeats do not lose it).
+    assert detect(text) == []
+    half = len(text) // 2
+    mixed = text[:half] + " mail ann@example.com now " + text[half:]
+    assert [(f.kind, f.text) for f in detect(mixed)] == [(EMAIL_ADDRESS, "ann@example.com")]
 
 
 def test_module_exports() -> None:
