@@ -324,6 +324,7 @@ class Engine:
             self._enable_lora(model)
         self.coserve = CoServePlanner(self.config.coserve)
         self._jobs: dict[str, _Job] = {}
+        self._ended: dict[str, JobStatus] = {}  # jobs that left `_jobs`, by how they ended
         self._job_planner = _JobPlanner(self)
         self._train_tokens = 0
         self._requests: dict[int, _Request] = {}
@@ -390,7 +391,8 @@ class Engine:
                 continue
             prompt = self.tokenizer.encode(
                 self.tokenizer.apply_chat_template(msgs[:i], add_generation_prompt=True))
-            full = self.tokenizer.encode(self.tokenizer.apply_chat_template(msgs[:i + 1]))
+            full = self.tokenizer.encode(
+                self.tokenizer.apply_chat_template(msgs[:i + 1], add_generation_prompt=False))
             if full[:len(ids)] != ids or full[:len(prompt)] != prompt:
                 # Re-rendering changed earlier tokens (a template that rewrites history):
                 # restart from this rendering, keeping the assistant mask honest.
@@ -435,7 +437,9 @@ class Engine:
     def _job_status(self, job_id: str) -> JobStatus:
         with self._cv:
             job = self._jobs.get(job_id)
-            return job.trainer.status if job is not None else JobStatus.CANCELLED
+            if job is not None:
+                return job.trainer.status
+            return self._ended.get(job_id, JobStatus.CANCELLED)
 
     def _job_progress(self, job_id: str) -> TrainingProgress | None:
         with self._cv:
@@ -761,12 +765,13 @@ class Engine:
             job.reported_checkpoints = len(t.checkpoints)
             if t.done:
                 del self._jobs[job_id]
+                self._ended[job_id] = t.status
                 job.listener.on_finished(job_id, t.status, t.final_path, progress, t.error)
 
     def _drop_cancelled(self) -> None:
         for job_id in [j for j, job in self._jobs.items() if job.cancelled]:
             job = self._jobs.pop(job_id)
-            job.trainer.status = JobStatus.CANCELLED
+            job.trainer.status = self._ended[job_id] = JobStatus.CANCELLED
             job.trainer.release()
             if self.lora is not None:
                 self.lora.unregister(job.trainer.spec.adapter_name)

@@ -1,0 +1,487 @@
+"""Multi-LoRA serving and co-served LoRA training in the bundled engine (tiny random models)."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from backends.engine.engine import Engine, EngineConfig
+from backends.engine.finetune.coserve import CoServeConfig, CoServePlanner
+from backends.engine.finetune.job import (
+    JobStatus,
+    LoraHyperparameters,
+    TrainExample,
+    TrainingJobSpec,
+    TrainingProgress,
+)
+from backends.engine.finetune.trainer import LoraTrainer
+from backends.engine.lora import (
+    AdapterRegistry,
+    AdapterTensors,
+    LoraWeights,
+    UnknownAdapter,
+    load_adapter,
+    save_adapter,
+)
+from backends.engine.runner import RunItem
+from backends.engine.sampler import SamplingParams
+from backends.engine.tokenizer import Tokenizer
+from tests.engine_support import Pager, checkpoint, make_runner, random_prompt, reference_model
+
+TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+GREEDY = SamplingParams(max_tokens=6, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def path() -> Path:
+    return checkpoint("llama")
+
+
+def make_engine(path: Path, **cfg: object) -> Engine:
+    return Engine(make_runner(path, num_blocks=512), config=EngineConfig(**cfg),
+                  tokenizer=Tokenizer(path), eos_token_ids=[])
+
+
+def random_adapter(model: torch.nn.Module, rank: int = 4, alpha: float = 8.0, seed: int = 0,
+                   targets: tuple[str, ...] = TARGETS) -> LoraWeights:
+    """Non-zero A and B (a trained-looking adapter), sized from the model's layers."""
+    cfg = model.config
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    h, inter = cfg.hidden_size, cfg.intermediate_size
+    dims = {"q": (h, q), "k": (h, kv), "v": (h, kv), "o": (q, h), "gate": (h, inter),
+            "up": (h, inter), "down": (inter, h)}
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(cfg.num_hidden_layers):
+        for t in targets:
+            i, o = dims[t]
+            tensors[(layer, t)] = (torch.randn(rank, i, generator=g) * 0.3,
+                                   torch.randn(o, rank, generator=g) * 0.3)
+    return LoraWeights(rank, alpha, tensors)
+
+
+_HF = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+       "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
+       "down": "mlp.down_proj"}
+
+
+def hf_module(model: torch.nn.Module, layer: int, target: str) -> torch.nn.Module:
+    mod = model.model.layers[layer]
+    for part in _HF[target].split("."):
+        mod = getattr(mod, part)
+    return mod
+
+
+def hf_logits_with_lora(path: Path, ids: list[int], w: LoraWeights) -> torch.Tensor:
+    """transformers' model with the adapter merged into its weights: W + scale * B @ A."""
+    ref = reference_model(path)
+    saved = {}
+    with torch.no_grad():
+        for (layer, t), (a, b) in w.tensors.items():
+            mod = hf_module(ref, layer, t)
+            saved[(layer, t)] = mod.weight.clone()
+            mod.weight += w.scale * b @ a
+        try:
+            return ref(torch.tensor([ids])).logits[0].float()
+        finally:
+            for (layer, t), weight in saved.items():
+                hf_module(ref, layer, t).weight.copy_(weight)
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.events: list[str] = []
+        self.metrics: list[TrainingProgress] = []
+        self.checkpoints: list[Path] = []
+        self.status: JobStatus | None = None
+        self.final: Path | None = None
+        self.error: str | None = None
+        self.on_checkpoint_hook = None
+
+    def on_event(self, job_id: str, level: str, message: str) -> None:
+        self.events.append(message)
+
+    def on_metrics(self, job_id: str, progress: TrainingProgress) -> None:
+        self.metrics.append(progress)
+
+    def on_checkpoint(self, job_id: str, path: Path, progress: TrainingProgress) -> None:
+        self.checkpoints.append(path)
+        if self.on_checkpoint_hook is not None:
+            self.on_checkpoint_hook(path)
+
+    def on_finished(self, job_id: str, status: JobStatus, adapter_path: Path | None,
+                    progress: TrainingProgress, error: str | None) -> None:
+        self.status, self.final, self.error = status, adapter_path, error
+        self.metrics.append(progress)
+        self.done.set()
+
+
+ANSWER = [7, 8, 9, 10, 11]
+MARKER = 5
+
+
+def mapping_examples(n: int, vocab: int, seed: int) -> list[TrainExample]:
+    """Any prompt ending in the marker token (as a chat template's assistant header ends every
+    prompt) is answered by the same five tokens: easy to learn, absent from a random model."""
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(n):
+        prompt = [rnd.randrange(20, vocab) for _ in range(5)] + [MARKER]
+        out.append(TrainExample(prompt + ANSWER, [False] * 6 + [True] * 5))
+    return out
+
+
+def mapping_spec(tmp: Path, vocab: int, **hp: object) -> TrainingJobSpec:
+    hyper = dict(n_epochs=8, batch_size=4, learning_rate=1e-2, checkpoint_every=4)
+    hyper.update(hp)
+    return TrainingJobSpec("job-1", "ft:tiny:map:1", mapping_examples(24, vocab, 0),
+                           mapping_examples(6, vocab, 1), LoraHyperparameters(**hyper),
+                           checkpoint_dir=tmp, seed=3)
+
+
+# --- adapter files and the registry -------------------------------------------------------
+
+
+def test_adapter_files_round_trip_in_peft_layout(path: Path, tmp_path: Path) -> None:
+    model = make_runner(path).model
+    w = random_adapter(model, targets=("q", "v", "down"))
+    save_adapter(tmp_path / "a", w)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["adapter_config.json", "adapter_model.safetensors"]
+    back = load_adapter(tmp_path / "a")
+    assert (back.rank, back.alpha, back.targets) == (4, 8.0, ("q", "v", "down"))
+    for k, (a, b) in w.tensors.items():
+        assert torch.equal(back.tensors[k][0], a) and torch.equal(back.tensors[k][1], b)
+    with pytest.raises(ValueError, match="not a LoRA adapter folder"):
+        load_adapter(tmp_path)
+
+
+def test_registry_leases_versions_and_lru(tmp_path: Path) -> None:
+    w = LoraWeights(2, 2.0, {(0, "q"): (torch.zeros(2, 3), torch.zeros(3, 2))})
+    for name in ("a", "b", "c"):
+        save_adapter(tmp_path / name, w)
+    reg = AdapterRegistry(2, lambda _w: AdapterTensors({}))
+    for name in ("a", "b", "c"):
+        reg.register(name, tmp_path / name)
+    ka = reg.acquire("a")
+    kb = reg.acquire("b")
+    reg.release(kb)
+    kc = reg.acquire("c")  # evicts idle b, never leased a
+    resident = {r["name"] for r in reg.stats()["resident"]}
+    assert resident == {"a", "c"} and ka != kc
+    reg.acquire("b")  # every resident one is leased: over the cap rather than refused
+    assert reg.stats()["over_cap"] == 1 and len(reg.stats()["resident"]) == 3
+    # A published version is what new leases get; the old one lives while leased.
+    old = reg.acquire("a")
+    new = reg.publish("a", w)
+    assert reg.acquire("a") == new != old
+    reg.tensors(old)  # still resident for the stream that leased it
+    reg.release(old)
+    reg.release(ka)
+    with pytest.raises(KeyError):
+        reg.tensors(old)
+    with pytest.raises(UnknownAdapter):
+        reg.acquire("nope")
+
+
+# --- serving ------------------------------------------------------------------------------
+
+
+def test_adapter_logits_equal_transformers_with_merged_weights(path: Path) -> None:
+    runner = make_runner(path)
+    engine = Engine(runner, tokenizer=Tokenizer(path))
+    try:
+        w = random_adapter(runner.model, seed=1)
+        key = engine.lora.publish("x", w)
+        ids = random_prompt(12, runner.model.config.vocab_size, seed=4)
+        pager = Pager(runner.kv.num_blocks, runner.kv.block_size)
+        ours = runner.run([RunItem(ids, 0, pager.table(0, len(ids)), len(ids), adapter=key)])
+        ref = hf_logits_with_lora(path, ids, w)
+        torch.testing.assert_close(ours, ref, atol=2e-4, rtol=1e-4)
+        base = runner.run([RunItem(ids, 0, pager.table(1, len(ids)), len(ids))])
+        assert (base - ref).abs().max() > 1e-2  # the adapter really changes the output
+    finally:
+        engine.shutdown()
+
+
+def test_a_mixed_batch_gives_each_request_what_it_gets_alone(path: Path, tmp_path: Path) -> None:
+    engine = make_engine(path)
+    try:
+        model = engine.runner.model
+        for i, name in enumerate(("a", "b")):
+            save_adapter(tmp_path / name, random_adapter(model, seed=10 + i))
+            engine.load_adapter(name, tmp_path / name)
+        vocab = model.config.vocab_size
+        prompts = [random_prompt(5 + i, vocab, seed=i) for i in range(6)]
+        adapters = ["a", None, "b", "a", None, "b"]
+        alone = [engine.generate_sync(p, GREEDY, adapter=a).token_ids
+                 for p, a in zip(prompts, adapters, strict=True)]
+        together = engine.generate_batch_sync(prompts, GREEDY, adapters=adapters)
+        assert [c.token_ids for c in together] == alone
+        # The adapters matter: the same prompt differs under a, b and the base.
+        outs = {a: engine.generate_sync(prompts[0], GREEDY, adapter=a).token_ids
+                for a in ("a", "b", None)}
+        assert len({tuple(v) for v in outs.values()}) == 3
+        assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+    finally:
+        engine.shutdown()
+
+
+def test_kv_blocks_are_never_shared_across_adapters(path: Path, tmp_path: Path) -> None:
+    engine = make_engine(path, block_size=4)
+    try:
+        save_adapter(tmp_path / "a", random_adapter(engine.runner.model, seed=2))
+        engine.load_adapter("a", tmp_path / "a")
+        prompt = random_prompt(17, engine.vocab_size, seed=9)
+        engine.generate_sync(prompt, GREEDY)
+        assert engine.generate_sync(prompt, GREEDY, adapter="a").cached_tokens == 0
+        assert engine.generate_sync(prompt, GREEDY, adapter="a").cached_tokens == 16
+        assert engine.generate_sync(prompt, GREEDY).cached_tokens == 16
+    finally:
+        engine.shutdown()
+
+
+def test_unknown_adapter_is_refused_at_submit(path: Path) -> None:
+    engine = make_engine(path)
+    try:
+        with pytest.raises(ValueError, match="no adapter named 'ghost'"):
+            engine.generate_sync([1, 2, 3], GREEDY, adapter="ghost")
+        assert engine.scheduler.waiting == () and engine.scheduler.running == ()
+    finally:
+        engine.shutdown()
+
+
+# --- training -----------------------------------------------------------------------------
+
+
+def test_tokenize_chat_masks_only_the_assistant_turns(path: Path) -> None:
+    engine = make_engine(path)
+    try:
+        tok = engine.tokenizer
+        msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello there"},
+                {"role": "user", "content": "and?"}, {"role": "assistant", "content": "bye now"}]
+        ex = engine.tokenize_chat(msgs)
+        learned = tok.decode([t for t, m in zip(ex.token_ids, ex.loss_mask, strict=True) if m])
+        assert "hello there" in learned and "bye now" in learned
+        assert "be brief" not in learned and "and?" not in learned
+        with pytest.raises(ValueError, match="no assistant"):
+            engine.tokenize_chat(msgs[:2])
+    finally:
+        engine.shutdown()
+
+
+def test_lora_gradients_match_transformers_autograd(path: Path, tmp_path: Path) -> None:
+    """Chunked co-served training (three chunks, graph across them) against one plain
+    autograd pass of transformers' model with the same LoRA as forward hooks."""
+    runner = make_runner(path)
+    engine = Engine(runner, tokenizer=Tokenizer(path))
+    try:
+        model = runner.model
+        model.requires_grad_(False)
+        vocab = model.config.vocab_size
+        ex = TrainExample(random_prompt(14, vocab, seed=5), [False] * 5 + [True] * 9)
+        other = TrainExample(random_prompt(6, vocab, seed=6), [False] * 2 + [True] * 4)
+        spec = TrainingJobSpec("g", "g", [ex, other], [], LoraHyperparameters(
+            n_epochs=1, batch_size=2, rank=4, alpha=8.0), checkpoint_dir=tmp_path, resume=False)
+        trainer = LoraTrainer(spec, model, engine._lora_slices, engine._lora_ctx, lambda w: None)
+        with torch.no_grad():  # B = 0 would make every A gradient zero
+            for _, b in trainer.params.values():
+                b.normal_(0, 0.2)
+        trainer._open = type(trainer._next_example())(ex, divisor=ex.num_targets +
+                                                      other.num_targets)
+        for n in (5, 4, 5):
+            trainer._train_chunk(n)
+        assert trainer._open is None and trainer.cur.step == 0  # accumulating, no step yet
+
+        ref = reference_model(path)
+        ref_params = {k: (a.detach().clone().requires_grad_(), b.detach().clone()
+                          .requires_grad_()) for k, (a, b) in trainer.params.items()}
+        hooks = []
+        for (layer, t), (a, b) in ref_params.items():
+            def hook(mod, inp, out, a=a, b=b):
+                return out + (inp[0] @ a.t()) @ b.t() * (8.0 / 4)
+            hooks.append(hf_module(ref, layer, t).register_forward_hook(hook))
+        try:
+            logits = ref(torch.tensor([ex.token_ids])).logits[0].float()
+        finally:
+            for h in hooks:
+                h.remove()
+        rows = [i for i in range(len(ex.token_ids) - 1) if ex.loss_mask[i + 1]]
+        loss = torch.nn.functional.cross_entropy(
+            logits[rows], torch.tensor([ex.token_ids[i + 1] for i in rows]), reduction="sum")
+        (loss / (ex.num_targets + other.num_targets)).backward()
+        for k, (a, b) in trainer.params.items():
+            ra, rb = ref_params[k]
+            torch.testing.assert_close(a.grad, ra.grad, atol=1e-5, rtol=1e-3)
+            torch.testing.assert_close(b.grad, rb.grad, atol=1e-5, rtol=1e-3)
+        assert any(a.grad.abs().max() > 0 for a, _ in trainer.params.values())
+    finally:
+        engine.shutdown()
+
+
+def test_a_job_learns_a_mapping_and_its_adapter_serves_it(path: Path, tmp_path: Path) -> None:
+    engine = make_engine(path)
+    try:
+        listener = Listener()
+        spec = mapping_spec(tmp_path, engine.vocab_size)
+        handle = engine.start_training(spec, listener)
+        assert listener.done.wait(120)
+        assert listener.status is JobStatus.SUCCEEDED and handle.status is JobStatus.SUCCEEDED
+        losses = [m.train_loss for m in listener.metrics if m.train_loss is not None]
+        assert losses[-1] < 0.2 * losses[0]
+        assert any("base model validation loss" in e for e in listener.events)
+        final = listener.metrics[-1]
+        assert final.valid_loss is not None and final.valid_loss < 0.5
+        assert final.step == final.total_steps == 48 and final.tokens_trained == 24 * 11 * 8
+        assert listener.final is not None and (listener.final / "adapter_config.json").is_file()
+        assert [p.name for p in listener.checkpoints][:2] == ["step-4", "step-8"]
+
+        prompt = random_prompt(5, engine.vocab_size, seed=77) + [MARKER]
+        served = engine.generate_sync(prompt, GREEDY, adapter=spec.adapter_name).token_ids
+        assert served[:5] == ANSWER
+        base = engine.generate_sync(prompt, GREEDY).token_ids
+        assert base[:5] != ANSWER
+        # The file the job wrote serves the same answers in another engine.
+        other = make_engine(path)
+        try:
+            other.load_adapter("from-file", listener.final)
+            assert other.generate_sync(prompt, GREEDY, adapter="from-file").token_ids == served
+        finally:
+            other.shutdown()
+    finally:
+        engine.shutdown()
+
+
+def test_base_outputs_are_token_identical_while_a_job_trains(path: Path,
+                                                             tmp_path: Path) -> None:
+    engine = make_engine(path, token_budget=64)
+    try:
+        prompts = [random_prompt(8 + i, engine.vocab_size, seed=40 + i) for i in range(8)]
+        params = SamplingParams(max_tokens=24, temperature=0.0)
+        alone = [c.token_ids for c in engine.generate_batch_sync(prompts, params)]
+        listener = Listener()
+        engine.start_training(mapping_spec(tmp_path, engine.vocab_size, n_epochs=40),
+                              listener)
+        during = [c.token_ids for c in engine.generate_batch_sync(prompts, params)]
+        assert engine.stats()["training"], "the job should still be training"
+        assert during == alone
+        assert engine.stats()["training_tokens"] > 0
+    finally:
+        engine.shutdown()
+
+
+def test_restart_resumes_from_the_newest_checkpoint(path: Path, tmp_path: Path) -> None:
+    """A job stopped after a checkpoint and resumed in a new engine ends with the same
+    adapter as one that was never stopped (same seed, same order, optimizer state saved)."""
+    full = make_engine(path)
+    try:
+        done = Listener()
+        full.start_training(mapping_spec(tmp_path / "full", full.vocab_size, n_epochs=3), done)
+        assert done.done.wait(120) and done.status is JobStatus.SUCCEEDED
+    finally:
+        full.shutdown()
+    first = make_engine(path)
+    try:
+        stopped = Listener()
+        handle = first.start_training(
+            mapping_spec(tmp_path / "cut", first.vocab_size, n_epochs=3), stopped)
+        stopped.on_checkpoint_hook = lambda p: handle.cancel() if p.name == "step-8" else None
+        assert stopped.done.wait(120) and stopped.status is JobStatus.CANCELLED
+        assert first.adapter_names() == [] and first.stats()["training"] == []
+    finally:
+        first.shutdown()
+    second = make_engine(path)
+    try:
+        resumed = Listener()
+        second.start_training(mapping_spec(tmp_path / "cut", second.vocab_size, n_epochs=3),
+                              resumed)
+        assert resumed.done.wait(120) and resumed.status is JobStatus.SUCCEEDED
+        assert any("resumed from checkpoint step-8" in e for e in resumed.events)
+    finally:
+        second.shutdown()
+    a, b = load_adapter(done.final), load_adapter(resumed.final)
+    for k in a.tensors:
+        torch.testing.assert_close(a.tensors[k][0], b.tensors[k][0])
+        torch.testing.assert_close(a.tensors[k][1], b.tensors[k][1])
+
+
+def test_a_failing_job_fails_alone(path: Path, tmp_path: Path) -> None:
+    engine = make_engine(path)
+    try:
+        bad = TrainExample([1, 2, engine.vocab_size + 5, 4], [False, False, True, True])
+        listener = Listener()
+        engine.start_training(TrainingJobSpec("bad", "ft:bad", [bad], [], checkpoint_dir=tmp_path,
+                                              hyper=LoraHyperparameters(n_epochs=1)), listener)
+        out = engine.generate_sync([1, 2, 3], GREEDY)
+        assert listener.done.wait(60) and listener.status is JobStatus.FAILED
+        assert listener.error and "IndexError" in listener.error
+        assert len(out.token_ids) == GREEDY.max_tokens
+    finally:
+        engine.shutdown()
+
+
+def test_a_job_id_trains_once_at_a_time(path: Path, tmp_path: Path) -> None:
+    engine = make_engine(path)
+    try:
+        spec = mapping_spec(tmp_path, engine.vocab_size, n_epochs=50)
+        engine.start_training(spec, Listener())
+        with pytest.raises(ValueError, match="already training"):
+            engine.start_training(spec, Listener())
+        assert engine._lora_ctx.groups == []  # set only inside a forward pass
+    finally:
+        engine.shutdown()
+
+
+# --- the co-serving planner ----------------------------------------------------------------
+
+
+def test_planner_gives_training_the_whole_budget_without_inference() -> None:
+    p = CoServePlanner(CoServeConfig(train_cost=3.0))
+    assert p.tokens(300, num_decodes=0) == 100
+    assert p.tokens(0, num_decodes=0) == 0
+
+
+def test_planner_measures_inference_alone_first_then_backs_off_and_grows() -> None:
+    p = CoServePlanner(CoServeConfig(slack=0.1, refresh_every=1000))
+    assert p.tokens(480, num_decodes=4) == 0  # no baseline for 4 decodes yet
+    p.observe(0.010, num_decodes=4, train_tokens=0)
+    assert p.target(4) == pytest.approx(0.011)
+    share = p.share
+    assert p.tokens(480, num_decodes=4) == int(480 * share / 3)
+    p.observe(0.020, num_decodes=4, train_tokens=40)  # way over: halve
+    assert p.share == pytest.approx(share / 2)
+    for _ in range(3):
+        p.observe(0.0105, num_decodes=4, train_tokens=20)  # under: grow additively
+    assert p.share == pytest.approx(share / 2 + 0.15)
+    # An SLO, when set, is the target whatever inference alone costs.
+    slo = CoServePlanner(CoServeConfig(itl_slo_s=0.05))
+    assert slo.tokens(300, num_decodes=2) > 0 and slo.target(2) == 0.05
+
+
+def test_scheduler_gives_training_only_what_inference_leaves(path: Path) -> None:
+    from backends.engine.block_manager import BlockManager
+    from backends.engine.scheduler import Scheduler
+    from backends.engine.sequence import Sequence
+    from backends.engine.step import ItemKind, TrainItem
+
+    seen: list[tuple[int, int]] = []
+
+    class Planner:
+        def plan(self, leftover: int, num_decodes: int) -> list[TrainItem]:
+            seen.append((leftover, num_decodes))
+            return [TrainItem("j", leftover)]
+
+    sched = Scheduler(BlockManager(64, 4), max_num_seqs=8, token_budget=32, max_waiting=8)
+    sched.add(Sequence(1, list(range(20)), max_tokens=4))
+    out = sched.schedule(None, Planner())
+    assert [it.kind for it in out.items] == [ItemKind.PREFILL]
+    assert seen[-1] == (12, 0) and out.train == [TrainItem("j", 12)]
+    sched.add(Sequence(2, list(range(40)), max_tokens=4))
+    out = sched.schedule(None, Planner())  # seq 1's chunk again, then seq 2's
+    assert out.num_tokens == 32 and out.train == []  # nothing left: the planner isn't asked
