@@ -93,10 +93,12 @@ class EngineMember(Member):
                          context_window=self.context_window,
                          default_max_tokens=self.opts.default_max_tokens)
 
-    def _events(self, er: fmt.EngineRequest) -> RequestStream:
+    def _events(self, er: fmt.EngineRequest, adapter: str | None = None) -> RequestStream:
+        # Only passed when set: the base path stays the call it always was.
+        extra = {"adapter": adapter} if adapter is not None else {}
         try:
             return self.engine.generate(er.prompt_ids, er.params, priority=er.priority,
-                                        speculative=er.speculative)
+                                        speculative=er.speculative, **extra)
         except QueueFull as e:
             # Retryable: the gateway tries again, then falls back to another member.
             raise UpstreamError(f"engine queue is full: {e}", kind="http", status=503,
@@ -105,6 +107,11 @@ class EngineMember(Member):
             raise UpstreamError(f"engine is shutting down: {e}", kind="http",
                                 status=503) from None
         except ValueError as e:  # a request that could never fit this engine's KV cache
+            if adapter is not None and adapter not in self.engine.adapter_names():
+                # The member exists but its weights are not in this engine (unloaded): the
+                # gateway's retry or fallback handles it, not the client.
+                raise UpstreamError(f"adapter {adapter!r} is not loaded: {e}", kind="http",
+                                    status=503) from None
             raise fmt.bad_request(str(e), "messages", "context_length_exceeded") from None
 
     def _logprob_entry(self, ev: TokenEvent) -> dict[str, Any] | None:
@@ -115,12 +122,13 @@ class EngineMember(Member):
     def _model_name(self, req: UpstreamRequest) -> str:
         return str(req.body.get("model") or self.upstream_model)
 
-    async def complete(self, req: UpstreamRequest) -> UpstreamResponse:
+    async def complete(self, req: UpstreamRequest,
+                       adapter: str | None = None) -> UpstreamResponse:
         er = self._parse(req)
         parts: list[str] = [er.echo_prompt] if er.echo_prompt else []
         entries: list[dict[str, Any]] | None = [] if er.logprobs else None
         last: TokenEvent | None = None
-        events = self._events(er)
+        events = self._events(er, adapter)
         try:
             async for ev in _failing_cleanly(events):
                 parts.append(ev.text)
@@ -137,10 +145,11 @@ class EngineMember(Member):
                               last.finish_reason, use, entries)
         return UpstreamResponse(content=orjson.dumps(data), data=data)
 
-    async def stream(self, req: UpstreamRequest) -> AsyncIterator[bytes]:
+    async def stream(self, req: UpstreamRequest,
+                     adapter: str | None = None) -> AsyncIterator[bytes]:
         er = self._parse(req)
         rid, model, created = fmt.new_id(er.kind), self._model_name(req), int(time.time())
-        events = self._events(er)
+        events = self._events(er, adapter)
         try:
             if er.kind == "chat":
                 yield fmt.chunk("chat", rid, model, created, role=True, text="")
@@ -170,6 +179,31 @@ class EngineMember(Member):
     async def aclose(self) -> None:
         # Joins the step thread (after its step in flight): not on the event loop.
         await asyncio.to_thread(self.engine.shutdown)
+
+
+class AdapterMember(Member):
+    """A fine-tuned LoRA adapter as a pool member of its own: its requests run on the base
+    member's engine, in the same batches as the base's (the engine gathers each request's
+    adapter weights), so serving an adapter costs no second copy of the model."""
+
+    def __init__(self, base: EngineMember, name: str) -> None:
+        self.base = base
+        self.name = name
+        self.upstream_model = name  # the engine's adapter name, and the model in responses
+        self.context_window = base.context_window
+        self.random_weights = base.random_weights
+
+    async def complete(self, req: UpstreamRequest) -> UpstreamResponse:
+        return await self.base.complete(req, adapter=self.name)
+
+    def stream(self, req: UpstreamRequest) -> AsyncIterator[bytes]:
+        return self.base.stream(req, adapter=self.name)
+
+    def stats(self) -> dict[str, Any]:
+        return self.base.stats()
+
+    async def aclose(self) -> None:
+        """The base member owns the engine; closing it unloads everything."""
 
 
 async def _failing_cleanly(events: RequestStream) -> AsyncIterator[TokenEvent]:
