@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -65,6 +67,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8100
     device: str = "auto"
+    dtype: str = "auto"
     state_dir: Path = Path(".greengate")
     energy_meter: str = "auto"  # auto | nvml | rapl | none
     max_num_seqs: int = 64
@@ -164,7 +167,8 @@ class EngineServer:
 
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
-        opts = EngineOptions(device=cfg.device, max_num_seqs=cfg.max_num_seqs,  # type: ignore[arg-type]
+        opts = EngineOptions(device=cfg.device, dtype=cfg.dtype,  # type: ignore[arg-type]
+                             max_num_seqs=cfg.max_num_seqs,  # type: ignore[arg-type]
                              kv_cache_gb=cfg.kv_cache_gb, block_size=cfg.block_size,
                              default_max_tokens=cfg.default_max_tokens,
                              prefix_caching=cfg.prefix_caching)
@@ -215,7 +219,7 @@ class EngineServer:
                 raise fmt.bad_request("the resumed request no longer fits the context",
                                       "messages", "context_length_exceeded")
             er.prompt_ids = er.prompt_ids + list(ext.resume_ids)
-            er.params.max_tokens -= n
+            er.params = dataclasses.replace(er.params, max_tokens=er.params.max_tokens - n)
             er.echo_prompt = None
         return er, ext
 
@@ -245,7 +249,9 @@ class EngineServer:
                 if done:
                     break
                 if self._preempted(events.request_id):
-                    nxt.cancel()
+                    nxt.cancel()  # and wait for it: the generator must stop before aclose
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await nxt
                     raise _Preempted
             try:
                 ev = nxt.result()
@@ -541,6 +547,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dtype", default="auto",
+                   choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--state-dir", type=Path,
                    default=Path(os.environ.get("GREENGATE_STATE_DIR", ".greengate")))
     p.add_argument("--energy-meter", default="auto", choices=["auto", "nvml", "rapl", "none"])
@@ -554,7 +562,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(model=args.model, host=args.host, port=args.port, device=args.device,
-                        state_dir=args.state_dir, energy_meter=args.energy_meter,
+                        dtype=args.dtype, state_dir=args.state_dir, energy_meter=args.energy_meter,
                         max_num_seqs=args.max_num_seqs, kv_cache_gb=args.kv_cache_gb,
                         block_size=args.block_size,
                         default_max_tokens=args.default_max_tokens,
