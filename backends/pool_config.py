@@ -100,6 +100,29 @@ class EngineOptions(BaseModel):
         "`greengate: {speculative: false}`.")
 
 
+class ReplicaOptions(BaseModel):
+    """How a member with several `endpoints` places requests on them (backends/replicas.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    policy: Literal["affinity", "least_load", "round_robin"] = Field(
+        "affinity", description="affinity: least load plus prefix affinity (requests sharing "
+        "a long prefix go to the replica that has it cached, unless it is overloaded).")
+    scrape_interval_s: float = Field(0.5, gt=0, description="How often /metrics is read.")
+    scrape_timeout_s: float = Field(2.0, gt=0)
+    eject_after_scrape_failures: int = Field(2, ge=1)
+    eject_s: float = Field(5.0, gt=0, description="An ejected replica is probed (/health) "
+                           "after this long, and back in when the probe passes.")
+    overload_kv_usage: float = Field(0.95, gt=0, le=1, description="KV usage at which the "
+                                     "affinity replica is passed over.")
+    overload_gap: float = Field(8, ge=0, description="Requests above the least loaded "
+                                "replica's at which the affinity replica is passed over.")
+    overload_ratio: float = Field(1.0, ge=0, description="...or this share of the least "
+                                  "loaded replica's requests, whichever is larger.")
+    affinity_block_chars: int = Field(64, ge=1, description="Characters per hashed block.")
+    affinity_blocks: int = Field(4, ge=1, description="Leading blocks the affinity key "
+                                 "hashes; shorter prompts are placed by load alone.")
+
+
 class MemberConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -129,14 +152,25 @@ class MemberConfig(BaseModel):
         "across retries and fallbacks, and the most time spent on it as a fallback "
         "(default: the gateway's request_timeout_s).")
     extra_headers: dict[str, str] = Field(default_factory=dict)
+    endpoints: list[str] | None = Field(
+        None, min_length=1, description="kind 'openai' only: replicas of the same model "
+        "(greengate engine servers, vLLM, SGLang, TGI...), each an OpenAI base URL; requests "
+        "are placed among them by load and prefix affinity (`replicas`).")
+    replicas: ReplicaOptions | None = None
     engine: EngineOptions | None = Field(
         None, description="kind 'engine' only; `model` is then a checkpoint folder, or "
         "'tiny-random-llama' for the built-in random one.")
 
     @model_validator(mode="after")
     def _kind_needs(self) -> MemberConfig:
-        if self.kind == "openai" and not self.base_url:
-            raise ValueError("kind 'openai' needs base_url")
+        if self.kind == "openai" and not self.base_url and not self.endpoints:
+            raise ValueError("kind 'openai' needs base_url (or endpoints)")
+        if self.endpoints and (self.kind != "openai" or self.base_url):
+            raise ValueError("endpoints are for kind 'openai' in place of base_url")
+        if self.endpoints and len(set(self.endpoints)) != len(self.endpoints):
+            raise ValueError("endpoints must be distinct")
+        if self.replicas is not None and not self.endpoints:
+            raise ValueError("'replicas' options need endpoints")
         if self.kind != "engine" and self.engine is not None:
             raise ValueError("'engine' options are for kind 'engine' only")
         if self.kind == "engine" and self.mode != "chat":

@@ -1,0 +1,342 @@
+"""A member over several replicas: two greengate engine servers as subprocesses on a tiny random
+checkpoint (load spreads, a shared prefix sticks, a replica killed mid-stream is migrated off
+with a greedy-identical text, ejected and probed back in), a fake greengate replica that
+preempts, and fake vLLM-style /metrics endpoints that drive placement the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from backends.base import UpstreamRequest
+from backends.pool_config import MemberConfig, PoolConfig, ReplicaOptions
+from backends.replicas import HashRing, ReplicaMember, parse_metrics, prefix_key
+from tests.engine_servers import EngineServerProcess
+from tests.engine_support import checkpoint
+from tests.servers import ServerThread
+
+SYSTEM = ("You are the support assistant of a company that sells bicycles, spare parts and "
+          "repair services. Answer briefly, cite the part number when you know it, never "
+          "promise a delivery date, and hand over to a person when the customer is upset. "
+          "Prices include tax. Opening hours are nine to six on weekdays.")
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[EngineServerProcess]]:
+    ckpt = checkpoint("llama", seed=2)
+    root = tmp_path_factory.mktemp("replicas")
+    servers = [EngineServerProcess(ckpt, root / f"r{i}") for i in range(2)]
+    for s in servers:
+        s.start()
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+def member(urls: list[str], **opts: object) -> ReplicaMember:
+    cfg = MemberConfig(name="tiny", kind="openai", model="tiny", endpoints=urls,
+                       replicas=ReplicaOptions(**{"scrape_interval_s": 0.2, **opts}))
+    return ReplicaMember(cfg)
+
+
+def chat(user: str, max_tokens: int = 24, system: str | None = None) -> dict:
+    msgs = [{"role": "system", "content": system}] if system else []
+    return {"model": "tiny", "messages": [*msgs, {"role": "user", "content": user}],
+            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
+
+
+async def collect(m: ReplicaMember, body: dict) -> tuple[str, dict]:
+    """The streamed text and the final usage (which carries the replica record)."""
+    text, usage = "", {}
+    async for payload in m.stream(UpstreamRequest("chat/completions", body, True)):
+        data = orjson.loads(payload)
+        assert "greengate" not in data  # the member keeps its extension to itself
+        if data.get("usage"):
+            usage = data["usage"]
+        for c in data.get("choices") or []:
+            text += c["delta"].get("content") or ""
+    return text, usage
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="endpoints"):
+        MemberConfig(name="x", kind="openai", model="m", base_url="http://a/v1",
+                     endpoints=["http://b/v1"])
+    with pytest.raises(ValueError, match="distinct"):
+        MemberConfig(name="x", kind="openai", model="m", endpoints=["http://b/v1"] * 2)
+    pool = PoolConfig.model_validate({"pool": [{
+        "name": "x", "kind": "openai", "model": "m",
+        "endpoints": ["http://a:8000/v1", "http://b:8000/v1"],
+        "replicas": {"policy": "round_robin"}}]})
+    assert pool.pool[0].replicas.policy == "round_robin"
+
+
+def test_ring_moves_only_the_leavers_keys() -> None:
+    urls = [f"http://r{i}/v1" for i in range(4)]
+    ring, smaller = HashRing(urls), HashRing(urls[:3])
+    keys = range(0, 2**64, 2**64 // 2000)
+    owners = {k: ring.walk(k)[0] for k in keys}
+    for k, owner in owners.items():
+        if owner != urls[3]:
+            assert smaller.walk(k)[0] == owner
+    share = sum(o == urls[3] for o in owners.values()) / len(owners)
+    assert 0.1 < share < 0.4  # about a quarter each
+
+
+def test_prefix_key_needs_a_long_prefix() -> None:
+    long_a = chat("first question", system=SYSTEM)
+    long_b = chat("a different question", system=SYSTEM)
+    assert prefix_key("chat/completions", long_a, 64, 4) == \
+        prefix_key("chat/completions", long_b, 64, 4) is not None
+    assert prefix_key("chat/completions", chat("hi"), 64, 4) is None
+
+
+async def test_burst_spreads_load(engines: list[EngineServerProcess]) -> None:
+    m = member([e.url for e in engines])
+    depths: list[tuple[float, float]] = []
+    arriving = True
+    gap_s, n = 0.015, 16
+
+    async def depth(client: httpx.AsyncClient, e: EngineServerProcess) -> float:
+        v = parse_metrics((await client.get(e.root + "/metrics")).text)
+        return v["greengate_engine_running_requests"] + v["greengate_engine_waiting_requests"]
+
+    async def sample() -> None:
+        # While requests arrive: after the last one, each replica's drain speed alone decides.
+        async with httpx.AsyncClient() as client:
+            while arriving:
+                a, b = await asyncio.gather(*(depth(client, e) for e in engines))
+                depths.append((a, b))
+                await asyncio.sleep(0.01)
+
+    async def arrive(i: int) -> tuple[str, dict]:
+        nonlocal arriving
+        await asyncio.sleep(gap_s * i)  # a burst of arrivals, not one batch
+        if i == n - 1:
+            arriving = False
+        return await collect(m, chat(f"question {i}", 48))
+
+    for e in engines:  # the first forward pass of a process is slow: not placement's doing
+        httpx.post(e.url + "/chat/completions", json=chat("warm up", 2), timeout=60)
+    try:
+        await m.start()
+        sampler = asyncio.create_task(sample())
+        results = await asyncio.gather(*(arrive(i) for i in range(n)))
+        await sampler
+    finally:
+        await m.aclose()
+    served = [r["served"] for r in m.stats()["replicas"]]
+    assert sum(served) == n and min(served) >= n // 4
+    busy = [d for d in depths if sum(d) > 0]
+    assert busy, "no sample saw the burst"
+    assert max(abs(a - b) for a, b in busy) <= 2, depths
+    assert all(u["replicas"]["hops"][0]["placed_by"] == "least_load" for _, u in results)
+
+
+async def test_shared_prefix_sticks(engines: list[EngineServerProcess]) -> None:
+    m = member([e.url for e in engines])
+    before = [e.metrics()["greengate_engine_prefix_cache_hit_tokens_total"] for e in engines]
+    try:
+        usages = [(await collect(m, chat(f"question number {i}", 8, SYSTEM)))[1]
+                  for i in range(6)]
+    finally:
+        await m.aclose()
+    served = {u["replicas"]["served_by"] for u in usages}
+    assert len(served) == 1
+    assert all(u["replicas"]["hops"][0]["placed_by"] == "affinity" for u in usages)
+    url = served.pop()
+    i = next(k for k, e in enumerate(engines) if e.url == url)
+    hits = [e.metrics()["greengate_engine_prefix_cache_hit_tokens_total"] - b
+            for e, b in zip(engines, before, strict=True)]
+    assert hits[i] >= 5 * 48  # five requests found the system prompt's blocks cached
+    assert hits[1 - i] == 0
+
+
+async def test_killed_replica_migrates_then_comes_back(
+        engines: list[EngineServerProcess]) -> None:
+    body = chat("Tell me a long story", 300)
+    ref = httpx.post(engines[1].url + "/chat/completions", json=body, timeout=120).json()
+    expected = ref["choices"][0]["message"]["content"]
+    assert len(set(expected)) > 5
+    m = member([e.url for e in engines], eject_s=0.5)
+    by_url = {e.url: e for e in engines}
+    killed: EngineServerProcess | None = None
+    text, usage = "", {}
+    try:
+        await m.start()
+        async for payload in m.stream(UpstreamRequest("chat/completions", body, True)):
+            data = orjson.loads(payload)
+            if data.get("usage"):
+                usage = data["usage"]
+            for c in data.get("choices") or []:
+                text += c["delta"].get("content") or ""
+            if killed is None and text:
+                busy = next(r for r in m.replicas if r.inflight)
+                killed = by_url[busy.url]
+                killed.kill()  # mid-stream: the member resumes on the other one
+        assert killed is not None
+        assert text == expected  # greedy: the continuation is what the first would have said
+        rec = usage["replicas"]
+        assert [h["end"] for h in rec["hops"]] == ["died", "done"]
+        assert rec["migrations"][0]["from"] == killed.url
+        assert 0 < rec["migrations"][0]["after_tokens"] < 300
+        assert usage["completion_tokens"] == ref["usage"]["completion_tokens"]
+        assert usage["energy_source"].startswith("estimated:") and usage["energy_j"] > 0
+        state = {r["url"]: r["state"] for r in m.stats()["replicas"]}
+        assert state[killed.url] == "ejected"
+        killed.start()
+        deadline = time.monotonic() + 30
+        while {r["url"]: r["state"] for r in m.stats()["replicas"]}[killed.url] != "healthy":
+            assert time.monotonic() < deadline, "not probed back in"
+            await asyncio.sleep(0.1)
+        results = await asyncio.gather(*(collect(m, chat(f"q{i}", 8)) for i in range(4)))
+        assert {u["replicas"]["served_by"] for _, u in results} == set(by_url)
+    finally:
+        await m.aclose()
+        if killed is not None and killed.proc is not None and killed.proc.poll() is not None:
+            killed.start()
+
+
+# --- fakes -----------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeReplica:
+    """An OpenAI-compatible replica with a settable /metrics page; `stream_chunks`, when set,
+    is replayed as the stream (a greengate replica that preempts)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    bodies: list[dict] = field(default_factory=list)
+    stream_chunks: list[bytes] | None = None
+
+    def app(self) -> Starlette:
+        async def chat_(request: Request) -> Response:
+            body = orjson.loads(await request.body())
+            self.bodies.append(body)
+            if body.get("stream") and self.stream_chunks is not None:
+                chunks = self.stream_chunks
+
+                async def gen():  # type: ignore[no-untyped-def]
+                    for c in chunks:
+                        yield b"data: " + c + b"\n\n"
+                    yield b"data: [DONE]\n\n"
+                return StreamingResponse(gen(), media_type="text/event-stream")
+            return JSONResponse({
+                "id": "x", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+
+        async def metrics(_: Request) -> Response:
+            return Response("".join(f'{k}{{model_name="m"}} {v}\n'
+                                    for k, v in self.metrics.items()))
+
+        async def health(_: Request) -> Response:
+            return Response("")
+
+        return Starlette(routes=[Route("/v1/chat/completions", chat_, methods=["POST"]),
+                                 Route("/metrics", metrics), Route("/health", health)])
+
+
+@pytest.fixture
+def fakes() -> Iterator[list[tuple[FakeReplica, ServerThread]]]:
+    out = []
+    for _ in range(2):
+        f = FakeReplica(metrics={"vllm:num_requests_running": 0,
+                                 "vllm:num_requests_waiting": 0,
+                                 "vllm:kv_cache_usage_perc": 0.1})
+        out.append((f, ServerThread(f.app()).start()))
+    yield out
+    for _, s in out:
+        s.stop()
+
+
+async def test_vllm_metrics_drive_placement(
+        fakes: list[tuple[FakeReplica, ServerThread]]) -> None:
+    (f1, s1), (f2, s2) = fakes
+    urls = [s1.url + "/v1", s2.url + "/v1"]
+    m = member(urls)
+
+    async def served(body: dict) -> dict:
+        resp = await m.complete(UpstreamRequest("chat/completions", body))
+        return resp.data["usage"]["replicas"]
+
+    try:
+        await m.start()
+        assert [r["kind"] for r in m.stats()["replicas"]] == ["vllm", "vllm"]
+        f1.metrics["vllm:num_requests_waiting"] = 30
+        await m.scrape_once()
+        assert (await served(chat("a")))["served_by"] == urls[1]
+        f1.metrics["vllm:num_requests_waiting"] = 0
+        f2.metrics["vllm:num_requests_running"] = 30
+        await m.scrape_once()
+        assert (await served(chat("b")))["served_by"] == urls[0]
+        # Affinity, then the same prefix again once its replica's KV cache is full.
+        f2.metrics["vllm:num_requests_running"] = 0
+        await m.scrape_once()
+        owner = (await served(chat("c", system=SYSTEM)))
+        assert owner["hops"][0]["placed_by"] == "affinity"
+        full = fakes[urls.index(owner["served_by"])][0]
+        full.metrics.pop("vllm:kv_cache_usage_perc")
+        full.metrics["vllm:gpu_cache_usage_perc"] = 0.99  # the older vLLM name
+        await m.scrape_once()
+        moved = await served(chat("d", system=SYSTEM))
+        assert moved["hops"][0]["placed_by"] == "overloaded"
+        assert moved["served_by"] != owner["served_by"]
+    finally:
+        await m.aclose()
+    # A vLLM replica gets a plain OpenAI body, without greengate's extension.
+    assert all("greengate" not in b for b in f1.bodies + f2.bodies)
+
+
+async def test_preempting_replica_hands_over_token_exactly(
+        engines: list[EngineServerProcess], tmp_path: Path) -> None:
+    """A greengate replica that preempts after five chunks: the stream resumes on a real engine
+    server from the ids it had sent, and the text is the greedy text."""
+    real = engines[0]
+    body = {**chat("Preempt me", 40), "stream": True,
+            "greengate": {"return_token_ids": True}}
+    r = httpx.post(real.url + "/chat/completions", json=body, timeout=60)
+    chunks = [line[6:].encode() for line in r.text.split("\n\n")
+              if line.startswith("data: ") and line[6:] != "[DONE]"]
+    expected = "".join(orjson.loads(c)["choices"][0]["delta"].get("content") or ""
+                       for c in chunks if orjson.loads(c)["choices"])
+    head = chunks[:6]  # the role chunk and five with text
+    first = orjson.loads(head[-1])
+    preempt = orjson.dumps({"id": first["id"], "object": "chat.completion.chunk",
+                            "created": 1, "model": "m", "choices": [],
+                            "greengate": {"preempted": True, "energy_j": 0.5,
+                                          "energy_source": "measured:nvml"}})
+    fake = FakeReplica(metrics={"greengate_engine_running_requests": 0,
+                                "greengate_engine_waiting_requests": 0,
+                                "greengate_engine_kv_cache_usage": 0.0},
+                       stream_chunks=[*head, preempt])
+    server = ServerThread(fake.app()).start()
+    m = member([server.url + "/v1", real.url], policy="least_load")
+    try:
+        text, usage = await collect(m, chat("Preempt me", 40))
+    finally:
+        await m.aclose()
+        server.stop()
+    assert text == expected
+    rec = usage["replicas"]
+    assert [h["end"] for h in rec["hops"]] == ["preempted", "done"]
+    sent_ids = [t for c in head for t in (orjson.loads(c).get("greengate") or {})
+                .get("token_ids", [])]
+    assert rec["migrations"][0]["after_tokens"] == len(sent_ids) >= 5
+    assert fake.bodies[0]["greengate"]["migrate_on_preempt"] is True
+    # Measured on one, estimated on the other: the sum is an estimate, and says so.
+    assert usage["energy_source"] == "estimated:mixed" and usage["energy_j"] > 0.5
+    assert usage["completion_tokens"] == 40
