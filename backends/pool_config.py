@@ -8,6 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from telemetry.carbon_feed import CarbonFeedConfig
+
 
 class ConfigError(Exception):
     """A bad pool file; the message names the file, the field and the problem."""
@@ -188,6 +190,8 @@ class MemberConfig(BaseModel):
 class PoolConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pool: list[MemberConfig] = Field(min_length=1)
+    # The grid's carbon intensity over the day, for scheduling batches (default: built-in).
+    carbon: CarbonFeedConfig | None = None
 
     @model_validator(mode="after")
     def _names(self) -> PoolConfig:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,9 +19,9 @@ import orjson
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
+from gateway.team_settings import TeamSettingsCache
 from routing.safety import pii
 from store.api_schema import RequestLog
-from store.schema import Team
 
 log = logging.getLogger("greengate.request_logs")
 MAX_CHARS = 100_000  # per field: a log is for reading, not for archiving whole corpora
@@ -76,39 +75,15 @@ class LogEntry:
 
 
 class RequestLogs:
-    """The opt-in settings (read from SQL, refreshed every ttl_s) and the log rows."""
+    """The log rows; whether a team keeps them comes from its teams row (TeamSettingsCache)."""
 
-    def __init__(self, engine: Engine, ttl_s: float = 10.0) -> None:
+    def __init__(self, engine: Engine, teams: TeamSettingsCache) -> None:
         self.engine = engine
-        self.ttl_s = ttl_s
-        self._days: dict[str, float] = {}
-        self._read_at = -float("inf")
-
-    def _refresh(self) -> None:
-        with Session(self.engine) as s:
-            rows = s.execute(select(Team.name, Team.request_log_days).where(
-                Team.request_log_days.is_not(None))).all()
-        self._days = {name: float(days) for name, days in rows if days and days > 0}
-        self._read_at = time.monotonic()
+        self.teams = teams
 
     def retention_days(self, team: str | None) -> float | None:
         """None: this team does not keep request logs (the admin key's requests never do)."""
-        if team is None:
-            return None
-        if time.monotonic() - self._read_at >= self.ttl_s:
-            try:
-                self._refresh()
-            except Exception:  # the database is away: keep the last known settings
-                self._read_at = time.monotonic()
-        return self._days.get(team)
-
-    def set_retention(self, team: str, days: float | None) -> None:
-        with Session(self.engine) as s, s.begin():
-            t = s.scalar(select(Team).where(Team.name == team))
-            if t is None:
-                raise LookupError(f"no team {team!r}")
-            t.request_log_days = days
-        self._read_at = -float("inf")
+        return self.teams.get(team).request_log_days
 
     def submit(self, row: dict[str, Any], endpoint: str, body: dict[str, Any],
                answer: str | None) -> None:
