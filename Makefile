@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch pinned in the same call (and by constraints): an unpinned torch pulls GBs of CUDA.
-	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0 -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0 -e '.[all,test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -32,6 +32,7 @@ run: setup
 
 test: setup browser
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The schemathesis run of `make test`, at a large budget and a random seed.

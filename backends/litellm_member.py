@@ -11,12 +11,12 @@ import orjson
 
 from backends.base import Member, UpstreamError, UpstreamRequest, UpstreamResponse
 from backends.pool_config import MemberConfig
+from extras import require
 
 
 def _litellm() -> Any:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
-
+    litellm = require("litellm", "providers", "the litellm member")
     litellm.suppress_debug_info = True
     return litellm
 

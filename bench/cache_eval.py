@@ -16,7 +16,7 @@ Latency: `SemanticCache.lookup` p50/p99 with 10k and 100k entries in one team an
 semantic hits, exact hits and misses. Entry embeddings are the evaluation's MiniLM vectors
 (plus perturbed copies beyond those), queries are stored vectors with noise (cosine ~0.98).
 
-Pair verifier (routing/cache_verifier.py; the default since it was trained): the QQP pairs
+Pair verifier (routing/cache/verifier.py; the default since it was trained): the QQP pairs
 it never saw (its held-out test part: no question of them was trained on or used to pick a
 threshold; `train.cache_verifier.split_pairs`), scored with the shipped cross-encoder. Per mode
 (strict / balanced, the default): recall and wrong hits; beside them, in the same run, cosine
@@ -178,7 +178,7 @@ def quality(pairs: list[dict[str, Any]], max_wrong: float) -> dict[str, Any]:
 
 
 def verifier_quality(source: Path, seed: int = 0, max_pairs: int = 30_000) -> dict[str, Any]:
-    from routing.cache_verifier import PairVerifier
+    from routing.cache.verifier import PairVerifier
     from train.cache_verifier import rates, split_pairs
 
     ver = PairVerifier.load()

@@ -32,9 +32,10 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from gateway import database
-from gateway.schema import Decision
-from gateway.storable import storable_decision
+from migrations import runner as migrate
+from store import database
+from store.schema import Decision
+from store.storable import storable_decision
 
 TABLE = Decision.__table__
 
@@ -92,7 +93,7 @@ def main() -> None:
     every = max(1, round(1 / args.dirty)) if args.dirty > 0 else 0
     with tempfile.TemporaryDirectory() as d:
         url = f"sqlite:///{d}/bench.db"
-        database.upgrade(url)
+        migrate.upgrade(url)
         engine = database.make_engine(url)
         per_row: dict[str, list[float]] = {"anchor": [], "ours": [], "clean_only": []}
         for r in range(args.rounds):

@@ -60,7 +60,7 @@ def load_prompts(n: int, seed: int, data: Path | None) -> tuple[list[str], str]:
         d for d in ((data or SHARED) / "routerbench", (data or SHARED) / "routerdc7") if d.is_dir()
     ]
     if dirs:
-        from routing.task_classifier import load_labelled
+        from train.task_classifier import load_labelled
 
         rows = load_labelled(dirs)
         rng = random.Random(seed)

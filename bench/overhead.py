@@ -94,7 +94,7 @@ def free_port() -> int:
 
 def greengate_cmd(*args: str) -> list[str]:
     """`greengate ARGS` with this interpreter, so that the checked-out code is what runs."""
-    return [sys.executable, "-m", "gateway.cli", *args]
+    return [sys.executable, "-m", "greengate.cli", *args]
 
 
 def subprocess_env(extra: dict[str, str]) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Precision / recall of routing.pii on labelled PII spans, plus detection latency.
+"""Precision / recall of routing.safety.pii on labelled PII spans, plus detection latency.
 
 Data: ../shared/data/pii/presidio_synth_dataset_v2.json (Presidio research synthetic set,
 1,500 records ``{full_text, spans: [{entity_type, entity_value, start_position,
@@ -17,7 +17,7 @@ Gold types we do not detect (GPE, ORGANIZATION, DATE_TIME, ...) are listed as "n
 by design" with their support. Predictions of a kind that has no gold spans in the file
 (API_KEY here) are all counted as false positives.
 
-PERSON comes from the shipped name tagger (``routing.person_names``; ``--names none`` for
+PERSON comes from the shipped name tagger (``routing.safety.person_names``; ``--names none`` for
 the old cue heuristic); the run reports both side by side (``person_anchor_heuristic``).
 ``--split heldout`` (default) keeps only the Presidio records whose template the tagger never
 trained on (``train.person_names``: 30% of ``template_id``s) and adds faker sentences from
@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from routing import pii  # noqa: E402
+from routing.safety import pii  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 DEFAULT_DATA = SHARED / "pii" / "presidio_synth_dataset_v2.json"
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     names = None
     if args.names == "shipped":
-        from routing.person_names import PersonTagger
+        from routing.safety.person_names import PersonTagger
 
         names = PersonTagger.load()
 

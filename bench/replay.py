@@ -24,7 +24,7 @@ Data
     per output token for the model's active/total parameters (`routing.outcomes`
     MODEL_ACTIVE_PARAMS_B / MODEL_TOTAL_PARAMS_B; the closed models' sizes are public
     estimates) times the output tokens of that model's recorded answer (counted with
-    `gateway.tokens.count_text`; FALLBACK_OUTPUT_TOKENS when a file has no answer text).
+    `routing.tokens.count_text`; FALLBACK_OUTPUT_TOKENS when a file has no answer text).
     Prompt processing energy is not included.
 
 Price list the router sees
@@ -84,12 +84,12 @@ from typing import Any
 import numpy as np
 
 from bandits import ArmPrior, make_bandit
-from gateway.tokens import count_text
 from routing.bandit_router import BanditRouter
 from routing.outcomes import MODEL_ACTIVE_PARAMS_B, MODEL_TOTAL_PARAMS_B, Outcome, load_outcomes
 from routing.priors import fit_priors
 from routing.reward import RewardBounds, reward
 from routing.router import Candidate, RouteRequest
+from routing.tokens import count_text
 from telemetry.estimator import shipped_fit
 
 REPO = Path(__file__).resolve().parent.parent

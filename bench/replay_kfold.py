@@ -4,7 +4,7 @@ that never share a prompt (grouped by prompt text), or, with --by-dataset, one f
 dataset (the predictors never saw the test task: the harder variant).
 
 Per fold, everything is chosen on the training folds alone:
-- each predictor kind's regularisation by inner grouped CV (routing.quality_fit.tune_params);
+- each predictor kind's regularisation by inner grouped CV (train.quality_fit.tune_params);
 - the router's prior: the kind with the lowest log loss on an inner grouped 20% of the
   training folds (or prior_kind), its per-model uncertainty calibrated on that 20%;
 - the router's LinUCB width: the alpha in ALPHAS with the best mean reward when the router,
@@ -46,11 +46,11 @@ from bandits import make_bandit
 from routing.bandit_router import BanditRouter, residual_reward
 from routing.constraints import Constraint
 from routing.quality_data import QualityData
-from routing.quality_fit import grouped_split, log_loss, scores, tune_params
 from routing.quality_predictors import KINDS, QualityPredictor, calibration, fit_predictor
 from routing.quality_prior import MemberPriorSpec, PredictorBundle, QualityPrior, arm_prior
 from routing.reward import RewardBounds
 from routing.router import Candidate, RouteRequest
+from train.quality_fit import grouped_split, log_loss, scores, tune_params
 
 EARLY = 200
 DEFAULT_LAMBDAS = (0.0, 0.2, 0.4, 0.6, 0.8)

@@ -49,7 +49,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-from gateway import database  # noqa: E402
+from migrations import runner as migrate  # noqa: E402
+from store import database  # noqa: E402
 from telemetry.reports import ReportQuery, usage_report  # noqa: E402
 
 PG_DEFAULT = os.environ.get(
@@ -185,7 +186,7 @@ def generate(n: int, now: datetime, seed: int = 7) -> Iterator[tuple[Any, ...]]:
 
 def seed_sqlite(path: Path, rows: list[tuple[Any, ...]]) -> float:
     t0 = time.perf_counter()
-    database.upgrade(f"sqlite:///{path}")
+    migrate.upgrade(f"sqlite:///{path}")
     conn = sqlite3.connect(path)
     # Durability is pointless for a throwaway bench file; the gateway itself uses WAL+NORMAL.
     conn.execute("PRAGMA journal_mode=WAL")
@@ -205,7 +206,7 @@ def seed_postgres(url: str, rows: list[tuple[Any, ...]]) -> float:
     import psycopg
 
     t0 = time.perf_counter()
-    database.upgrade(url)
+    migrate.upgrade(url)
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         raw = conn.connection.driver_connection

@@ -1,4 +1,5 @@
-"""Evaluate the jailbreak / prompt-injection classifier (`routing.jailbreak`), shipped artifact.
+"""Evaluate the jailbreak / prompt-injection classifier (`routing.safety.jailbreak`), shipped
+artifact.
 
 Quality (default): rebuild the never-trained evaluation sets from ../shared/data exactly as
 `train.jailbreak` did (checked against the artifact's `test_digest`) and report, at the
@@ -35,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 
-from routing.jailbreak import SafetyClassifier  # noqa: E402
+from routing.safety.jailbreak import SafetyClassifier  # noqa: E402
 
 
 def evaluate_shared(clf: SafetyClassifier, data_dir: Path) -> dict[str, Any]:

@@ -534,7 +534,7 @@ def start(stack: ExitStack, workdir: Path, args: argparse.Namespace) -> list[Sys
                "GREENGATE_LOG_LEVEL": "warning",
                "GREENGATE_DATABASE_URL": f"sqlite:///{workdir / 'gg.db'}",
                "GREENGATE_STATE_DIR": str(workdir / "state")}
-        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config",
+        cmd = [sys.executable, "-m", "greengate.cli", "serve", "--config",
                str(workdir / "pool.yaml"), "--host", HOST, "--port", str(port)]
         if args.gg_workers > 1:
             env["GREENGATE_REDIS_URL"] = args.redis_url

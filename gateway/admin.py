@@ -13,16 +13,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from backends.engine_backend import EngineMember
 from gateway import sessions
 from gateway.auth import Principal
 from gateway.errors import GatewayError
 from gateway.explain import explain
 from gateway.reports_api import parse_time
 from gateway.runtime import Runtime
-from gateway.schema import Decision
 from routing.policy import Policy
 from routing.reward import RewardBounds
+from store.schema import Decision
 from telemetry.reports import ReportQuery, usage_report
 
 
@@ -132,12 +131,12 @@ def pool_status(rt: Rt) -> list[dict]:
                 "source": m.prices.source},
             "context_window": m.context_window, "tags": m.cfg.tags,
             "energy": m.cfg.energy.model_dump() if m.cfg.energy else None,
-            "engine": _engine_state(m.backend) if isinstance(m.backend, EngineMember) else None,
+            "engine": _engine_state(m.backend) if m.is_engine else None,
         })
     return out
 
 
-def _engine_state(backend: EngineMember) -> dict[str, Any]:
+def _engine_state(backend: Any) -> dict[str, Any]:  # an EngineMember
     s = backend.stats()
     return {"checkpoint": backend.checkpoint.name, "random_weights": backend.random_weights,
             "params": backend.num_params, "device": s["device"], "attention": s["attention"],

@@ -1,4 +1,5 @@
-"""The ASGI application: /v1 (OpenAI protocol), /health, /admin, and the web UI at /ui."""
+"""The gateway's ASGI application: /v1 (OpenAI protocol), /health, /admin, /metrics. The web
+UI is mounted on it by the composition root (greengate.app), never imported from here."""
 
 from __future__ import annotations
 
@@ -18,15 +19,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from backends.engine_backend import EngineMember
 from backends.pool_config import PoolConfig
-from gateway import admin, database, openapi_models, reports_api
-from gateway.decision_log import is_connection_error
+from gateway import admin, openapi_models, reports_api
 from gateway.errors import GatewayError, error_response
 from gateway.runtime import Runtime
 from gateway.sessions import SessionStore
 from gateway.settings import Settings
-from web import router as ui_router
+from store import database
+from store.decision_log import is_connection_error
 
 log = logging.getLogger("greengate")
 
@@ -104,7 +104,7 @@ def create_app(
                 entry = {"id": m.name, "object": "model", "created": created,
                          "owned_by": f"greengate:{m.cfg.kind}", "mode": m.cfg.mode,
                          "context_window": m.context_window}
-                if isinstance(m.backend, EngineMember):
+                if m.is_engine:
                     if m.backend.random_weights:
                         entry["description"] = ("bundled engine, RANDOM weights: a demo, "
                                                 "not a model")
@@ -177,7 +177,6 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(reports_api.router)
     app.state.sessions = SessionStore()  # the web UI's sign-ins; /admin accepts them too
-    app.include_router(ui_router)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> Response:

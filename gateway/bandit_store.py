@@ -8,7 +8,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from bandits import Bandit, load_bandit
-from gateway.schema import BanditState
+from store.schema import BanditState
 
 
 class BanditStore:

@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.errors import GatewayError
-from gateway.schema import Budget, Decision
+from store.schema import Budget, Decision
 from telemetry.budgets import BudgetRule, Budgets, MemoryCounters, RedisCounters, period_bounds
 
 

@@ -14,9 +14,9 @@ import numpy as np
 
 from gateway.errors import GatewayError
 from gateway.routing_service import Analysis
-from routing import pii
 from routing.features import content_text
 from routing.policy import Policy
+from routing.safety import pii
 
 log = logging.getLogger(__name__)
 PII_SAFE_TAG = "pii-safe"
@@ -39,11 +39,11 @@ def _request_text(body: dict) -> str:
 
 
 class Guard:
-    """`names`: a person-name finder for PII (routing.person_names.PersonTagger), "shipped"
+    """`names`: a person-name finder for PII (routing.safety.person_names.PersonTagger), "shipped"
     to load the shipped tagger on first use, or None for the structured kinds only."""
 
     def __init__(self, classifier: Any | None, names: Any = "shipped") -> None:
-        self.classifier = classifier  # routing.jailbreak.SafetyClassifier, or None
+        self.classifier = classifier  # routing.safety.jailbreak.SafetyClassifier, or None
         self._names = names
         self._names_lock = threading.Lock()
 
@@ -53,7 +53,7 @@ class Guard:
             with self._names_lock:
                 if self._names == "shipped":
                     try:
-                        from routing.person_names import PersonTagger
+                        from routing.safety.person_names import PersonTagger
 
                         self._names = PersonTagger.load()
                     except (ImportError, OSError) as e:  # broken install: structured only

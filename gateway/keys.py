@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from gateway.schema import ApiKey, Team
+from store.schema import ApiKey, Team
 
 KEY_PREFIX = "gg-"
 

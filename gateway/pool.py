@@ -5,18 +5,22 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from backends.base import Member
-from backends.engine_backend import EngineMember
 from backends.health import CircuitBreaker
 from backends.litellm_member import LiteLLMMember
 from backends.openai_compat import HttpLimits, OpenAICompatMember
 from backends.pool_config import EnergyProfile, MemberConfig, PoolConfig, Price
+from extras import require
 from gateway.settings import Settings
 from routing.router import Candidate
 from telemetry.cost import Prices, litellm_context_window, litellm_prices
 from telemetry.energy import EnergyReading, estimate_from_declared, estimate_from_params
 from telemetry.meters import EnergyMeter, detect_meter
+
+if TYPE_CHECKING:
+    from backends.engine_backend import EngineMember
 
 log = logging.getLogger("greengate.pool")
 
@@ -38,6 +42,12 @@ class PoolMember:
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    @property
+    def is_engine(self) -> bool:
+        """A bundled-engine member (its backend is an EngineMember): asked by kind, so the
+        gateway needs the [engine] extra only when the pool has one."""
+        return self.cfg.kind == "engine"
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         return self.prices.cost(prompt_tokens, completion_tokens) if self.prices else None
@@ -97,7 +107,7 @@ class Pool:
                                        settings.cooldown_failure_ratio),
                 prices=_prices(cfg),
                 # An engine member's window already honours the pool file and its KV cache.
-                context_window=backend.context_window if isinstance(backend, EngineMember)
+                context_window=backend.context_window if cfg.kind == "engine"
                 else cfg.context_window or litellm_context_window(cfg.model),
                 retries=cfg.retries if cfg.retries is not None else settings.retries,
             )
@@ -107,7 +117,8 @@ class Pool:
         if self.meter is None:
             # One meter for every engine member: they share the device it measures.
             self.meter = detect_meter(settings.energy_meter)
-        backend = EngineMember(cfg, settings.state_dir, self.meter)
+        engine = require("backends.engine_backend", "engine", f"the engine member {cfg.name!r}")
+        backend = engine.EngineMember(cfg, settings.state_dir, self.meter)
         update: dict = {}
         if cfg.price is None:  # local compute has no per-token price list
             update["price"] = Price(input_per_1m=0.0, output_per_1m=0.0)
@@ -120,7 +131,7 @@ class Pool:
 
     def engines(self) -> dict[str, EngineMember]:
         return {n: m.backend for n, m in self.members.items()
-                if isinstance(m.backend, EngineMember)}
+                if m.is_engine}  # type: ignore[misc]
 
     def get(self, name: str) -> PoolMember | None:
         return self.members.get(name)

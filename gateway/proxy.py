@@ -20,16 +20,17 @@ from starlette.responses import Response, StreamingResponse
 
 from backends.base import Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse
 from backends.pool_config import RANDOM_WEIGHTS_TAG
-from gateway import cache_stage, tokens
+from gateway import cache_stage
 from gateway.auth import Authenticator, Principal, database_unavailable
-from gateway.decision_log import DecisionLog, is_connection_error
 from gateway.errors import GatewayError, error_body, error_response
 from gateway.guard import Guard, StreamRestore, restore_response
 from gateway.pool import Pool, PoolMember
 from gateway.routing_service import Analysis, RoutingService
 from gateway.settings import Settings
-from routing import pii
+from routing import tokens
 from routing.cache import CacheHit, CacheKey, SemanticCache, make_key
+from routing.safety import pii
+from store.decision_log import DecisionLog, is_connection_error
 from telemetry.budgets import Budgets
 from telemetry.carbon import CarbonIntensity
 from telemetry.energy import EnergyReading

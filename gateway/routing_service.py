@@ -18,19 +18,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bandits import Bandit
-from gateway import tokens
 from gateway.auth import Principal
 from gateway.bandit_store import BanditStore
 from gateway.errors import GatewayError
 from gateway.policies import PolicyStore
 from gateway.pool import Pool, PoolMember
-from gateway.schema import Decision, Feedback
 from gateway.settings import Settings
-from gateway.storable import clean_text
+from routing import tokens
 from routing.bandit_router import residual_reward
 from routing.policy import NoCandidate, Policy, apply, impossible_constraint, with_fallback_order
 from routing.reward import RewardBounds, reward
 from routing.router import Candidate, Router, RouteRequest, make_router
+from store.schema import Decision, Feedback
+from store.storable import clean_text
 
 log = logging.getLogger("greengate.routing")
 

@@ -11,11 +11,11 @@ from sqlalchemy import Engine
 
 from backends.pool_config import PoolConfig
 from bandits import make_bandit
-from gateway import database
+from gateway import extras_check
 from gateway.auth import Authenticator
 from gateway.bandit_store import BanditStore
 from gateway.budget_service import BudgetService
-from gateway.decision_log import DecisionLog
+from gateway.cache_persistence import SqlPersister, load_from_sql
 from gateway.guard import Guard
 from gateway.keys import KeyRepo
 from gateway.policies import PolicyStore
@@ -23,6 +23,7 @@ from gateway.pool import Pool
 from gateway.proxy import Proxy
 from gateway.routing_service import BANDIT_NAME, RoutingService
 from gateway.settings import Settings
+from migrations import runner as migrate
 from routing.bandit_router import BanditRouter  # noqa: F401 - registers "bandit"
 from routing.cache import (
     DEFAULT_THRESHOLD,
@@ -30,13 +31,13 @@ from routing.cache import (
     MemoryStore,
     RedisStore,
     SemanticCache,
-    SqlPersister,
-    load_from_sql,
 )
 from routing.priors import load_priors
 from routing.quality_prior import MemberPriorSpec, QualityPrior, arm_prior, load_bundle
 from routing.reward import RewardBounds
 from routing.router import ROUTERS
+from store import database
+from store.decision_log import DecisionLog
 from telemetry.carbon import CarbonIntensity
 from telemetry.metrics import Metrics
 
@@ -64,7 +65,8 @@ class Runtime:
         cls, settings: Settings, pool_config: PoolConfig, admin_key: str,
         extractor: Any | None = None,
     ) -> Runtime:
-        await asyncio.to_thread(database.upgrade, settings.database_url)
+        extras_check.check(settings, pool_config)  # a missing extra: one line, before any work
+        await asyncio.to_thread(migrate.upgrade, settings.database_url)
         engine = database.make_engine(settings.database_url)
         keys = KeyRepo(engine)
         auth = Authenticator(keys, admin_key, settings.key_cache_ttl_s,
@@ -208,7 +210,7 @@ def _safety_classifier(settings: Settings, routing: RoutingService) -> Any | Non
     if not settings.safety_classifier:
         return None
     try:
-        from routing.jailbreak import SafetyClassifier
+        from routing.safety.jailbreak import SafetyClassifier
 
         return SafetyClassifier.load()
     except (ImportError, OSError) as e:  # a broken install should not take the gateway down
@@ -220,7 +222,7 @@ def _cache_verifier() -> Any | None:
     """The semantic cache's pair verifier; without it the cache falls back to the cosine
     threshold (a broken install should not take the gateway down)."""
     try:
-        from routing.cache_verifier import PairVerifier
+        from routing.cache.verifier import PairVerifier
 
         return PairVerifier.load()
     except (ImportError, OSError, KeyError) as e:

@@ -1,11 +1,12 @@
-"""Alembic environment: the URL comes from the config greengate builds (gateway.database)."""
+"""Alembic environment: the URL comes from the config migrations.runner builds; the tables
+from store.schema (the bottom package, which imports nothing of ours)."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from gateway.schema import Base
+from store.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from routing import complexity as cx
+from routing import tokens
 from routing.embedder import Embedder, MicroBatcher
 from routing.kmeans import OnlineKMeans
 from routing.task_classifier import TaskClassifier
@@ -118,8 +119,6 @@ def request_text(body: dict) -> tuple[str, str, int]:
 
 
 def _prompt_tokens(body: dict, text: str) -> int:
-    from gateway import tokens
-
     model = body.get("model") if isinstance(body.get("model"), str) else ""
     if isinstance(body.get("messages"), list):
         msgs = [m for m in body["messages"] if isinstance(m, dict)]
@@ -432,8 +431,6 @@ class FeatureExtractor:
     ) -> tuple[list[QueryFeatures], np.ndarray]:
         """`extract_many`, plus the (n, 384) embeddings, so offline quality predictors see
         the same embedding the gateway computes per request."""
-        from gateway import tokens
-
         texts = [t if isinstance(t, str) else str(t) for t in texts]
         embs = self.embedder.encode(texts)
         out = []

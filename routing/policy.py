@@ -50,7 +50,7 @@ class CachePolicy(BaseModel):
     semantic: Literal["strict", "balanced", "off"] = Field(
         "balanced", description="Semantic (similar-question) hits: balanced keeps wrong hits "
         "under 1% on held-out paraphrase pairs, strict under 0.25%, off serves exact hits only "
-        "(routing/cache_verifier.py).")
+        "(routing/cache/verifier.py).")
 
 
 class Policy(BaseModel):

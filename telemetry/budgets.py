@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+from extras import require
+
 Scope = Literal["team", "key"]
 Metric = Literal["usd", "wh"]
 Period = Literal["day", "month"]
@@ -80,8 +82,7 @@ class RedisCounters(CounterStore):
     """Counters shared by every replica through Redis (INCRBYFLOAT is atomic)."""
 
     def __init__(self, url: str) -> None:
-        import redis
-
+        redis = require("redis", "redis", "budgets shared through Redis")
         self._r = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
     def get(self, key: str) -> float | None:

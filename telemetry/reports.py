@@ -51,7 +51,7 @@ import sqlalchemy as sa
 from sqlalchemy import ColumnElement, Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from gateway.schema import Decision
+from store.schema import Decision
 
 GROUP_KEYS: tuple[str, ...] = ("team", "key", "model", "member", "day", "hour")
 PERCENTILES: tuple[float, ...] = (0.50, 0.95, 0.99)

@@ -21,8 +21,8 @@ from sqlalchemy import Engine
 
 from backends.mock_upstream import MockBehaviour, create_app
 from backends.pool_config import PoolConfig
-from gateway.app import create_app as create_gateway
 from gateway.settings import Settings
+from greengate.app import create_app as create_gateway
 from tests.servers import ServerThread
 
 ADMIN_KEY = "gg-admin-test-" + uuid.uuid4().hex

@@ -1,4 +1,4 @@
-"""Semantic cache (routing/cache.py): keys, hits, isolation, expiry, eviction, persistence.
+"""Semantic cache (routing/cache/): keys, hits, isolation, expiry, eviction, persistence.
 
 Synthetic unit vectors stand in for MiniLM embeddings, so no model is loaded. Every test runs
 on MemoryStore and on RedisStore (127.0.0.1:6379, a fresh key prefix per test, removed
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from gateway.cache_persistence import SqlPersister, load_from_sql, save_entry
 from routing.cache import (
     CacheKey,
     CacheStore,
@@ -23,16 +24,13 @@ from routing.cache import (
     MemoryStore,
     RedisStore,
     SemanticCache,
-    SqlPersister,
-    _Matrix,
     context_hash,
     entry_id,
     exact_key,
     last_turn_text,
-    load_from_sql,
     make_key,
-    save_entry,
 )
+from routing.cache.stores import _Matrix
 
 REDIS_URL = os.environ.get("GREENGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 T0 = 1_800_000_000.0  # injected "now"
@@ -393,7 +391,7 @@ def test_matrix_grows_reuses_rows_and_finds_the_best() -> None:
 
 
 def test_sql_round_trip_skips_expired_rows(tmp_path: Path) -> None:
-    from gateway.schema import Base, CacheEntry
+    from store.schema import Base, CacheEntry
 
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'cache.db'}")
     Base.metadata.create_all(engine, tables=[CacheEntry.__table__])
@@ -429,7 +427,7 @@ def test_sql_round_trip_skips_expired_rows(tmp_path: Path) -> None:
 
 
 def test_save_entry_without_embedding(tmp_path: Path) -> None:
-    from gateway.schema import Base, CacheEntry
+    from store.schema import Base, CacheEntry
 
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'cache.db'}")
     Base.metadata.create_all(engine, tables=[CacheEntry.__table__])

@@ -1,4 +1,4 @@
-"""The semantic cache's pair verifier (routing.cache_verifier) and how the cache uses it:
+"""The semantic cache's pair verifier (routing.cache.verifier) and how the cache uses it:
 per-mode decisions (strict / balanced / off), the lookup detail the decision row records,
 the cached question kept through SQL and Redis, and the pair features."""
 
@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from gateway.cache_persistence import load_from_sql, save_entry
 from routing.cache import (
     CacheKey,
+    Entry,
     MemoryStore,
     RedisStore,
     SemanticCache,
     entry_id,
     exact_key,
-    load_from_sql,
     make_key,
-    save_entry,
 )
-from routing.cache_verifier import MAX_SIDE_TOKENS, MODES, ModeRule, PairVerifier, pair_ids
+from routing.cache.verifier import MAX_SIDE_TOKENS, MODES, ModeRule, PairVerifier, pair_ids
 
 T0 = 1_800_000_000.0
 REDIS_URL = os.environ.get("GREENGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -132,13 +132,23 @@ def test_without_a_verifier_the_threshold_rules() -> None:
     assert cache.lookup(key("other words", at_cosine(v, 0.95), "off"), now=T0) is None
 
 
+class _Saved(list):
+    """A `routing.cache.Persistence` that keeps what it is given, to save it by hand."""
+
+    def save(self, entry: Entry) -> None:
+        self.append(entry)
+
+    def delete_team(self, team: str) -> None:
+        self[:] = [e for e in self if e.team != team]
+
+
 def test_question_survives_sql_persistence(tmp_path: Path, verifier: PairVerifier) -> None:
-    from gateway.schema import Base, CacheEntry
+    from store.schema import Base, CacheEntry
 
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'c.db'}")
     Base.metadata.create_all(engine, tables=[CacheEntry.__table__])
-    saved = []
-    cache = SemanticCache(MemoryStore(), verifier=verifier, persist=saved.append)
+    saved = _Saved()
+    cache = SemanticCache(MemoryStore(), verifier=verifier, persist=saved)
     v = unit(4)
     cache.put(key("What is the capital of France?", v), {"a": "Paris"}, "m", now=T0)
     save_entry(engine, saved[0])

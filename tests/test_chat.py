@@ -7,7 +7,7 @@ import json
 import openai
 import pytest
 
-from gateway import tokens
+from routing import tokens
 from tests.conftest import Gateway
 
 WEATHER_TOOL = {

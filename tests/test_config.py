@@ -84,7 +84,7 @@ def test_serve_refuses_bad_config(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("kind: openai", "kind: grpc"))
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
            "GREENGATE_DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
-    r = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)],
+    r = subprocess.run([sys.executable, "-m", "greengate.cli", "serve", "--config", str(path)],
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert str(path) in r.stderr and "pool[0] (fake-small).kind" in r.stderr

@@ -15,10 +15,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from gateway import database
-from gateway.decision_log import DecisionLog
-from gateway.schema import Decision
-from gateway.storable import REPLACEMENT, clean_text, storable_decision
+from migrations import runner as migrate
+from store import database
+from store.decision_log import DecisionLog
+from store.schema import Decision
+from store.storable import REPLACEMENT, clean_text, storable_decision
 from tests.conftest import Gateway, GatewayFactory
 
 NUL = "\u0000"
@@ -180,7 +181,7 @@ def _ids(url: str) -> set[str]:
 async def test_a_refused_row_is_quarantined_and_the_batch_lands(
     db_url: str, tmp_path: Path
 ) -> None:
-    await asyncio.to_thread(database.upgrade, db_url)
+    await asyncio.to_thread(migrate.upgrade, db_url)
     engine = database.make_engine(db_url)
     dlog = DecisionLog(engine, 1000, 100, 0.01, state_dir=tmp_path / "state")
     dlog.start()
@@ -203,7 +204,7 @@ async def test_a_refused_row_is_quarantined_and_the_batch_lands(
 
 async def test_unreachable_database_journals_and_the_next_start_replays(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/j.db"
-    await asyncio.to_thread(database.upgrade, url)
+    await asyncio.to_thread(migrate.upgrade, url)
     state = tmp_path / "state"
     # A database that cannot be reached: every insert is a connection error.
     dead = sa.create_engine(
@@ -236,7 +237,7 @@ async def test_unreachable_database_journals_and_the_next_start_replays(tmp_path
 
 async def test_shutdown_journals_what_it_cannot_write_in_time(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
-    await asyncio.to_thread(database.upgrade, url)
+    await asyncio.to_thread(migrate.upgrade, url)
     engine = database.make_engine(url)
     dlog = DecisionLog(engine, 1000, 5, 0.01, state_dir=tmp_path / "state", drain_timeout_s=0.2)
     slow_insert = dlog._insert

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from gateway import tokens
+from routing import tokens
 from tests.conftest import Gateway
 
 

@@ -36,7 +36,7 @@ def _start(cfg: Path, db: str, state: Path) -> tuple[subprocess.Popen, str]:
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--port", str(port)],
+        [sys.executable, "-m", "greengate.cli", "serve", "--config", str(cfg), "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -238,7 +238,7 @@ def test_serve_with_no_configuration_answers_from_tiny_random_llama(tmp_path: Pa
            "GREENGATE_STATE_DIR": str(tmp_path / "state"), "GREENGATE_SAFETY_CLASSIFIER": "false"}
     env.pop("GREENGATE_CONFIG", None)
     env.pop("GREENGATE_ENGINE_MODEL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "greengate.cli", "serve"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -285,7 +285,7 @@ async def test_extract_request_fields(fx: FeatureExtractor) -> None:
     }
     f = await fx.extract(body, update_clusters=False)
     assert f.turns == 2 and f.tools
-    from gateway.tokens import count_messages
+    from routing.tokens import count_messages
 
     assert f.prompt_tokens == count_messages(body["messages"], "auto", tools)
     g = await fx.extract({"model": "auto", "prompt": "Once upon a time"}, update_clusters=False)

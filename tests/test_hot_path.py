@@ -232,7 +232,7 @@ def _serve(
         }
     )
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", *args],
+        [sys.executable, "-m", "greengate.cli", "serve", *args],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

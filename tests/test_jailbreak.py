@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from routing.jailbreak import ARTIFACTS, NAME, SafetyClassifier
 from routing.minilm import LoraConfig, LoraMiniLM, TunedModel, chunk_ids, load_base
+from routing.safety.jailbreak import ARTIFACTS, NAME, SafetyClassifier
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"

@@ -66,7 +66,7 @@ def test_cli_keys(tmp_path: Path) -> None:
     env = {**os.environ, "GREENGATE_DATABASE_URL": url, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
 
     def gg(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env,
+        return subprocess.run([sys.executable, "-m", "greengate.cli", *args], env=env,
                               capture_output=True, text=True, timeout=120)
 
     r = gg("keys", "create", "--team", "ops", "--name", "ci", "--models", "fake-small,auto")

@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from gateway import database
-from gateway.schema import Base
+from migrations import runner as migrate
+from store.schema import Base
 
 TABLES = {"teams", "api_keys", "decisions", "policies", "feedback", "bandit_state",
           "budgets", "cache_entries"}
@@ -41,18 +41,18 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def test_up_down_up(db_url: str) -> None:
-    database.upgrade(db_url)
+    migrate.upgrade(db_url)
     assert _tables(db_url) == TABLES
     assert _diff(db_url) == []  # the ORM models and the migrations agree
-    database.downgrade(db_url)
+    migrate.downgrade(db_url)
     assert _tables(db_url) == set()
-    database.upgrade(db_url)
+    migrate.upgrade(db_url)
     assert _tables(db_url) == TABLES
-    database.upgrade(db_url)  # idempotent at head
+    migrate.upgrade(db_url)  # idempotent at head
 
 
 def test_decision_indexes_exist(db_url: str) -> None:
-    database.upgrade(db_url)
+    migrate.upgrade(db_url)
     engine = sa.create_engine(db_url)
     names = {ix["name"] for ix in sa.inspect(engine).get_indexes("decisions")}
     engine.dispose()

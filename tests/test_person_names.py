@@ -1,6 +1,6 @@
-"""Person names in PII: the shipped MiniLM token classifier (routing.person_names) merged with
-the structured detectors of routing.pii, redaction and streamed restoration with names, bad
-input. Offline; the tagger is loaded once per module."""
+"""Person names in PII: the shipped MiniLM token classifier (routing.safety.person_names)
+merged with the structured detectors of routing.safety.pii, redaction and streamed restoration
+with names, bad input. Offline; the tagger is loaded once per module."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from routing import pii
-from routing.person_names import ARTIFACTS, NAME, NameSpan, PersonTagger
+from routing.safety import pii
+from routing.safety.person_names import ARTIFACTS, NAME, NameSpan, PersonTagger
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"

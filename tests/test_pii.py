@@ -1,4 +1,4 @@
-"""Local PII detection, redaction and streamed restoration (routing.pii). Pure CPU, no data
+"""Local PII detection, redaction and streamed restoration (routing.safety.pii). Pure CPU, no data
 files, no network; the whole module runs in well under a second."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pickle
 
 import pytest
 
-from routing import pii
-from routing.pii import (
+from routing.safety import pii
+from routing.safety.pii import (
     ALL_KINDS,
     API_KEY,
     CREDIT_CARD,

@@ -81,7 +81,7 @@ def test_each_predictor_learns_who_is_good_where_and_survives_its_arrays(
 def test_regularisation_is_chosen_on_the_training_rows_by_inner_grouped_cv(
     data: QualityData,
 ) -> None:
-    from routing.quality_fit import TUNE_GRID, grouped_folds, tune_params
+    from train.quality_fit import TUNE_GRID, grouped_folds, tune_params
 
     fold = grouped_folds(data.groups, 3, seed=1)
     for g in np.unique(data.groups):

@@ -215,7 +215,7 @@ def write_routerbench_csv(path: Path) -> None:
 
 
 def test_load_table_counts_answer_tokens(replay: ModuleType, tmp_path: Path) -> None:
-    from gateway.tokens import count_text
+    from routing.tokens import count_text
 
     p = tmp_path / "toy_train.csv"
     write_routerbench_csv(p)
@@ -234,7 +234,7 @@ def test_load_table_counts_answer_tokens(replay: ModuleType, tmp_path: Path) -> 
 
 
 def test_load_table_prices_routerdc_rows(replay: ModuleType, tmp_path: Path) -> None:
-    from gateway.tokens import count_text
+    from routing.tokens import count_text
 
     p = tmp_path / "toy_train.json"
     p.write_text(

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from gateway.schema import Decision
+from store.schema import Decision
 from telemetry.reports import (
     HIST_BUCKETS_PER_DOUBLING,
     SQLITE_PERCENTILE_RESOLUTION,

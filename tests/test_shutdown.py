@@ -38,7 +38,7 @@ def test_sigterm_loses_no_decision(tmp_path: Path, fake, fake_url: str) -> None:
            "GREENGATE_ROUTER": "cheapest",
            "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--port", str(port)],
+        [sys.executable, "-m", "greengate.cli", "serve", "--config", str(cfg), "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": "Bearer gg-admin-drain"}

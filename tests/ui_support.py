@@ -11,7 +11,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from gateway.schema import Decision
+from store.schema import Decision
 from tests.conftest import ADMIN_KEY, Gateway
 
 PROMPT = "Explain photosynthesis in two sentences."

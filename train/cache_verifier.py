@@ -1,4 +1,4 @@
-"""Fine-tune the semantic cache's pair verifier (routing/cache_verifier.py, a LoRA MiniLM
+"""Fine-tune the semantic cache's pair verifier (routing/cache/verifier.py, a LoRA MiniLM
 cross-encoder) on Quora Question Pairs and choose each mode's cosine floor and threshold.
 
     nice -n 10 python -m train.cache_verifier --data ../shared/data
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from routing.cache_verifier import ARTIFACTS, NAME, pair_ids
+from routing.cache.verifier import ARTIFACTS, NAME, pair_ids
 
 log = logging.getLogger(__name__)
 FLOORS = (0.60, 0.70, 0.75, 0.80, 0.85, 0.90)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from routing.cache_verifier import PairVerifier
+    from routing.cache.verifier import PairVerifier
     from routing.minilm import LoraConfig, TunedModel, load_tokenizer
     from train.finetune import TrainConfig, fit, save
     from train.safety_data import qqp_pairs

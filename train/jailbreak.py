@@ -1,4 +1,4 @@
-"""Fine-tune the jailbreak / prompt-injection classifier (routing/jailbreak.py).
+"""Fine-tune the jailbreak / prompt-injection classifier (routing/safety/jailbreak.py).
 
     nice -n 10 python -m train.jailbreak --data ../shared/data
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from routing.jailbreak import ARTIFACTS, CHUNK_TOKENS, MAX_CHUNKS, NAME, STRIDE, clean
+from routing.safety.jailbreak import ARTIFACTS, CHUNK_TOKENS, MAX_CHUNKS, NAME, STRIDE, clean
 from train import safety_data as sd
 from train.finetune import Item, TrainConfig, fit, save
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from routing.jailbreak import SafetyClassifier
+    from routing.safety.jailbreak import SafetyClassifier
     from routing.minilm import LoraConfig, TunedModel, load_tokenizer
 
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Fine-tune the person-name tagger (routing/person_names.py).
+"""Fine-tune the person-name tagger (routing/safety/person_names.py).
 
     nice -n 10 python -m train.person_names --data ../shared/data
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from routing.person_names import ARTIFACTS, NAME, PersonTagger
+from routing.safety.person_names import ARTIFACTS, NAME, PersonTagger
 from train.finetune import Item, TrainConfig, fit, save
 
 log = logging.getLogger(__name__)

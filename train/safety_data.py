@@ -173,7 +173,7 @@ def load_examples(
     stats: dict[str, Any] | None = None,
 ) -> list[Example]:
     """Every labelled prompt with its family and split; same data and seed, same list."""
-    from routing.task_classifier import load_labelled
+    from train.task_classifier import load_labelled
 
     data_dir = Path(data_dir)
     safety = data_dir / "safety"

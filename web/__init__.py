@@ -1,5 +1,8 @@
-"""The admin web UI at /ui: server-rendered pages over the same JSON API scripts use."""
+"""The admin web UI at /ui: server-rendered pages over the same JSON API scripts use.
 
-from web.routes import router
+`mount(app, deps)` is called by the composition root (greengate.app); the gateway never
+imports this package, so the UI depends on the gateway and not the other way round."""
 
-__all__ = ["router"]
+from web.mount import WebDeps, mount
+
+__all__ = ["WebDeps", "mount"]

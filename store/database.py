@@ -1,14 +1,10 @@
-"""Engine creation and migrations. Migrations run at start-up, before any request."""
+"""Engine creation (SQLite tuned for one writer and many readers; PostgreSQL with timeouts).
+
+Migrations are run by migrations.runner, which sits above this package."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
-
-import migrations
 
 CONNECT_TIMEOUT_S = 5
 
@@ -33,21 +29,6 @@ def make_engine(url: str) -> Engine:
         "connect_timeout" not in url) else {}
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
                          pool_timeout=CONNECT_TIMEOUT_S, connect_args=connect_args)
-
-
-def alembic_config(url: str) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return cfg
-
-
-def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
-
-
-def downgrade(url: str, revision: str = "base") -> None:
-    command.downgrade(alembic_config(url), revision)
 
 
 def ping(engine: Engine) -> None:

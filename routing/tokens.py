@@ -1,4 +1,7 @@
-"""Counting tokens ourselves, for upstreams that report no usage."""
+"""Counting tokens ourselves, for upstreams that report no usage (and for routing features).
+
+In routing/ so that both routing (features) and gateway (accounting) use it without routing
+reaching up into gateway/."""
 
 from __future__ import annotations
 

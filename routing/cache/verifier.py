@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 NAME = "cache_pair_lora"
 MODES = ("strict", "balanced", "off")
 MAX_SIDE_TOKENS = 62  # per question; [CLS] a [SEP] b [SEP] stays within 128

@@ -1,6 +1,6 @@
 """Fit the per-model quality predictors and ship the best as the bandit's prior.
 
-    python -m routing.quality_fit --data ../shared/data
+    python -m train.quality_fit --data ../shared/data
 
 For each data family (`routing.quality_data.FAMILIES`) a grouped split keeps HOLDOUT of the
 prompts (grouped by prompt text) out of training; every predictor kind is fitted on the rest

@@ -2,7 +2,7 @@
 no request waits on the database.
 
 What no single row may do is stop the log for everyone:
-- every string is made storable first (gateway.storable), and the row says what changed;
+- every string is made storable first (store.storable), and the row says what changed;
 - a batch the database refuses for its data is split until the offending row is alone, and
   that row is quarantined (a local file, /metrics, /admin/decisions/quarantine) while a stub
   row with its id, status and reason is written in its place;
@@ -27,8 +27,8 @@ from sqlalchemy import Engine, exists, insert, select
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError
 from sqlalchemy.exc import OperationalError as SAOperationalError
 
-from gateway.schema import Decision
-from gateway.storable import REPLACEMENT, clean_text, storable_decision
+from store.schema import Decision
+from store.storable import REPLACEMENT, clean_text, storable_decision
 
 log = logging.getLogger("greengate.decisions")
 TABLE = Decision.__table__

@@ -65,8 +65,8 @@ def _load_pool(settings):  # type: ignore[no-untyped-def]
 def worker_app():  # type: ignore[no-untyped-def]
     """The app of one `serve --workers N` process: uvicorn imports this factory in each
     worker; `cmd_serve` has put the resolved settings in GREENGATE_* for it."""
-    from gateway.app import create_app
     from gateway.settings import Settings
+    from greengate.app import create_app
 
     settings = Settings()
     pool, _ = _load_pool(settings)
@@ -86,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from backends.pool_config import ConfigError
-    from gateway.app import create_app
+    from greengate.app import create_app
 
     settings = _settings(args)
     workers = args.workers if getattr(args, "workers", None) is not None else settings.workers
@@ -103,6 +103,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ConfigError, ValidationError) as e:
         print(f"greengate: {e}", file=sys.stderr)
         return 2
+    from gateway import extras_check
+
+    extras_check.check(settings, pool)  # before uvicorn: a missing extra is one line (main)
     key, where = _admin_key(settings)
     _logging(settings)
     print(f"greengate: pool from {source}, database {settings.database_url}",
@@ -116,9 +119,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if workers == 1:
         uvicorn.run(create_app(settings, pool, key), **common)
         return 0
-    from gateway import database
+    from migrations import runner as migrate
 
-    database.upgrade(settings.database_url)  # once, before the workers race to do it
+    migrate.upgrade(settings.database_url)  # once, before the workers race to do it
     os.environ.update({
         "GREENGATE_CONFIG": str(settings.config.resolve()),
         "GREENGATE_HOST": settings.host, "GREENGATE_PORT": str(settings.port),
@@ -127,16 +130,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"greengate: {workers} worker processes sharing budgets through "
           f"{settings.redis_url}; each keeps its own bandit learning until replicas share it",
           file=sys.stderr)
-    uvicorn.run("gateway.cli:worker_app", factory=True, workers=workers, **common)
+    uvicorn.run("greengate.cli:worker_app", factory=True, workers=workers, **common)
     return 0
 
 
 def _repo(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from gateway import database
     from gateway.keys import KeyRepo
+    from migrations import runner as migrate
+    from store import database
 
     settings = _settings(args)
-    database.upgrade(settings.database_url)
+    migrate.upgrade(settings.database_url)
     return KeyRepo(database.make_engine(settings.database_url))
 
 
@@ -177,13 +181,13 @@ def cmd_teams(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from gateway import database
+    from migrations import runner as migrate
 
     settings = _settings(args)
     if args.direction == "up":
-        database.upgrade(settings.database_url, args.revision or "head")
+        migrate.upgrade(settings.database_url, args.revision or "head")
     else:
-        database.downgrade(settings.database_url, args.revision or "base")
+        migrate.downgrade(settings.database_url, args.revision or "base")
     return 0
 
 
@@ -213,7 +217,7 @@ def cmd_fit_priors(args: argparse.Namespace) -> int:
 
 
 def cmd_train_task_classifier(args: argparse.Namespace) -> int:
-    from routing.task_classifier import train
+    from train.task_classifier import train
 
     print(json.dumps(train(args.data, args.out), indent=2, default=str))
     return 0
@@ -303,8 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from extras import MissingExtra
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except MissingExtra as e:  # an optional part this command needs is not installed
+        print(f"greengate: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
