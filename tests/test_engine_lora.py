@@ -27,7 +27,7 @@ from backends.engine.lora import (
     load_adapter,
     save_adapter,
 )
-from backends.engine.runner import RunItem
+from backends.engine.runner import GATHER_MAX_ROWS, RunItem
 from backends.engine.sampler import SamplingParams
 from backends.engine.tokenizer import Tokenizer
 from tests.engine_support import Pager, checkpoint, make_runner, random_prompt, reference_model
@@ -41,7 +41,9 @@ def path() -> Path:
     return checkpoint("llama")
 
 
-def make_engine(path: Path, **cfg: object) -> Engine:
+def make_engine(path: Path, overlap: bool | None = None, **cfg: object) -> Engine:
+    if overlap is not None:
+        cfg["coserve"] = CoServeConfig(overlap=overlap)
     return Engine(make_runner(path, num_blocks=512), config=EngineConfig(**cfg),
                   tokenizer=Tokenizer(path), eos_token_ids=[])
 
@@ -217,7 +219,10 @@ def test_a_mixed_batch_gives_each_request_what_it_gets_alone(path: Path, tmp_pat
             save_adapter(tmp_path / name, random_adapter(model, seed=10 + i))
             engine.load_adapter(name, tmp_path / name)
         vocab = model.config.vocab_size
-        prompts = [random_prompt(5 + i, vocab, seed=i) for i in range(6)]
+        # Prefill of them all is > GATHER_MAX_ROWS rows (a matmul per adapter group); their
+        # decodes are few rows (a per-row gather from stacked adapters): both paths covered.
+        prompts = [random_prompt(14 + i, vocab, seed=i) for i in range(6)]
+        assert sum(map(len, prompts)) > GATHER_MAX_ROWS
         adapters = ["a", None, "b", "a", None, "b"]
         alone = [engine.generate_sync(p, GREEDY, adapter=a).token_ids
                  for p, a in zip(prompts, adapters, strict=True)]
@@ -325,8 +330,14 @@ def test_lora_gradients_match_transformers_autograd(path: Path, tmp_path: Path) 
         engine.shutdown()
 
 
-def test_a_job_learns_a_mapping_and_its_adapter_serves_it(path: Path, tmp_path: Path) -> None:
-    engine = make_engine(path)
+# Both ways a slice runs: inside the step (CUDA's default) and on the worker (the CPU's).
+both = pytest.mark.parametrize("overlap", [False, True], ids=["in-step", "overlap"])
+
+
+@both
+def test_a_job_learns_a_mapping_and_its_adapter_serves_it(path: Path, tmp_path: Path,
+                                                          overlap: bool) -> None:
+    engine = make_engine(path, overlap)
     try:
         listener = Listener()
         spec = mapping_spec(tmp_path, engine.vocab_size)
@@ -358,9 +369,10 @@ def test_a_job_learns_a_mapping_and_its_adapter_serves_it(path: Path, tmp_path: 
         engine.shutdown()
 
 
-def test_base_outputs_are_token_identical_while_a_job_trains(path: Path,
-                                                             tmp_path: Path) -> None:
-    engine = make_engine(path, token_budget=64)
+@both
+def test_base_outputs_are_token_identical_while_a_job_trains(path: Path, tmp_path: Path,
+                                                             overlap: bool) -> None:
+    engine = make_engine(path, overlap, token_budget=64)
     try:
         prompts = [random_prompt(8 + i, engine.vocab_size, seed=40 + i) for i in range(8)]
         params = SamplingParams(max_tokens=24, temperature=0.0)
@@ -376,17 +388,19 @@ def test_base_outputs_are_token_identical_while_a_job_trains(path: Path,
         engine.shutdown()
 
 
-def test_restart_resumes_from_the_newest_checkpoint(path: Path, tmp_path: Path) -> None:
+@both
+def test_restart_resumes_from_the_newest_checkpoint(path: Path, tmp_path: Path,
+                                                    overlap: bool) -> None:
     """A job stopped after a checkpoint and resumed in a new engine ends with the same
     adapter as one that was never stopped (same seed, same order, optimizer state saved)."""
-    full = make_engine(path)
+    full = make_engine(path, overlap)
     try:
         done = Listener()
         full.start_training(mapping_spec(tmp_path / "full", full.vocab_size, n_epochs=3), done)
         assert done.done.wait(120) and done.status is JobStatus.SUCCEEDED
     finally:
         full.shutdown()
-    first = make_engine(path)
+    first = make_engine(path, overlap)
     try:
         stopped = Listener()
         handle = first.start_training(
@@ -396,7 +410,7 @@ def test_restart_resumes_from_the_newest_checkpoint(path: Path, tmp_path: Path) 
         assert first.adapter_names() == [] and first.stats()["training"] == []
     finally:
         first.shutdown()
-    second = make_engine(path)
+    second = make_engine(path, overlap)
     try:
         resumed = Listener()
         second.start_training(mapping_spec(tmp_path / "cut", second.vocab_size, n_epochs=3),

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from collections.abc import Sequence as Seq
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -261,6 +262,17 @@ class _Job:
     reported_checkpoints: int = 0
 
 
+@dataclass
+class _Flight:
+    """A training slice running on the worker thread (overlap mode)."""
+
+    job_id: str
+    future: Future[int]
+    started: float
+    joules0: float | None
+    tokens0: int  # inference tokens computed when it started, to share the window's energy
+
+
 class _JobPlanner:
     """The scheduler's TrainPlanner: the co-serving share of the leftover budget, given to the
     jobs in turn (one job per step keeps each step's training a single chunk)."""
@@ -270,10 +282,14 @@ class _JobPlanner:
         self._turn = 0
 
     def plan(self, leftover: int, num_decodes: int) -> list[TrainItem]:
-        jobs = [j for j, job in self.engine._jobs.items()
-                if not job.cancelled and not job.trainer.done]
+        eng = self.engine
+        jobs = [j for j, job in eng._jobs.items() if not job.cancelled and not job.trainer.done]
         if not jobs:
             return []
+        if eng._overlap:
+            if eng._flight is not None or (num_decodes and time.perf_counter() < eng._resume_at):
+                return []
+            leftover = self.engine.config.token_budget  # the worker's slice is not the step's
         n = self.engine.coserve.tokens(leftover, num_decodes)
         if n <= 0:
             return []
@@ -327,6 +343,11 @@ class Engine:
         self._ended: dict[str, JobStatus] = {}  # jobs that left `_jobs`, by how they ended
         self._job_planner = _JobPlanner(self)
         self._train_tokens = 0
+        overlap = self.config.coserve.overlap
+        self._overlap = self.device.type == "cpu" if overlap is None else overlap
+        self._train_worker: ThreadPoolExecutor | None = None
+        self._flight: _Flight | None = None
+        self._resume_at = 0.0  # overlap mode: when the next slice may start under inference
         self._requests: dict[int, _Request] = {}
         self._ids = itertools.count(1)
         self._cv = threading.Condition()
@@ -668,15 +689,17 @@ class Engine:
                         self._cv.wait()
                     if self._stopping:
                         return
+                    self._collect_slice()
                     self._drop_cancelled()
                     sched = self.scheduler.schedule(self.spec.planner if self.spec else None,
                                                     self._job_planner if self._jobs else None)
                     reqs = {it.seq.seq_id: self._requests[it.seq.seq_id] for it in sched.items}
                 if sched.is_empty:
-                    # Everything was preempted and the next plan admits from waiting (or every
-                    # job just ended); the short wait only guards against spinning.
+                    # Everything was preempted and the next plan admits from waiting (or a
+                    # training slice runs on the worker, which wakes us when it ends); the
+                    # short wait only guards against spinning.
                     with self._cv:
-                        self._cv.wait(0.001)
+                        self._cv.wait(0.02 if self._flight is not None else 0.001)
                     continue
                 try:
                     self._step(sched, reqs)
@@ -692,6 +715,13 @@ class Engine:
             self._fail(pending, EngineClosed(f"engine step loop died: {e!r}"))
 
     def _step(self, sched: SchedulerOutput, reqs: dict[int, _Request]) -> None:
+        overlapped = self._flight is not None
+        if self._overlap and sched.train:
+            with self._cv:
+                self._launch_slice(sched.train[0])
+            overlapped = True
+            if not sched.items:
+                return
         e0 = self._read_meter()
         verifying = sched.verifying()
         draft_probs = self.spec.propose(verifying, [reqs[it.seq.seq_id].params
@@ -703,7 +733,8 @@ class Engine:
                                           draft_probs.get(it.seq.seq_id),
                                           len(it.seq.output_ids)) for it in sampling])
         seconds = time.perf_counter() - t0  # accept()'s .tolist() waits for the GPU
-        trained = self._train(sched.train)  # after inference: its tokens are already out
+        # In the step, after inference (its tokens are already out); or beside it (overlap).
+        trained = {} if self._overlap else self._train(sched.train)
         step_s = time.perf_counter() - t0
         e1 = self._read_meter()
         step_j = e1 - e0 if e0 is not None and e1 is not None else None
@@ -717,7 +748,8 @@ class Engine:
             if all(it.kind is not ItemKind.PREFILL for it in sched.items):
                 if self.spec is not None and sched.items:
                     self.spec.observe_forward(sum(computed.values()), seconds)
-                self.coserve.observe(step_s, sched.num_decodes, sum(trained.values()))
+                self.coserve.observe(step_s, sched.num_decodes,
+                                     sum(trained.values()) + overlapped)
             # An abort that landed during the forward pass already finished its sequence.
             live = {it.seq.seq_id: out for it, out in zip(sampling, gained, strict=True)
                     if it.seq.status is SeqStatus.RUNNING}
@@ -730,11 +762,13 @@ class Engine:
                     self._after_tokens(it.seq, reqs[it.seq.seq_id], out)
             self._report_jobs(trained)
 
-    def _train(self, items: Seq[TrainItem]) -> dict[str, int]:
+    def _train(self, items: Seq[TrainItem], jobs: dict[str, _Job] | None = None
+               ) -> dict[str, int]:
         """Run the step's training slices (outside inference mode); a failing job fails alone."""
         done: dict[str, int] = {}
+        jobs = self._jobs if jobs is None else jobs
         for item in items:
-            job = self._jobs.get(item.job_id)
+            job = jobs.get(item.job_id)
             if job is None or job.cancelled or job.trainer.done:
                 continue
             try:
@@ -746,12 +780,58 @@ class Engine:
                 job.trainer.release()
         return done
 
+    def _launch_slice(self, item: TrainItem) -> None:
+        """Overlap mode: start a job's slice on the worker thread (under the lock)."""
+        job = self._jobs.get(item.job_id)
+        if job is None or self._flight is not None:
+            return
+        if self._train_worker is None:
+            self._train_worker = ThreadPoolExecutor(1, thread_name_prefix="engine-train")
+        future = self._train_worker.submit(self._run_slice, job, item.num_tokens)
+        self._flight = _Flight(item.job_id, future, time.perf_counter(), self._read_meter(),
+                               self._tokens_computed)
+        future.add_done_callback(lambda _f: self._wake())
+
+    def _run_slice(self, job: _Job, n: int) -> int:
+        out = self._train([TrainItem(job.trainer.spec.job_id, n)], jobs={job.trainer.spec.job_id:
+                                                                          job})
+        return out.get(job.trainer.spec.job_id, 0)
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify_all()
+
+    def _collect_slice(self) -> None:
+        """Overlap mode: account a finished slice (under the lock) and pace the next one."""
+        flight = self._flight
+        if flight is None or not flight.future.done():
+            return
+        self._flight = None
+        n = flight.future.result()
+        now = time.perf_counter()
+        e1 = self._read_meter()
+        job = self._jobs.get(flight.job_id)
+        self._train_tokens += n
+        if job is not None:
+            if flight.joules0 is None or e1 is None:
+                job.trainer.add_energy(None)
+            else:
+                # The window's joules, shared with the inference tokens computed meanwhile.
+                cost = round(n * self.config.coserve.train_cost)
+                inference = self._tokens_computed - flight.tokens0
+                job.trainer.add_energy((e1 - flight.joules0) * cost / max(1, cost + inference))
+        share = max(self.coserve.share, 1e-3)
+        # Under inference the worker rests so its duty cycle is the co-serving share.
+        self._resume_at = now + (now - flight.started) * (1 / share - 1)
+        self._report_jobs({flight.job_id: n})
+
     def _report_jobs(self, trained: dict[str, int]) -> None:
         """Hand each job's news to its listener (under the lock; listeners only queue)."""
+        busy = self._flight.job_id if self._flight is not None else None
         for job_id in list(self._jobs):
             job = self._jobs[job_id]
             t = job.trainer
-            if job_id not in trained and not t.done:
+            if job_id == busy or (job_id not in trained and not t.done):
                 continue
             for level, message in t.events:
                 job.listener.on_event(job_id, level, message)
@@ -769,7 +849,8 @@ class Engine:
                 job.listener.on_finished(job_id, t.status, t.final_path, progress, t.error)
 
     def _drop_cancelled(self) -> None:
-        for job_id in [j for j, job in self._jobs.items() if job.cancelled]:
+        busy = self._flight.job_id if self._flight is not None else None
+        for job_id in [j for j, job in self._jobs.items() if job.cancelled and j != busy]:
             job = self._jobs.pop(job_id)
             job.trainer.status = self._ended[job_id] = JobStatus.CANCELLED
             job.trainer.release()
@@ -925,6 +1006,8 @@ class Engine:
             self._cv.notify_all()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        if self._train_worker is not None:
+            self._train_worker.shutdown(wait=True)
         with self._cv:
             pending = list(self._requests)
         self._fail(pending, EngineClosed("the engine was shut down"))

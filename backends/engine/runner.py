@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -9,8 +10,18 @@ import torch
 
 from backends.engine.attention import AttentionMetadata, PagedAttention
 from backends.engine.kv_cache import KVCache
-from backends.engine.lora.layers import AdapterTensors, LoraContext, row_groups
+from backends.engine.lora.layers import (
+    AdapterTensors,
+    LoraContext,
+    StackedDelta,
+    row_groups,
+    stack_deltas,
+)
 from backends.engine.model import DecoderModel
+
+# Above this many rows, gathering per-row adapter weights costs more memory traffic than a
+# matmul per adapter group.
+GATHER_MAX_ROWS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +51,8 @@ class ModelRunner:
         # Set by the engine once LoRA is enabled on the model: the context the wrapped layers
         # read, and how an adapter key becomes its resident tensors.
         self.lora: tuple[LoraContext, Callable[[int], AdapterTensors]] | None = None
+        self._stacks: OrderedDict[tuple[int, ...], dict[tuple[int, str], StackedDelta]] = (
+            OrderedDict())
 
     @property
     def attention_name(self) -> str:
@@ -84,6 +97,7 @@ class ModelRunner:
             finally:
                 if ctx is not None:
                     ctx.groups = []
+                    ctx.gathered = None
             rows = torch.tensor(last, dtype=torch.long, device=dev)
             return self.model.logits(hidden.index_select(0, rows))
 
@@ -91,6 +105,26 @@ class ModelRunner:
         if self.lora is None or all(it.adapter is None for it in items):
             return None
         ctx, lookup = self.lora
-        ctx.groups = row_groups([it.adapter for it in items],
-                                [len(it.token_ids) for it in items], lookup, self.device)
+        lengths = [len(it.token_ids) for it in items]
+        distinct = sorted({it.adapter for it in items if it.adapter is not None})
+        if len(distinct) > 1 and sum(lengths) <= GATHER_MAX_ROWS:
+            slot = {key: i for i, key in enumerate(distinct, start=1)}
+            rows = [slot.get(it.adapter, 0) for it, n in zip(items, lengths, strict=True)
+                    for _ in range(n)]
+            ctx.gathered = (self._stacked(tuple(distinct), lookup),
+                            torch.tensor(rows, dtype=torch.long, device=self.device))
+        else:
+            ctx.groups = row_groups([it.adapter for it in items], lengths, lookup, self.device)
         return ctx
+
+    def _stacked(self, keys: tuple[int, ...], lookup: Callable[[int], AdapterTensors]
+                 ) -> dict[tuple[int, str], StackedDelta]:
+        """Stacks for this set of adapter versions; keys are never reused, so a cached stack
+        never goes stale (a few kept: batches keep their adapter mix for many steps)."""
+        stack = self._stacks.get(keys)
+        if stack is None:
+            stack = self._stacks[keys] = stack_deltas([lookup(k) for k in keys])
+            while len(self._stacks) > 4:
+                self._stacks.popitem(last=False)
+        self._stacks.move_to_end(keys)
+        return stack

@@ -29,6 +29,11 @@ class CoServeConfig:
     decrease: float = 0.5
     baseline_decay: float = 0.9
     refresh_every: int = 16  # every so many decode steps, one runs alone to re-measure
+    # Run training slices on a worker thread beside the step instead of inside it: on the CPU
+    # the resource is cores, not a GPU's kernel slots, so a slice on the second core costs
+    # inference little, where the same tokens inside the step add their time to the ITL.
+    # None: on for the CPU, off for CUDA.
+    overlap: bool | None = None
 
 
 class CoServePlanner:

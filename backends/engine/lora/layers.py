@@ -3,15 +3,18 @@
 The model fuses q/k/v and gate/up into one matmul each, so an adapter's per-target A matrices
 are stacked (`[n*r, in]`) and its B matrices laid block-diagonally (`[out, n*r]`): one adapter's
 delta on a fused layer is two matmuls however many of its targets sit in it. A step's tokens are
-grouped by adapter (Punica/S-LoRA's gather, as one batched matmul per adapter group, which is
-what pays on the CPU) and each group's delta is added to its rows of the base output. Tokens of
+grouped by adapter (one batched matmul per adapter group: what pays for long prefill rows)
+and each group's delta is added to its rows of the base output; a step of few rows under many
+adapters instead gathers each row's adapter from a stack (Punica's BGMV, two batched matmuls
+however many adapters), since per-group calls are what cost on the CPU. Tokens of
 the base model pay one Python check per layer and nothing else.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,18 +22,48 @@ from torch import nn
 
 from backends.engine.lora.weights import LoraWeights
 
-__all__ = ["AdapterTensors", "FusedDelta", "LoraContext", "LoraLinear", "enable_lora",
-           "module_slices"]
+__all__ = ["AdapterTensors", "FusedDelta", "LoraContext", "LoraLinear", "StackedDelta",
+           "enable_lora", "module_slices", "row_groups", "stack_deltas"]
 
 
 @dataclass(frozen=True, slots=True)
 class FusedDelta:
     a: torch.Tensor  # [n*r, in]
-    b: torch.Tensor  # [out, n*r], block-diagonal over the fused layer's output slices
-    scale: float
+    b: torch.Tensor  # [out, n*r], block-diagonal over the fused layer's output slices, scaled
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return (x @ self.a.t()) @ self.b.t() * self.scale
+        return (x @ self.a.t()) @ self.b.t()
+
+
+@dataclass(frozen=True, slots=True)
+class StackedDelta:
+    """Several adapters' deltas for one fused layer, stacked for a per-token gather (Punica's
+    BGMV as two batched matmuls): slot 0 is zeros, for the base's rows. Ranks are padded to the
+    largest, which adds zeros, not error."""
+
+    a: torch.Tensor  # [S + 1, R, in]
+    b: torch.Tensor  # [S + 1, out, R]
+
+    def apply(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        u = torch.bmm(x.unsqueeze(1), self.a.index_select(0, slots).transpose(1, 2))
+        return torch.bmm(u, self.b.index_select(0, slots).transpose(1, 2)).squeeze(1)
+
+
+def stack_deltas(adapters: Sequence[AdapterTensors]) -> dict[tuple[int, str], StackedDelta]:
+    keys = {k for ad in adapters for k in ad.deltas}
+    out = {}
+    for key in keys:
+        present = [ad.deltas.get(key) for ad in adapters]
+        ref = next(d for d in present if d is not None)
+        rank = max(d.a.shape[0] for d in present if d is not None)
+        a = ref.a.new_zeros((len(adapters) + 1, rank, ref.a.shape[1]))
+        b = ref.b.new_zeros((len(adapters) + 1, ref.b.shape[0], rank))
+        for i, d in enumerate(present, start=1):
+            if d is not None:
+                a[i, :d.a.shape[0]] = d.a
+                b[i, :, :d.b.shape[1]] = d.b
+        out[key] = StackedDelta(a, b)
+    return out
 
 
 @dataclass
@@ -61,17 +94,39 @@ class AdapterTensors:
                     b_cols.append(F.pad(b, (0, 0, start, out - end)))
                 if a_list:
                     deltas[(layer, module)] = FusedDelta(
-                        torch.cat(a_list).to(device, dtype), torch.cat(b_cols, 1).to(device, dtype),
-                        weights.scale)
+                        torch.cat(a_list).to(device, dtype),
+                        (torch.cat(b_cols, 1) * weights.scale).to(device, dtype))
         return cls(deltas)
 
 
-@dataclass
 class LoraContext:
     """What the wrapped layers read during one forward pass: per adapter, the rows of the flat
-    batch it applies to (None: every row). Set by the runner or the trainer, cleared after."""
+    batch it applies to (None: every row). Set by the runner or the trainer, cleared after;
+    per thread, since a trainer may run its slice on a worker beside the inference forward."""
 
-    groups: list[tuple[AdapterTensors, torch.Tensor | None]] = field(default_factory=list)
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def groups(self) -> list[tuple[AdapterTensors, torch.Tensor | None]]:
+        return getattr(self._local, "groups", _NONE)
+
+    @groups.setter
+    def groups(self, value: list[tuple[AdapterTensors, torch.Tensor | None]]) -> None:
+        self._local.groups = value
+
+    @property
+    def gathered(self) -> tuple[dict[tuple[int, str], StackedDelta], torch.Tensor] | None:
+        """Instead of groups: stacked deltas and each row's slot (many adapters, few rows)."""
+        return getattr(self._local, "gathered", None)
+
+    @gathered.setter
+    def gathered(self, value: tuple[dict[tuple[int, str], StackedDelta], torch.Tensor] | None
+                 ) -> None:
+        self._local.gathered = value
+
+
+_NONE: list = []
 
 
 class LoraLinear(nn.Module):
@@ -92,6 +147,10 @@ class LoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
+        gathered = self.ctx.gathered
+        if gathered is not None:
+            stacked = gathered[0].get((self.layer, self.module))
+            return y if stacked is None else y.add_(stacked.apply(x, gathered[1]))
         if not self.ctx.groups:
             return y
         key = (self.layer, self.module)
