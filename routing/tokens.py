@@ -1,12 +1,16 @@
 """Counting tokens ourselves, for upstreams that report no usage (and for routing features).
 
 In routing/ so that both routing (features) and gateway (accounting) use it without routing
-reaching up into gateway/."""
+reaching up into gateway/. The BPE files come from tiktoken's own cache, which greengate seeds
+from the copies it ships (`seed_tiktoken_cache`), so counting never downloads and does not
+depend on litellm (an optional extra) or on its private package folder."""
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import os
+import shutil
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -14,23 +18,57 @@ from typing import Any
 import orjson
 import tiktoken
 
+# The BPE files, shipped in routing/artifacts/ (5.3 MB, checked against tiktoken's hashes), by
+# the address tiktoken would download them from: tiktoken's cache names a file by the SHA-1 of
+# that address.
+_BPE_FILES = {
+    "cl100k_base": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
+    "o200k_base": "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
+}
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
-def _bundled_cache_dir() -> str | None:
-    # litellm ships the cl100k/o200k BPE files; pointing tiktoken there avoids a download.
-    spec = importlib.util.find_spec("litellm")
-    if spec is None or not spec.submodule_search_locations:
+
+def tiktoken_cache_dir() -> Path | None:
+    """Where tiktoken looks for its files (its own rule: TIKTOKEN_CACHE_DIR, DATA_GYM_CACHE_DIR,
+    else <tmp>/data-gym-cache); None when the user turned its cache off (an empty value)."""
+    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        if var in os.environ:
+            return Path(os.environ[var]) if os.environ[var] else None
+    return Path(tempfile.gettempdir()) / "data-gym-cache"
+
+
+def seed_tiktoken_cache(name: str) -> Path | None:
+    """Put the shipped BPE file of `name` into tiktoken's own cache unless it is there already
+    (written to a temporary name, then renamed: concurrent starts never read half a file).
+    tiktoken checks the file's SHA-256 when it reads it."""
+    cache_dir = tiktoken_cache_dir()
+    if cache_dir is None or name not in _BPE_FILES:
         return None
-    d = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
-    return str(d) if d.is_dir() else None
+    target = cache_dir / hashlib.sha1(_BPE_FILES[name].encode()).hexdigest()
+    if not target.exists():
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+            shutil.copyfile(ARTIFACTS / f"{name}.tiktoken", tmp)
+            os.replace(tmp, target)
+        except OSError as e:
+            raise RuntimeError(f"token counting needs tiktoken's cache folder {cache_dir} "
+                               f"writable (or TIKTOKEN_CACHE_DIR set to one that is): {e}") from e
+    return target
+
+
+def encoding_name(model: str) -> str:
+    return "o200k_base" if any(p in model for p in ("gpt-4o", "gpt-4.1", "o1", "o3", "o4")) else (
+        "cl100k_base")
 
 
 @cache
 def encoding(model: str = "") -> tiktoken.Encoding:
-    if "TIKTOKEN_CACHE_DIR" not in os.environ and (d := _bundled_cache_dir()):
-        os.environ["TIKTOKEN_CACHE_DIR"] = d
-    name = "o200k_base" if any(p in model for p in ("gpt-4o", "gpt-4.1", "o1", "o3", "o4")) else (
-        "cl100k_base"
-    )
+    """tiktoken's encoding for `model`, from its own cache, seeded from the files greengate
+    ships: never a download (there is no network where greengate often runs), whether or not
+    litellm (which ships the same files in a private folder) is installed."""
+    name = encoding_name(model)
+    seed_tiktoken_cache(name)
     return tiktoken.get_encoding(name)
 
 
