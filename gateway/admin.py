@@ -114,6 +114,8 @@ def revoke_key(ident: str, rt: Rt) -> dict:
     except LookupError as e:
         raise GatewayError(404, str(e), code="key_not_found") from None
     rt.auth.forget(info.id)
+    if rt.replicas is not None:  # the other replicas drop it from their key caches
+        rt.replicas.key_changed(info.id)
     return info.to_json()
 
 
@@ -279,6 +281,8 @@ def put_policy(team: str, policy: Policy, rt: Rt) -> dict:
         raise GatewayError(422, f"{problem[0]}: impossible constraint: {problem[1]}.",
                            param=problem[0], code="impossible_constraint")
     rt.routing.policies.put(team, policy)
+    if rt.replicas is not None:  # the other replicas reload the policies
+        rt.replicas.policies_changed(team)
     return policy.to_json()
 
 
@@ -286,6 +290,8 @@ def put_policy(team: str, policy: Policy, rt: Rt) -> dict:
 def delete_policy(team: str, rt: Rt) -> dict:
     if not rt.routing.policies.delete(team):
         raise GatewayError(404, f"No policy for team {team!r}.", code="policy_not_found")
+    if rt.replicas is not None:
+        rt.replicas.policies_changed(team)
     return {"team": team, "deleted": True}
 
 

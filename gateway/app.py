@@ -20,11 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from backends.pool_config import PoolConfig
-from gateway import admin, openapi_models, reports_api
+from gateway import admin, openapi_models, replicas_api, reports_api
 from gateway.errors import GatewayError, error_response
 from gateway.runtime import Runtime
 from gateway.sessions import SessionStore
 from gateway.settings import Settings
+from gateway.shared_sessions import RedisSessionStore
+from gateway.shared_state import RedisLink
 from store import database
 from store.decision_log import is_connection_error
 
@@ -176,7 +178,11 @@ def create_app(
 
     app.include_router(admin.router)
     app.include_router(reports_api.router)
-    app.state.sessions = SessionStore()  # the web UI's sign-ins; /admin accepts them too
+    app.include_router(replicas_api.router)
+    # The web UI's sign-ins (/admin accepts them too): in Redis when replicas share state, so
+    # a load balancer needs no sticky sessions.
+    app.state.sessions = SessionStore() if not settings.redis_url else RedisSessionStore(
+        RedisLink(settings.redis_url), settings.redis_prefix, settings.redis_url)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, delete, func, select
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from gateway.errors import GatewayError
 from store.schema import Budget, Decision
-from telemetry.budgets import BudgetRule, Budgets, MemoryCounters, RedisCounters, period_bounds
+from telemetry.budgets import BudgetRule, Budgets, MemoryCounters, period_bounds
 
 
 def _rule(b: Budget) -> BudgetRule:
@@ -18,9 +19,30 @@ def _rule(b: Budget) -> BudgetRule:
 
 
 class BudgetService:
-    def __init__(self, engine: Engine, redis_url: str | None) -> None:
+    def __init__(self, engine: Engine, budgets: Budgets | None = None,
+                 on_change: Callable[[], None] | None = None) -> None:
+        """`budgets`: shared ones (gateway.shared_budgets, Redis) or, by default, counters in
+        this process's memory; `on_change` tells the other replicas a rule changed."""
         self.engine = engine
-        self.budgets = Budgets(RedisCounters(redis_url) if redis_url else MemoryCounters())
+        self.budgets = budgets if budgets is not None else Budgets(MemoryCounters())
+        self._on_change = on_change
+
+    def _seed(self, s: Session, rule: BudgetRule) -> None:
+        """Start the counter from this period's decisions, and (shared counters) the
+        per-request estimate admission reserves from the subject's recent charges."""
+        self.budgets.seed(rule, self._spent_so_far(s, rule))
+        seed_estimate = getattr(self.budgets, "seed_estimate", None)
+        if seed_estimate is None:
+            return
+        column = Decision.cost_usd if rule.metric == "usd" else Decision.energy_j
+        recent = select(column.label("v")).where(column > 0)
+        recent = recent.where(Decision.team == rule.subject) if rule.scope == "team" else \
+            recent.where(Decision.key_id == int(rule.subject))
+        sub = recent.order_by(Decision.created_at.desc()).limit(1000).subquery()
+        mean, n = s.execute(select(func.avg(sub.c.v), func.count())).one()
+        if mean is not None:
+            seed_estimate(rule, float(mean) if rule.metric == "usd" else float(mean) / 3600.0,
+                          int(n))
 
     def _spent_so_far(self, s: Session, rule: BudgetRule) -> float:
         start, _ = period_bounds(rule.period, datetime.now(UTC))
@@ -36,7 +58,7 @@ class BudgetService:
         with Session(self.engine) as s:
             rules = [_rule(b) for b in s.scalars(select(Budget).order_by(Budget.id))]
             for r in rules:
-                self.budgets.seed(r, self._spent_so_far(s, r))
+                self._seed(s, r)
         self.budgets.rules = rules
 
     def to_json(self, rule: BudgetRule) -> dict:
@@ -60,12 +82,16 @@ class BudgetService:
                                    "already exists; delete it first.",
                                    code="budget_exists") from None
             rule = _rule(b)
-            self.budgets.seed(rule, self._spent_so_far(s, rule))
+            self._seed(s, rule)
         self.budgets.rules = [*self.budgets.rules, rule]
+        if self._on_change is not None:
+            self._on_change()
         return self.to_json(rule)
 
     def delete(self, budget_id: int) -> bool:
         with Session(self.engine) as s, s.begin():
             n = s.execute(delete(Budget).where(Budget.id == budget_id)).rowcount
         self.budgets.rules = [r for r in self.budgets.rules if r.id != budget_id]
+        if self._on_change is not None:
+            self._on_change()
         return bool(n)

@@ -257,7 +257,7 @@ class Proxy:
             row["features"]["deadline_s"] = plan.budget_s
             row["route_reason"] = plan.reason
             row["candidates"] = plan.candidates
-            self._check_budgets(principal)
+            self._check_budgets(principal, rid)
             if row["stream"]:
                 return await self._stream(rid, t0, row, endpoint, body, plan, principal)
             return await self._complete(rid, t0, row, endpoint, body, plan, principal)
@@ -286,18 +286,22 @@ class Proxy:
             member = self.pool.get(row["served_member"])
             region = member.cfg.energy.region if member and member.cfg.energy else None
             row["gco2e"] = self.carbon.gco2e(row["energy_j"], region)
-        if row["cost_usd"] or row["energy_j"]:
+        if self.budgets.rules:  # also releases what admission reserved, charged or not
             try:
                 self.budgets.charge(principal.team, principal.key_id, row["cost_usd"],
-                                    row["energy_j"])
+                                    row["energy_j"], rid=row["id"])
             except Exception:  # a Redis outage must not lose the request's row
                 log.exception("charging budgets failed for %s", row["id"])
         self.metrics.observe(row)
         self.decisions.submit(row)
 
-    def _check_budgets(self, principal: Principal) -> None:
+    def _check_budgets(self, principal: Principal, rid: str) -> None:
         try:
-            over = self.budgets.check(principal.team, principal.key_id)
+            # Shared counters reserve this request's expected charge here (released when
+            # _finish charges it): replicas admit no more than the budget holds.
+            over = self.budgets.check(principal.team, principal.key_id, rid=rid)
+        except GatewayError:  # shared counters away under redis_outage=fail_closed
+            raise
         except Exception:  # counters unreachable: serve rather than refuse everyone
             log.exception("budget counters unavailable; serving without the check")
             return
@@ -686,6 +690,7 @@ class Proxy:
         usage: dict | None = None
         seen: list[bytes] = []  # kept only to count tokens if no usage arrives
         finished = False
+        logged = False
         try:
             # One write per batch (the events one network read brought), not one per event:
             # the payloads pass as they came unless usage, an error or a restore needs them.
@@ -730,9 +735,14 @@ class Proxy:
                         "choices": [], "usage": usage}))
             else:
                 self._account(row, m, usage, endpoint, body, None, reference)
-            yield b"data: [DONE]\n\n"
+            # The row is journaled (decision WAL) before the last byte leaves: a kill after
+            # this point cannot lose an answered request's row.
             row["status"] = 200
             finished = True
+            row["latency_ms"] = (time.perf_counter() - t0) * 1000
+            self._finish(row, principal)
+            logged = True
+            yield b"data: [DONE]\n\n"
             if cache_key is not None:
                 self._remember(cache_key, cache_stage.body_from_stream(seen, usage), m.name)
         except UpstreamError as e:
@@ -744,12 +754,13 @@ class Proxy:
         finally:
             with anyio.CancelScope(shield=True):
                 await agen.aclose()
-            if not finished and row["status"] in (0, 200):
-                row["status"] = 499
-                row["error"] = "client disconnected before the end of the stream"
-            if row["prompt_tokens"] is None:
-                # Disconnected or failed mid-way: bill what was generated so far.
-                self._account(row, m, usage, endpoint, body, _streamed_text(endpoint, seen)[0],
-                              reference)
-            row["latency_ms"] = (time.perf_counter() - t0) * 1000
-            self._finish(row, principal)
+            if not logged:
+                if not finished and row["status"] in (0, 200):
+                    row["status"] = 499
+                    row["error"] = "client disconnected before the end of the stream"
+                if row["prompt_tokens"] is None:
+                    # Disconnected or failed mid-way: bill what was generated so far.
+                    self._account(row, m, usage, endpoint, body,
+                                  _streamed_text(endpoint, seen)[0], reference)
+                row["latency_ms"] = (time.perf_counter() - t0) * 1000
+                self._finish(row, principal)

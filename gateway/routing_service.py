@@ -7,7 +7,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -88,6 +88,8 @@ class RoutingService:
         self._updates = 0
         self._saved_updates = 0
         self._saver: asyncio.Task | None = None
+        # Told of each update feedback makes (replicas publish it: gateway.replicas).
+        self.on_update: Callable[[str, list[float], str, float], Awaitable[None]] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -292,8 +294,21 @@ class RoutingService:
             self.bandit.update(np.asarray(context, dtype=float), d.served_member,
                                residual_reward(score, prior_mean))
             self._updates += 1
+            if self.on_update is not None:
+                try:
+                    await self.on_update(self.bandit_name, [float(v) for v in context],
+                                         d.served_member, residual_reward(score, prior_mean))
+                except Exception:  # learning here is done; the others catch up by snapshot
+                    log.exception("publishing the bandit update failed")
         return {"request_id": rid, "member": d.served_member, "score": score,
                 "reward": round(r, 6), "applied_to_bandit": applicable}
+
+    def apply_update(self, context: Any, arm: str, reward: float) -> None:
+        """An update another replica's feedback made: the same additive step here (and
+        counted, so the merged state is saved to SQL for replicas that start later)."""
+        assert self.bandit is not None
+        self.bandit.update(context, arm, reward)
+        self._updates += 1
 
     def recent_feedback(self, limit: int = 50) -> list[dict]:
         with Session(self.engine) as s:

@@ -21,6 +21,7 @@ from gateway.keys import KeyRepo
 from gateway.policies import PolicyStore
 from gateway.pool import Pool
 from gateway.proxy import Proxy
+from gateway.replicas import Replicas
 from gateway.routing_service import BANDIT_NAME, RoutingService
 from gateway.settings import Settings
 from migrations import runner as migrate
@@ -58,6 +59,7 @@ class Runtime:
     budgets: BudgetService
     metrics: Metrics
     cache: SemanticCache | None
+    replicas: Replicas | None = None  # shared state, with Redis
 
 
     @classmethod
@@ -80,10 +82,15 @@ class Runtime:
             settings.log_flush_interval_s, state_dir=settings.state_dir,
             ready_max_pending=settings.log_ready_max_pending,
             ready_max_lag_s=settings.log_ready_max_lag_s,
-            drain_timeout_s=settings.log_drain_timeout_s)
+            drain_timeout_s=settings.log_drain_timeout_s, wal=settings.log_wal)
         decisions.start()
         routing.start()
-        budgets = BudgetService(engine, settings.redis_url)
+        # With Redis, replicas share state (gateway.replicas); without, all of it is in memory.
+        replicas = Replicas.create(
+            settings.redis_url, settings.redis_prefix, settings.redis_outage,
+            hold_s=settings.request_timeout_s + 30.0) if settings.redis_url else None
+        budgets = BudgetService(engine, replicas.budgets if replicas else None,
+                                on_change=replicas.budgets_changed if replicas else None)
         await asyncio.to_thread(budgets.load)
         metrics = Metrics()
         metrics.track_queue("decision_log", lambda: decisions.pending)
@@ -97,10 +104,16 @@ class Runtime:
                       Guard(await asyncio.to_thread(_safety_classifier, settings, routing),
                             names="shipped" if settings.pii_names else None),
                       cache)
-        log.info("greengate ready: %d members (%s), router %s", len(pool.members),
-                 ", ".join(pool.members), settings.router)
+        if replicas is not None:
+            replicas.attach(budget_service=budgets, auth=auth, policies=routing.policies,
+                            routing=routing, pool=pool)
+            routing.on_update = replicas.bandit_updated
+            replicas.start()
+        log.info("greengate ready: %d members (%s), router %s%s", len(pool.members),
+                 ", ".join(pool.members), settings.router,
+                 f", shared state on redis (replica {replicas.replica_id})" if replicas else "")
         return cls(settings, engine, keys, auth, decisions, pool, proxy, routing, budgets,
-                   metrics, cache)
+                   metrics, cache, replicas)
 
     async def stop(self) -> None:
         # Each step on its own: a database that is away (the bandit cannot be saved) must not
@@ -109,12 +122,17 @@ class Runtime:
         for name, step, limit in (
                 ("routing", self.routing.stop, STOP_STEP_S),
                 ("decision log", self.decisions.stop, None),
-                ("cache", self._close_cache, STOP_STEP_S), ("pool", self.pool.aclose, None)):
+                ("cache", self._close_cache, STOP_STEP_S), ("pool", self.pool.aclose, None),
+                ("shared state", self._close_replicas, STOP_STEP_S)):
             try:
                 await asyncio.wait_for(step(), limit)
             except Exception:
                 log.exception("shutdown: stopping the %s failed", name)
         self.engine.dispose()
+
+    async def _close_replicas(self) -> None:
+        if self.replicas is not None:
+            await self.replicas.stop()
 
     async def _close_cache(self) -> None:
         if self.cache is not None and isinstance(self.cache.persist, SqlPersister):
@@ -236,7 +254,7 @@ def _cache(settings: Settings, engine: Engine) -> SemanticCache | None:
         return None
     store: CacheStore
     if settings.cache_redis and settings.redis_url:
-        store = RedisStore(settings.redis_url)
+        store = RedisStore(settings.redis_url, prefix=f"{settings.redis_prefix}cache")
     else:
         store = MemoryStore()
     cache = SemanticCache(

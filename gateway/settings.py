@@ -52,6 +52,9 @@ class Settings(BaseSettings):
         "memory; default: half the queue.")
     log_ready_max_lag_s: float = Field(
         30.0, gt=0, description="Readiness fails when rows wait and none was written this long.")
+    log_wal: bool = Field(
+        True, description="Append each decision row to a local journal (state_dir) before the "
+        "response's last byte, replayed at start: a SIGKILL loses only requests in flight.")
     log_drain_timeout_s: float = Field(
         5.0, ge=0, description="At shutdown, time to write queued rows; the rest is journaled "
         "to state_dir and replayed at the next start.")
@@ -84,7 +87,15 @@ class Settings(BaseSettings):
         1, ge=1, description="Worker processes for `serve` (> 1 needs GREENGATE_REDIS_URL).")
 
     redis_url: str | None = Field(
-        None, description="Redis for budget counters shared by replicas (redis://host:6379/0).")
+        None, description="Redis for the state replicas share (redis://host:6379/0): budget "
+        "counters, change events (budgets, keys, policies), bandit learning, member health, "
+        "UI sessions.")
+    redis_prefix: str = Field(
+        "gg:", description="Prefix of every Redis key and channel: deployments (or tests) "
+        "sharing one Redis keep apart by it.")
+    redis_outage: Literal["fail_open", "fail_closed"] = Field(
+        "fail_open", description="Redis away: admit budgeted requests on this replica's last "
+        "view and charge them when it answers again (fail_open), or refuse them (fail_closed).")
     carbon_g_per_kwh: float = Field(
         480.0, gt=0, description="Default grid intensity (world 2023 average, Ember 2024).")
     carbon_regions: dict[str, float] = Field(

@@ -127,8 +127,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "GREENGATE_HOST": settings.host, "GREENGATE_PORT": str(settings.port),
         "GREENGATE_DATABASE_URL": settings.database_url, "GREENGATE_ADMIN_KEY": key,
         "GREENGATE_WORKERS": str(workers)})
-    print(f"greengate: {workers} worker processes sharing budgets through "
-          f"{settings.redis_url}; each keeps its own bandit learning until replicas share it",
+    print(f"greengate: {workers} worker processes sharing state through "
+          f"{settings.redis_url} (budgets, keys, policies, bandit learning, member health, "
+          "UI sessions), as replicas on several hosts do",
           file=sys.stderr)
     uvicorn.run("greengate.cli:worker_app", factory=True, workers=workers, **common)
     return 0

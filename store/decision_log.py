@@ -8,7 +8,10 @@ What no single row may do is stop the log for everyone:
   row with its id, status and reason is written in its place;
 - only connection errors are retried, briefly; then the batch goes to a local journal that is
   replayed when the database answers again, and at the next start;
-- shutdown writes what it can within a deadline and journals the rest."""
+- shutdown writes what it can within a deadline and journals the rest;
+- every row is first appended to a write-ahead journal (store.wal) as it is submitted, i.e.
+  before the response's last byte: a SIGKILL loses no answered request's row, the next start
+  replays what the dead process had not written."""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from sqlalchemy.exc import OperationalError as SAOperationalError
 
 from store.schema import Decision
 from store.storable import REPLACEMENT, clean_text, storable_decision
+from store.wal import DecisionWal
 
 log = logging.getLogger("greengate.decisions")
 TABLE = Decision.__table__
@@ -73,6 +77,7 @@ class DecisionLog:
         ready_max_lag_s: float = 30.0,
         drain_timeout_s: float = 5.0,
         connect_retries: int = 3,
+        wal: bool = True,
     ) -> None:
         self._engine = engine
         self._queue_size = queue_size
@@ -88,6 +93,8 @@ class DecisionLog:
         state = Path(state_dir) if state_dir is not None else Path(".greengate")
         self.journal_path = state / "decisions.journal.jsonl"
         self.quarantine_path = state / "decisions.quarantine.jsonl"
+        self.wal = DecisionWal(state) if wal else None
+        self.wal_replayed = 0
         self.ready_max_pending = ready_max_pending or max(1, queue_size // 2)
         self.ready_max_lag_s = ready_max_lag_s
         self.drain_timeout_s = drain_timeout_s
@@ -125,6 +132,11 @@ class DecisionLog:
     def submit(self, row: dict[str, Any]) -> None:
         """Queue a row without waiting. Past the queue bound the row goes to the journal
         (memory stays bounded, no row is dropped)."""
+        if self.wal is not None:
+            try:
+                self.wal.append(row)
+            except OSError:  # a full disk must not fail the request: the queue still has it
+                log.exception("decision WAL append failed for %s", row.get("id"))
         if len(self._rows) >= self._queue_size:
             self._journal([row])
             return
@@ -164,9 +176,16 @@ class DecisionLog:
         with self._engine.connect() as conn:
             return bool(conn.scalar(select(exists().where(Decision.id == rid))))
 
+    @property
+    def wal_unresolved(self) -> int | None:
+        """Rows in the write-ahead journal not yet safe elsewhere (None: no journal)."""
+        return None if self.wal is None else self.wal.unresolved
+
     def _done(self, rows: list[dict[str, Any]]) -> None:
         for r in rows:
             self._ids.discard(r["id"])
+        if self.wal is not None:
+            self.wal.resolve(r["id"] for r in rows)
         self._last_progress = asyncio.get_running_loop().time()
 
     async def _write(self, rows: list[dict[str, Any]]) -> bool:
@@ -275,6 +294,8 @@ class DecisionLog:
         self.journaled += len(rows)
         for r in rows:
             self._ids.discard(r["id"])
+        if self.wal is not None:
+            self.wal.resolve(r["id"] for r in rows)
 
     def _read_journal(self) -> list[dict[str, Any]]:
         """Move the journal aside and read it (rows a crash left mid-replay included)."""
@@ -327,8 +348,43 @@ class DecisionLog:
             self._replay_delay = 1.0
         self._next_replay = loop.time() + self._replay_delay
 
+    # ---- write-ahead journal recovery ------------------------------------------------------
+    def _stored(self, ids: list[str]) -> set[str]:
+        with self._engine.connect() as conn:
+            return set(conn.scalars(select(Decision.id).where(Decision.id.in_(ids))))
+
+    async def replay_wal(self) -> int:
+        """Write the rows a dead process journaled and had not written (ids already stored
+        are skipped; unreachable: they go to the outage journal, which is durable too)."""
+        if self.wal is None:
+            return 0
+        total = 0
+        for fd, path in await asyncio.to_thread(self.wal.claim_orphans):
+            try:
+                rows = await asyncio.to_thread(DecisionWal.read, path)
+                for i in range(0, len(rows), self._batch_size):
+                    chunk = rows[i : i + self._batch_size]
+                    try:
+                        have = await asyncio.to_thread(self._stored, [r["id"] for r in chunk])
+                    except Exception:  # the database is away: keep all, replay dedups
+                        have = set()
+                    chunk = [r for r in chunk if r["id"] not in have]
+                    if chunk:
+                        await self._write(chunk)
+                        total += len(chunk)
+                DecisionWal.release(fd, path, done=True)
+            except Exception:
+                log.exception("replaying decision WAL %s failed; the next start retries",
+                              path.name)
+                DecisionWal.release(fd, path, done=False)
+        if total:
+            log.warning("decision WAL: %d rows of a process that died replayed", total)
+        self.wal_replayed += total
+        return total
+
     # ---- loop --------------------------------------------------------------------------
     async def _run(self) -> None:
+        await self.replay_wal()
         await self._maybe_replay()
         while True:
             if not self._rows:
@@ -348,6 +404,8 @@ class DecisionLog:
             self._inflight = [self._rows.popleft() for _ in range(n)]
             await self._write(self._inflight)
             self._inflight = []
+            if self.wal is not None:  # power-loss bound: one batch (the kernel has the rest)
+                await asyncio.to_thread(self.wal.sync)
             if not self._stopping:
                 await self._maybe_replay()
 
@@ -381,6 +439,8 @@ class DecisionLog:
             self.journaled,
             self.quarantined,
         )
+        if self.wal is not None:
+            self.wal.close()  # every row is resolved now: the segments go
 
 
 __all__ = ["DecisionLog", "REPLACEMENT", "is_connection_error"]

@@ -123,7 +123,9 @@ class Budgets:
         return int((reset - now).total_seconds()) + 3600
 
     def check(self, team: str | None, key_id: int | None,
-              now: datetime | None = None) -> Exceeded | None:
+              now: datetime | None = None, rid: str | None = None) -> Exceeded | None:
+        """The first exhausted rule that applies, or None. `rid` (the request) is for
+        counters that reserve on admission (gateway.shared_budgets); here it is unused."""
         now = now or datetime.now(UTC)
         for rule in self.rules:
             if not self._applies(rule, team, key_id):
@@ -135,7 +137,8 @@ class Budgets:
         return None
 
     def charge(self, team: str | None, key_id: int | None, cost_usd: float | None,
-               energy_j: float | None, now: datetime | None = None) -> None:
+               energy_j: float | None, now: datetime | None = None,
+               rid: str | None = None) -> None:
         now = now or datetime.now(UTC)
         for rule in self.rules:
             if not self._applies(rule, team, key_id):

@@ -26,7 +26,9 @@ def write_pool(path: Path, upstream_url: str, **member: Any) -> Path:
     """A pool of one chat member `m` (and a second, `m2`) on the given OpenAI upstream."""
     base = {"kind": "openai", "model": "up", "base_url": upstream_url,
             "price": {"input_per_1m": 1.0, "output_per_1m": 1.0}, "context_window": 8192}
-    pool = [{"name": "m", **base, **member}, {"name": "m2", **base, "model": "up2"}]
+    pool = [{"name": "m", **base, **member},
+            {"name": "m2", **base, "model": "up2",  # dearer: "auto" on cheapest picks m
+             "price": {"input_per_1m": 2.0, "output_per_1m": 2.0}}]
     path.write_text(yaml.safe_dump({"pool": pool}))
     return path
 
@@ -139,8 +141,19 @@ def replica_env(database_url: str, redis_url: str | None, prefix: str, state_dir
     return env
 
 
+def migrate(env: dict[str, str]) -> None:
+    """`greengate migrate` once, as a deployment does before starting its replicas (they
+    would otherwise race to create the same tables)."""
+    cmd = serve_command()
+    cmd[-1:] = ["migrate", "up"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
+
+
 def start_all(replicas: Iterable[Replica]) -> list[Replica]:
-    """Start every replica at once (start-up is seconds each) and wait for all."""
+    """Migrate once, start every replica at once (start-up is seconds each), wait for all."""
+    replicas = list(replicas)
+    if replicas:
+        migrate(replicas[0].env)
     out = [r.start() for r in replicas]
     for r in out:
         r.wait_ready()

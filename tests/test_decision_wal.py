@@ -11,7 +11,7 @@ import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.wal import DecisionWal
+from store.wal import DecisionWal
 
 
 def _row(i: int) -> dict:
@@ -34,7 +34,7 @@ def test_a_killed_writer_leaves_its_rows_to_the_next_process(tmp_path: Path) -> 
     code = textwrap.dedent(f"""
         import os, signal, sys
         from datetime import UTC, datetime
-        from gateway.wal import DecisionWal
+        from store.wal import DecisionWal
         wal = DecisionWal({str(tmp_path)!r})
         for i in range(50):
             wal.append({{"id": f"k{{i}}", "created_at": datetime.now(UTC), "status": 200}})
