@@ -93,3 +93,37 @@ def test_speculative_greedy_identical_on_cuda(method: str) -> None:
             engine.shutdown()
         assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
     assert outs[0] == outs[1]
+
+
+def test_lora_mixed_batch_and_in_step_training_on_cuda(tmp_path) -> None:  # noqa: ANN001
+    """Adapters mixed with the base in one CUDA batch give what each gets alone, and a job
+    trained inside the steps (CUDA's default) leaves the base's outputs identical."""
+    from backends.engine.engine import Engine, EngineConfig
+    from backends.engine.finetune.job import LoraHyperparameters, TrainingJobSpec
+    from backends.engine.lora import save_adapter
+    from backends.engine.sampler import SamplingParams
+    from tests.test_engine_lora import Listener, mapping_examples, random_adapter
+
+    path = checkpoint("llama")
+    engine = Engine.from_checkpoint(path, EngineConfig(device="cuda", dtype="float32",
+                                                       num_blocks=256))
+    try:
+        assert not engine._overlap
+        save_adapter(tmp_path / "a", random_adapter(engine.runner.model.cpu().cuda(), seed=3))
+        engine.load_adapter("a", tmp_path / "a")
+        params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+        prompts = [random_prompt(n, 300, seed=n) for n in (5, 9, 30, 41)]
+        adapters = ["a", None, "a", None]
+        alone = [engine.generate_sync(p, params, adapter=a).token_ids
+                 for p, a in zip(prompts, adapters, strict=True)]
+        together = engine.generate_batch_sync(prompts, params, adapters=adapters)
+        assert [c.token_ids for c in together] == alone
+        base = [c.token_ids for c in engine.generate_batch_sync(prompts, params)]
+        listener = Listener()
+        engine.start_training(TrainingJobSpec(
+            "cuda", "ft:cuda", mapping_examples(16, 300, 0),
+            hyper=LoraHyperparameters(n_epochs=30), checkpoint_dir=tmp_path / "job"), listener)
+        during = [c.token_ids for c in engine.generate_batch_sync(prompts, params)]
+        assert during == base and engine.stats()["training_tokens"] > 0
+    finally:
+        engine.shutdown()
