@@ -23,6 +23,7 @@ from backends.engine.engine import (
     RequestStream,
     TokenEvent,
 )
+from backends.engine.finetune.coserve import CoServeConfig
 from backends.engine.spec import SpeculativeConfig
 from backends.pool_config import (
     BUILTIN_ENGINE_MODEL,
@@ -62,7 +63,9 @@ def engine_config(opts: EngineOptions) -> EngineConfig:
         max_num_seqs=opts.max_num_seqs, token_budget=opts.token_budget,
         max_waiting=opts.max_waiting, cpu_kv_bytes=int(opts.kv_cache_gb * 2**30),
         gpu_memory_fraction=opts.gpu_memory_fraction, prefix_caching=opts.prefix_caching,
-        speculative=spec)
+        speculative=spec, max_loras=opts.max_loras,
+        coserve=CoServeConfig(itl_slo_s=None if opts.train_itl_slo_ms is None
+                              else opts.train_itl_slo_ms / 1000))
 
 
 class EngineMember(Member):

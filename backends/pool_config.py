@@ -100,6 +100,11 @@ class EngineOptions(BaseModel):
     speculative: SpeculativeOptions | None = Field(
         None, description="Off unless set. A request opts out with the extension field "
         "`greengate: {speculative: false}`.")
+    max_loras: int = Field(8, ge=0, description="LoRA adapter versions resident at once (LRU "
+                           "beyond; 0 turns LoRA serving and fine-tuning off).")
+    train_itl_slo_ms: float | None = Field(
+        None, gt=0, description="Inter-token latency co-served fine-tuning must keep; unset: "
+        "at most 10% over what inference alone measures.")
 
 
 class ReplicaOptions(BaseModel):
