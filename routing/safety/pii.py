@@ -1,9 +1,11 @@
 """Local PII and secret detection, redaction and restoration for the safety stage.
 
-Everything runs in-process with precompiled regular expressions plus checksum validation;
-no text leaves the machine and there is no model to load. The design favours precision on
-the structured kinds (a gateway that mangles prompts by redacting every long number is
-useless) and accepts lower recall on free-form national phone formats and addresses.
+Everything runs in-process with precompiled regular expressions plus checksum validation
+(Luhn and ISO 7064 mod 97-10 from python-stdnum); no text leaves the machine and there is no
+model to load. The design favours precision on the structured kinds (a gateway that mangles
+prompts by redacting every long number is useless) and accepts lower recall on free-form
+national phone formats and addresses. The IBAN registry lengths below stay ours: the cut of a
+grouped IBAN at its country's length needs them, and stdnum keeps its registry private.
 
 Kinds (``DEFAULT_KINDS``, detected unless ``kinds`` says otherwise):
 
@@ -65,6 +67,9 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from stdnum import luhn
+from stdnum.iso7064 import mod_97_10
 
 EMAIL_ADDRESS = "EMAIL_ADDRESS"
 PHONE_NUMBER = "PHONE_NUMBER"
@@ -194,16 +199,6 @@ _CARD_CUE = re.compile(
 )
 
 
-def _luhn(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
 def _card_issuer_ok(d: str) -> bool:
     """Issuer identification prefixes and the lengths they issue. Cuts most Luhn-valid
     accidents, e.g. 13-digit millisecond timestamps (they start with 1)."""
@@ -232,7 +227,7 @@ def _cards(scan: _Scan) -> Iterator[tuple[int, int]]:
     for s, e in scan.digit_runs:
         for m in _windowed(_CARD, text, s, e + 3):
             digits = m.group().replace(" ", "").replace("-", "")
-            if not (_luhn(digits) and _card_issuer_ok(digits)):
+            if not (luhn.is_valid(digits) and _card_issuer_ok(digits)):
                 continue
             # 12 digits is Maestro-only and common for other identifiers: demand a card cue.
             if len(digits) == 12 and not _CARD_CUE.search(text, max(0, m.start() - 40), m.start()):
@@ -264,12 +259,6 @@ _IBAN = re.compile(
     r"(?:[A-Za-z0-9]{11,30}|(?: [A-Za-z0-9]{4}){2,7}(?: [A-Za-z0-9]{1,3})?)"
     r"(?![A-Za-z0-9])"
 )
-
-
-def _iban_valid(compact: str) -> bool:
-    s = compact[4:] + compact[:4]
-    # Letters become 10..35; int(c, 36) does exactly that for A-Z and keeps digits.
-    return int("".join(str(int(c, 36)) for c in s)) % 97 == 1
 
 
 def _ibans(scan: _Scan) -> Iterator[tuple[int, int]]:
@@ -308,7 +297,8 @@ def _iban_end(text: str, m: re.Match[str]) -> int:
         if text[end] != " ":
             return 0
         compact = compact[:n]
-    return end if _iban_valid(compact) else 0
+    # ISO 7064 MOD 97-10 over the rearranged IBAN (country code and check digits moved last).
+    return end if mod_97_10.is_valid(compact[4:] + compact[:4]) else 0
 
 
 # --------------------------------------------------------------------------- US SSN
