@@ -28,7 +28,7 @@ from routing import tokens
 from routing.bandit_router import residual_reward
 from routing.policy import NoCandidate, Policy, apply, impossible_constraint, with_fallback_order
 from routing.reward import RewardBounds, reward
-from routing.router import Candidate, Router, RouteRequest, make_router
+from routing.router import Candidate, CheapestRouter, Router, RouteRequest
 from store.schema import Decision, Feedback
 from store.storable import clean_text
 
@@ -81,7 +81,7 @@ class RoutingService:
         self._owns_extractor = owns_extractor  # a shared one (tests) is closed by its owner
         self.bandit = bandit
         self.bounds = RewardBounds(settings.reward_energy_max_j, settings.reward_cost_max_usd)
-        self._plain = make_router("cheapest")
+        self._plain = CheapestRouter.create()
         self.bandit_name = BANDIT_NAME  # runtime names it after the quality prior in use
         self.quality_prior: Any | None = None  # routing.quality_prior.QualityPrior
         self._store = BanditStore(engine)

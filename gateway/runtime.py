@@ -25,7 +25,6 @@ from gateway.replicas import Replicas
 from gateway.routing_service import BANDIT_NAME, RoutingService
 from gateway.settings import Settings
 from migrations import runner as migrate
-from routing.bandit_router import BanditRouter  # noqa: F401 - registers "bandit"
 from routing.cache import (
     DEFAULT_THRESHOLD,
     CacheStore,
@@ -36,7 +35,7 @@ from routing.cache import (
 from routing.priors import load_priors
 from routing.quality_prior import MemberPriorSpec, QualityPrior, arm_prior, load_bundle
 from routing.reward import RewardBounds
-from routing.router import ROUTERS
+from routing.routers import router_class
 from store import database
 from store.decision_log import DecisionLog
 from telemetry.carbon import CarbonIntensity
@@ -144,11 +143,7 @@ async def _routing(
 ) -> RoutingService:
     """The router for 'auto' and what it needs: features and a bandit (restored from SQL, or
     new with warm-start priors) when it learns, nothing more when it does not."""
-    try:
-        router_cls = ROUTERS[settings.router]
-    except KeyError:
-        raise ValueError(f"unknown router {settings.router!r}; "
-                         f"known: {', '.join(sorted(ROUTERS))}") from None
+    router_cls = router_class(settings.router)
     policies = PolicyStore(engine)
     await policies.for_team(None)  # the first ORM query pays for mapper set-up: pay it now
     if not router_cls.needs_features:

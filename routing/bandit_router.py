@@ -21,7 +21,7 @@ from bandits import Bandit
 from routing.constraints import Option, order_under
 from routing.quality_prior import QualityPrior
 from routing.reward import RewardBounds, reward
-from routing.router import Candidate, Ranked, Router, RouteRequest, register
+from routing.router import Candidate, Ranked, Router, RouteRequest
 
 
 def residual_reward(score: float, prior_mean: float | None) -> float:
@@ -29,7 +29,6 @@ def residual_reward(score: float, prior_mean: float | None) -> float:
     return score - (prior_mean or 0.0)
 
 
-@register
 class BanditRouter(Router):
     name = "bandit"
     needs_features = True

@@ -63,24 +63,6 @@ class Router(ABC):
         """Best first. Unhealthy candidates may be kept at the end as a last resort."""
 
 
-ROUTERS: dict[str, type[Router]] = {}
-
-
-def register(cls: type[Router]) -> type[Router]:
-    ROUTERS[cls.name] = cls
-    return cls
-
-
-def make_router(name: str, **deps: Any) -> Router:
-    """Build a registered router; each takes the dependencies it needs from `deps`."""
-    try:
-        cls = ROUTERS[name]
-    except KeyError:
-        raise ValueError(f"unknown router {name!r}; known: {', '.join(sorted(ROUTERS))}") from None
-    return cls.create(**deps)
-
-
-@register
 class CheapestRouter(Router):
     """Cheapest healthy member first (blended price: input plus output per 1M tokens)."""
 
