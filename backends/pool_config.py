@@ -121,9 +121,9 @@ class ReplicaOptions(BaseModel):
                            "after this long, and back in when the probe passes.")
     overload_kv_usage: float = Field(0.95, gt=0, le=1, description="KV usage at which the "
                                      "affinity replica is passed over.")
-    overload_gap: float = Field(8, ge=0, description="Requests above the least loaded "
+    overload_gap: float = Field(2, ge=0, description="Requests above the least loaded "
                                 "replica's at which the affinity replica is passed over.")
-    overload_ratio: float = Field(1.0, ge=0, description="...or this share of the least "
+    overload_ratio: float = Field(0.5, ge=0, description="...or this share of the least "
                                   "loaded replica's requests, whichever is larger.")
     affinity_block_chars: int = Field(64, ge=1, description="Characters per hashed block.")
     affinity_blocks: int = Field(4, ge=1, description="Leading blocks the affinity key "

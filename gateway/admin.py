@@ -122,6 +122,7 @@ def revoke_key(ident: str, rt: Rt) -> dict:
 @router.get("/pool", openapi_extra=TEAM_READABLE)
 def pool_status(rt: Rt) -> list[dict]:
     out = []
+    replicas = rt.pool.replica_members()
     for m in rt.pool.members.values():
         out.append({
             "name": m.name, "kind": m.cfg.kind, "model": m.cfg.model, "mode": m.cfg.mode,
@@ -134,6 +135,8 @@ def pool_status(rt: Rt) -> list[dict]:
             "context_window": m.context_window, "tags": m.cfg.tags,
             "energy": m.cfg.energy.model_dump() if m.cfg.energy else None,
             "engine": _engine_state(m.backend) if m.is_engine else None,
+            # A member with several endpoints: each replica's state, load and energy.
+            "replicas": replicas[m.name].stats() if m.name in replicas else None,
         })
     return out
 

@@ -12,6 +12,7 @@ from backends.health import CircuitBreaker
 from backends.litellm_member import LiteLLMMember
 from backends.openai_compat import HttpLimits, OpenAICompatMember
 from backends.pool_config import EnergyProfile, MemberConfig, PoolConfig, Price
+from backends.replicas import ReplicaMember
 from extras import require
 from gateway.settings import Settings
 from routing.router import Candidate
@@ -93,7 +94,9 @@ class Pool:
                 log.warning("member %s: $%s is not set; calling without a key",
                             cfg.name, cfg.api_key_env)
             backend: Member
-            if cfg.kind == "openai":
+            if cfg.kind == "openai" and cfg.endpoints:
+                backend = ReplicaMember(cfg, limits)
+            elif cfg.kind == "openai":
                 backend = OpenAICompatMember(cfg, limits)
             elif cfg.kind == "litellm":
                 backend = LiteLLMMember(cfg)
@@ -139,6 +142,16 @@ class Pool:
     def serving(self, endpoint: str) -> list[PoolMember]:
         mode = "embedding" if endpoint == "embeddings" else "chat"
         return [m for m in self.members.values() if m.cfg.mode == mode]
+
+    def replica_members(self) -> dict[str, ReplicaMember]:
+        return {n: m.backend for n, m in self.members.items()
+                if isinstance(m.backend, ReplicaMember)}
+
+    async def start(self) -> None:
+        """Background work members need before serving: replica members' /metrics scraping
+        (the first scrape is awaited, so the first placement sees load)."""
+        for backend in self.replica_members().values():
+            await backend.start()
 
     async def aclose(self) -> None:
         for m in self.members.values():

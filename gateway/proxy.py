@@ -360,7 +360,7 @@ class Proxy:
             "prompt_tokens": None, "completion_tokens": None, "usage_source": None,
             "cost_usd": None, "energy_j": None, "energy_source": None, "cache_hit": False,
             "gco2e": None, "counterfactual_member": None, "counterfactual_cost_usd": None,
-            "counterfactual_energy_j": None, "speculative": None,
+            "counterfactual_energy_j": None, "speculative": None, "replicas": None,
         }
 
     async def _read_json(self, request: Request) -> Any:
@@ -621,6 +621,10 @@ class Proxy:
         spec = usage.pop("speculative", None)
         if isinstance(spec, dict):
             row["speculative"] = spec
+        # A member with several endpoints: the replicas it ran on and any migration.
+        placed = usage.pop("replicas", None)
+        if isinstance(placed, dict):
+            row["replicas"] = placed
         energy = (EnergyReading(float(measured_j), str(measured_source))
                   if measured_j is not None and measured_source else m.energy(prompt, completion))
         if energy is not None:

@@ -75,6 +75,7 @@ class Runtime:
         await auth.load()
         # An engine member loads its weights here: off the event loop.
         pool = await asyncio.to_thread(Pool, pool_config, settings)
+        await pool.start()
         routing = await _routing(settings, engine, pool, extractor)
         decisions = DecisionLog(
             engine, settings.log_queue_size, settings.log_batch_size,

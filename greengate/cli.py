@@ -237,6 +237,13 @@ def cmd_mock_upstream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_engine_serve(argv: list[str]) -> int:
+    from backends.engine import server
+
+    server.main(argv)  # its own parser: --model, --port, --device, ...
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="greengate", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -304,12 +311,25 @@ def build_parser() -> argparse.ArgumentParser:
     mu.add_argument("--jitter-ms", type=float, default=0.0,
                     help="plus a uniformly random extra wait of up to this much")
     mu.set_defaults(func=cmd_mock_upstream)
+
+    en = sub.add_parser("engine", help="the bundled engine on its own (a GPU host's side)")
+    ensub = en.add_subparsers(dest="action", required=True)
+    # The server parses its own options (backends/engine/server.py): parsing them here would
+    # import torch for every other command.
+    es = ensub.add_parser("serve", add_help=False,
+                          help="serve one model as an OpenAI-compatible server that reports "
+                          "measured energy per request (--model PATH|tiny-random-llama "
+                          "[--port P] [--device cuda|cpu]; --help for all)")
+    es.set_defaults(func=lambda _: cmd_engine_serve([]))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from extras import MissingExtra
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["engine", "serve"]:
+        return cmd_engine_serve(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

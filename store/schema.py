@@ -79,6 +79,9 @@ class Decision(Base):
     counterfactual_energy_j: Mapped[float | None] = mapped_column(Float)
     # {method, proposed, accepted, mean_k, acceptance} when an engine member speculated.
     speculative: Mapped[dict | None] = mapped_column(JSON)
+    # {policy, served_by, hops: [{replica, placed_by, tokens, energy_j, energy_source, end}],
+    # migrations: [{from, to, reason, after_tokens}]} for a member with several endpoints.
+    replicas: Mapped[dict | None] = mapped_column(JSON)
 
     __table_args__ = (
         Index("ix_decisions_created_at", "created_at"),

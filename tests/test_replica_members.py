@@ -340,3 +340,52 @@ async def test_preempting_replica_hands_over_token_exactly(
     # Measured on one, estimated on the other: the sum is an estimate, and says so.
     assert usage["energy_source"] == "estimated:mixed" and usage["energy_j"] > 0.5
     assert usage["completion_tokens"] == 40
+
+
+# --- through the gateway ---------------------------------------------------------------------
+
+
+def _pool(engines: list[EngineServerProcess]) -> list[dict]:
+    return [{"name": "tiny", "kind": "openai", "model": "tiny",
+             "endpoints": [e.url for e in engines], "price": {"input_per_1m": 0,
+                                                              "output_per_1m": 0},
+             "replicas": {"scrape_interval_s": 0.2}}]
+
+
+def test_gateway_row_carries_engine_energy_and_replicas(
+        engines: list[EngineServerProcess], make_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw = make_gateway(_pool(engines))
+    r = gw.post("/v1/chat/completions", {**chat("energy please", 8), "model": "tiny"})
+    assert r.status_code == 200, r.text
+    assert "greengate" not in r.json()
+    row = gw.decision(r.headers["x-request-id"])
+    replicas = row["replicas"] if isinstance(row["replicas"], dict) else orjson.loads(
+        row["replicas"])
+    served = replicas["served_by"]
+    assert served in {e.url for e in engines} and replicas["migrations"] == []
+    # The figure the engine server reported (no meter here: its estimate, labelled), not the
+    # gateway's own estimate (the member declares no energy profile).
+    hop = replicas["hops"][0]
+    assert row["energy_source"] == hop["energy_source"] == "estimated:mlenergy-powerlaw"
+    assert row["energy_j"] == pytest.approx(hop["energy_j"]) and row["energy_j"] > 0
+
+    with httpx.stream("POST", gw.v1 + "/chat/completions", headers=gw.headers(), timeout=60,
+                      json={**chat("stream it", 8), "model": "tiny", "stream": True}) as s:
+        text = s.read().decode()
+        rid = s.headers["x-request-id"]
+    assert '"greengate"' not in text and text.rstrip().endswith("data: [DONE]")
+    row = gw.decision(rid)
+    assert row["energy_source"] == "estimated:mlenergy-powerlaw" and row["energy_j"] > 0
+    assert row["replicas"] is not None
+
+    pool = httpx.get(gw.url + "/admin/pool", headers=gw.headers()).json()
+    reps = next(m for m in pool if m["name"] == "tiny")["replicas"]
+    assert {x["url"] for x in reps["replicas"]} == {e.url for e in engines}
+    assert all(x["kind"] == "greengate" and x["state"] == "healthy" for x in reps["replicas"])
+    assert sum(x["served"] for x in reps["replicas"]) == 2
+
+    from tests.ui_support import sign_in
+
+    page = sign_in(gw).get("/ui").text  # the pool page lists the replicas with their load
+    assert "2 replicas, placed by affinity" in page
+    assert all(e.url in page for e in engines)
