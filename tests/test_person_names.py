@@ -115,3 +115,56 @@ def test_split_shares_no_template() -> None:
     fam_tr = {s.family for s in d["train"] if s.source in ("presidio", "faker")}
     fam_te = {s.family for s in d["test"]}
     assert fam_tr and fam_te and not fam_tr & fam_te
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Please update my address to 233 Erzsébet tér 19, Domoszló, Hungary.",
+        "They moved to 10252 Μεγάλη Άμμος 184, ΠΑΦΟΣ last year.",
+    ],
+)
+def test_addresses_the_patterns_miss_are_found(tagger: PersonTagger, text: str) -> None:
+    # the structured patterns alone (US and continental shapes) find none of these
+    assert pii.STREET_ADDRESS not in {s.kind for s in pii.detect(text)}
+    got = [s for s in pii.detect(text, names=tagger) if s.kind == pii.STREET_ADDRESS]
+    assert got and any(any(c.isdigit() for c in s.text) for s in got)
+    ent = tagger.entities(text)
+    assert ent.addresses and not ent.names
+
+
+def test_companies_made_of_surnames_are_not_names(tagger: PersonTagger) -> None:
+    text = "Our lawyers at Hawkins, Richardson and Santana LLC reviewed the contract."
+    assert names(tagger, text) == []
+
+
+def test_address_redaction_and_stream_restoration_are_exact(tagger: PersonTagger) -> None:
+    msgs = [{"role": "user", "content": "Please call Erik Lund at 233 Erzsébet tér 19, Domoszló."}]
+    red = pii.Redactor()
+    out, counts = pii.redact_messages(msgs, red, None, tagger)
+    assert counts.get(pii.STREET_ADDRESS) and counts.get(pii.PERSON) == 1
+    assert "Erzsébet" not in out[0]["content"] and "Erik" not in out[0]["content"]
+    answer = f"Calling {out[0]['content'].split('call ', 1)[1]}"
+    sr = red.stream_restorer()
+    pieces = [answer[i : i + 2] for i in range(0, len(answer), 2)]
+    restored = "".join(sr.feed(p) for p in pieces) + sr.flush()
+    assert restored == red.restore(answer) == "Calling " + msgs[0]["content"].split("call ", 1)[1]
+
+
+def test_a_names_only_artifact_still_loads(tmp_path: Path, tagger: PersonTagger) -> None:
+    """An O/B-PER/I-PER artifact (3 outputs) finds names and no addresses."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(str(ARTIFACTS / f"{NAME}.safetensors"))
+    w["head.weight"], w["head.bias"] = w["head.weight"][:3].clone(), w["head.bias"][:3].clone()
+    save_file(w, str(tmp_path / f"{NAME}.safetensors"))
+    meta = json.loads((ARTIFACTS / f"{NAME}.json").read_text())
+    meta["lora"]["n_out"] = 3
+    (tmp_path / f"{NAME}.json").write_text(json.dumps(meta))
+    old = PersonTagger.load(tmp_path)
+    text = "My colleague Priya Raman lives at Mellemvej 32, Odense."
+    ent = old.entities(text)
+    assert ent.addresses == []
+    assert any(text[n.start : n.end].startswith("Priya Raman") for n in ent.names)

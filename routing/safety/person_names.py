@@ -8,6 +8,13 @@ Why a model rather than the cue heuristic it replaces: the heuristic found a nam
 MiniLM's tokenizer is uncased, so lowercase and all-caps names read like any others; the
 model judges by the word pieces and their context.
 
+The tagger also tags street addresses and organisations (B/I per kind, `TAGS`): trained
+as their own tags, companies and streets built from surnames ("Hawkins, Richardson and
+Santana", "Michael Crescent") stop reading as names, and the address tags add to
+routing/safety/pii.py's STREET_ADDRESS patterns (`entities`), which are US- and
+continental-shaped and miss most other addresses. An artifact with only O/B-PER/I-PER
+still loads and finds names.
+
 A predicted span is widened to whole words (a name is never half-redacted) and spans joined
 by only spaces, hyphens or apostrophes are merged. Long texts are tagged in overlapping
 128-token windows; a token is a name when any window says so. The text is cut like every
@@ -24,7 +31,8 @@ from typing import Any
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 NAME = "person_lora"
-TAGS = ("O", "B-PER", "I-PER")
+TAGS = ("O", "B-PER", "I-PER", "B-ADDR", "I-ADDR", "B-ORG", "I-ORG")
+PER, ADDR = 1, 3  # the B- tag id of a kind; its I- tag is the next one
 CHUNK_TOKENS = 128
 STRIDE = 96
 MAX_CHUNKS = 32
@@ -38,14 +46,21 @@ class NameSpan:
     score: float
 
 
+@dataclass(frozen=True)
+class Entities:
+    names: list[NameSpan]
+    addresses: list[NameSpan]  # empty with a names-only artifact
+
+
 def _is_word_char(c: str) -> bool:
     return c.isalnum() or c in "'’"
 
 
 class PersonTagger:
-    def __init__(self, model: Any, threshold: float = 0.5) -> None:
+    def __init__(self, model: Any, threshold: float = 0.5, address_threshold: float = 0.5) -> None:
         self.model = model
         self.threshold = threshold
+        self.address_threshold = address_threshold
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> PersonTagger:
@@ -59,12 +74,23 @@ class PersonTagger:
                 "`python -m train.person_names --data ../shared/data`"
             )
         model = TunedModel.load(stem)
-        return cls(model, float(model.meta.get("threshold", 0.5)))
+        return cls(
+            model,
+            float(model.meta.get("threshold", 0.5)),
+            float(model.meta.get("address_threshold", 0.5)),
+        )
 
     def spans(self, text: str) -> list[NameSpan]:
         return self.spans_many([text])[0]
 
     def spans_many(self, texts: Sequence[str]) -> list[list[NameSpan]]:
+        return [e.names for e in self.entities_many(texts)]
+
+    def entities(self, text: str) -> Entities:
+        """Names and street addresses of `text` from one forward pass."""
+        return self.entities_many([text])[0]
+
+    def entities_many(self, texts: Sequence[str]) -> list[Entities]:
         import torch
 
         from routing.minilm import MAX_CHARS, chunk_ids
@@ -88,26 +114,41 @@ class PersonTagger:
             for r, i in enumerate(idx):
                 probs[i] = p[r, 1 : len(seqs[i]) - 1]
         out, pos = [], 0
+        has_addr = m.cfg.n_out > ADDR + 1
         for t, enc, wins in zip(texts, encs, windows, strict=True):
-            name_p = [0.0] * len(enc.ids)
-            begin = [False] * len(enc.ids)
+            kinds = (PER, ADDR) if has_addr else (PER,)
+            kp = {k: [0.0] * len(enc.ids) for k in kinds}
+            begin = {k: [False] * len(enc.ids) for k in kinds}
             for s, _e in wins:
                 pr = probs[pos]
                 pos += 1
-                for j in range(pr.shape[0]):
-                    pn = float(pr[j, 1] + pr[j, 2])
-                    if pn > name_p[s + j]:
-                        name_p[s + j] = pn
-                        begin[s + j] = bool(pr[j, 1] > pr[j, 2])
-            out.append(self._merge(t, enc.offsets, name_p, begin))
+                for k in kinds:
+                    pk = (pr[:, k] + pr[:, k + 1]).tolist()
+                    bk = (pr[:, k] > pr[:, k + 1]).tolist()
+                    for j, v in enumerate(pk):
+                        if v > kp[k][s + j]:  # a token is the kind when any window says so
+                            kp[k][s + j] = v
+                            begin[k][s + j] = bk[j]
+            names = self._merge(t, enc.offsets, kp[PER], begin[PER], self.threshold)
+            addrs = (
+                self._merge(t, enc.offsets, kp[ADDR], begin[ADDR], self.address_threshold)
+                if has_addr
+                else []
+            )
+            out.append(Entities(names, addrs))
         return out
 
     def _merge(
-        self, text: str, offsets: Sequence[tuple[int, int]], name_p: list[float], begin: list[bool]
+        self,
+        text: str,
+        offsets: Sequence[tuple[int, int]],
+        name_p: list[float],
+        begin: list[bool],
+        threshold: float,
     ) -> list[NameSpan]:
         spans: list[list[float]] = []
         for (a, b), p, bg in zip(offsets, name_p, begin, strict=True):
-            if p < self.threshold or b <= a:
+            if p < threshold or b <= a:
                 continue
             # widen to the whole word
             while a > 0 and _is_word_char(text[a - 1]) and _is_word_char(text[a]):

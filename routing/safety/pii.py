@@ -676,9 +676,22 @@ _DETECTORS: dict[str, Callable[[_Scan], Iterator[tuple[int, int]]]] = {
 
 
 class NameFinder(Protocol):
-    """Anything that finds person names: spans with `.start` and `.end` character offsets."""
+    """Anything that finds person names: spans with `.start` and `.end` character offsets.
+    A finder that also has `entities(text)` (names and addresses from one pass, as
+    `routing.safety.person_names.PersonTagger` does) adds its addresses to STREET_ADDRESS."""
 
     def spans(self, text: str) -> list: ...
+
+
+def _model_spans(names: NameFinder, text: str) -> dict[str, list[tuple[int, int]]]:
+    entities = getattr(names, "entities", None)
+    if entities is None:
+        return {PERSON: [(n.start, n.end) for n in names.spans(text)]}
+    e = entities(text)
+    return {
+        PERSON: [(n.start, n.end) for n in e.names],
+        STREET_ADDRESS: [(a.start, a.end) for a in e.addresses],
+    }
 
 
 def _check_kinds(kinds: Collection[str] | None, names: NameFinder | None = None) -> Collection[str]:
@@ -699,15 +712,19 @@ def detect(
     if not text:
         return []
     scan = _Scan(text)
+    model = (
+        _model_spans(names, text)
+        if names is not None and (PERSON in wanted or STREET_ADDRESS in wanted)
+        else {}
+    )
     candidates: set[tuple[int, int, int, str]] = set()
     for kind, detector in _DETECTORS.items():
         if kind in wanted:
             prio = _PRIORITY[kind]
-            found = (
-                ((n.start, n.end) for n in names.spans(text))
-                if kind == PERSON and names is not None
-                else detector(scan)
-            )
+            if kind == PERSON and names is not None:
+                found = list(model.get(PERSON, []))
+            else:  # the patterns, plus the tagger's addresses when it has them
+                found = [*detector(scan), *model.get(kind, [])] if kind in model else detector(scan)
             for start, end in found:
                 if end > start:
                     candidates.add((prio, start - end, start, kind))  # longer first on ties
