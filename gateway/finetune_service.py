@@ -21,17 +21,11 @@ import math
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine as SqlEngine
 
-from backends.engine.engine import EngineClosed
-from backends.engine.finetune.job import (
-    JobStatus,
-    TrainingJobSpec,
-    TrainingProgress,
-)
-from backends.engine_backend import AdapterMember, EngineMember
+from backends.engine.finetune.job import JobStatus, TrainingJobSpec, TrainingProgress
 from backends.health import CircuitBreaker
 from gateway import finetune_data, finetune_params
 from gateway.auth import Principal
@@ -45,6 +39,9 @@ from gateway.settings import Settings
 from store.finetune_schema import FineTunedAdapter, FineTuningCheckpoint, FineTuningJob
 from telemetry.budgets import Budgets
 from telemetry.energy import estimate_from_params
+
+if TYPE_CHECKING:  # the engine (torch) is imported only where a pool has an engine member
+    from backends.engine_backend import EngineMember
 
 log = logging.getLogger("greengate.finetune")
 
@@ -142,12 +139,16 @@ class FineTuningService:
             await self._resume(job)
 
     async def stop(self) -> None:
-        """Before the engine stops: what it reports while shutting down (its jobs end
-        unfinished) must not mark them failed or cancelled; they resume at the next start."""
+        """Before the engine stops: what it reports while shutting down must not mark its
+        jobs failed or cancelled; they stay queued/running and resume at the next start."""
         self._stopping = True
+
+    async def close(self) -> None:
+        """After the engine stopped (its step thread joined, so every report is queued):
+        persist what is left, so SQL knows every checkpoint that is on disk."""
         if self._queue is not None:
             try:
-                await asyncio.wait_for(self._queue.join(), 5.0)
+                await asyncio.wait_for(self._queue.join(), 10.0)
             except TimeoutError:
                 log.warning("fine-tuning: %d reports not persisted at shutdown",
                             self._queue.qsize())
@@ -163,7 +164,7 @@ class FineTuningService:
             raise GatewayError(400, f"The model '{name}' does not exist in this greengate pool "
                                "or is not available for fine-tuning.", param="model",
                                code="model_not_available")
-        if not isinstance(m.backend, EngineMember):
+        if not m.is_engine:
             raise GatewayError(400, f"The model '{name}' cannot be fine-tuned here: only "
                                "members served by the bundled engine (kind: engine) can.",
                                param="model", code="model_not_available")
@@ -173,7 +174,7 @@ class FineTuningService:
         if m.backend.engine.lora is None:
             raise GatewayError(400, f"The model '{name}' has LoRA turned off (max_loras 0).",
                                param="model", code="model_not_available")
-        return m.backend
+        return m.backend  # type: ignore[return-value]
 
     def _dataset(self, team: str, file_id: str, param: str,
                  base: EngineMember) -> finetune_data.Dataset:
@@ -277,6 +278,8 @@ class FineTuningService:
             run.joules_seen = float(cp.metrics.get("joules") or 0.0)
         self._runs[job.id] = run
         Path(job.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        from backends.engine.engine import EngineClosed
+
         try:
             run.handle = await asyncio.to_thread(base.engine.start_training, spec, self._bridge)
         except (ValueError, EngineClosed) as e:
@@ -291,15 +294,16 @@ class FineTuningService:
 
     async def _resume(self, job: FineTuningJob) -> None:
         m = self.pool.get(job.model)
-        if m is None or not isinstance(m.backend, EngineMember):
+        if m is None or not m.is_engine:
             await asyncio.to_thread(self._fail, job.id, f"the base member '{job.model}' is no "
                                     "longer in the pool", "base_model_gone")
             return
         try:
+            base: EngineMember = m.backend  # type: ignore[assignment]
             train = await asyncio.to_thread(self._dataset, job.team, job.training_file,
-                                            "training_file", m.backend)
+                                            "training_file", base)
             valid = None if job.validation_file is None else await asyncio.to_thread(
-                self._dataset, job.team, job.validation_file, "validation_file", m.backend)
+                self._dataset, job.team, job.validation_file, "validation_file", base)
         except GatewayError as e:
             await asyncio.to_thread(self._fail, job.id, f"cannot resume: {e.message}",
                                     "resume_failed")
@@ -311,7 +315,7 @@ class FineTuningService:
                                 f"Gateway restarted: the job was resubmitted to the engine and "
                                 f"resumes {where}", "message",
                                 {"resumed": True, "step": cp.step_number if cp else 0})
-        await self._submit(job, m.backend, train, valid, resumed=True)
+        await self._submit(job, base, train, valid, resumed=True)
 
     async def get(self, principal: Principal, job_id: str) -> dict[str, Any]:
         try:
@@ -546,15 +550,18 @@ class FineTuningService:
     async def _serve_adapter(self, a: FineTunedAdapter) -> None:
         """Load the adapter into its base's engine and add it to the pool (its team only)."""
         base = self.pool.get(a.base_member)
-        if base is None or not isinstance(base.backend, EngineMember):
+        if base is None or not base.is_engine:
             log.warning("adapter %s: base member %s is not in the pool; not served", a.name,
                         a.base_member)
             return
         if not (Path(a.path) / "adapter_config.json").is_file():
             log.warning("adapter %s: %s holds no adapter; not served", a.name, a.path)
             return
-        await asyncio.to_thread(base.backend.engine.load_adapter, a.name, Path(a.path))
-        backend = AdapterMember(base.backend, a.name)
+        from backends.engine_backend import AdapterMember
+
+        engine_member: EngineMember = base.backend  # type: ignore[assignment]
+        await asyncio.to_thread(engine_member.engine.load_adapter, a.name, Path(a.path))
+        backend = AdapterMember(engine_member, a.name)
         cfg = base.cfg.model_copy(update={
             "name": a.name, "fallbacks": [], "like": base.name,
             "tags": [*base.cfg.tags, FINE_TUNED_TAG]})

@@ -108,7 +108,7 @@ def test_sdk_job_learns_the_mapping_and_the_base_is_unchanged(
     assert done.fine_tuned_model == f"ft:local:colors:{job.id[-8:]}"
     assert done.trained_tokens and done.trained_tokens > 0 and done.finished_at
 
-    events = list(c.fine_tuning.jobs.list_events(job.id, limit=100).auto_paging_iter())
+    events = list(c.fine_tuning.jobs.list_events(job.id, limit=100))
     metrics = sorted((e.data for e in events if e.type == "metrics"),
                      key=lambda d: d["step"])  # type: ignore[index]
     losses = [d["train_loss"] for d in metrics if d["train_loss"] is not None]  # type: ignore[index]
@@ -249,8 +249,7 @@ def test_restart_mid_job_resumes_from_the_newest_checkpoint(
     assert 0 < resumed_at < 400
     done = wait_status(c2, job.id, {"succeeded", "failed", "cancelled"}, timeout=300)
     assert done.status == "succeeded", done.error
-    messages = [e.message for e in c2.fine_tuning.jobs.list_events(job.id, limit=100)
-                .auto_paging_iter()]
+    messages = [e.message for e in c2.fine_tuning.jobs.list_events(job.id, limit=100)]
     assert any(m.startswith("Gateway restarted") and f"step {resumed_at}" in m
                for m in messages), messages
     assert any(f"resumed from checkpoint step-{resumed_at}" in m for m in messages), messages
