@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from backends.pool_config import PoolConfig
-from gateway import admin, openapi_models, replicas_api, reports_api
+from gateway import admin, finetune_api, openapi_models, replicas_api, reports_api
 from gateway.errors import GatewayError, error_response
+from gateway.files import namespace
 from gateway.runtime import Runtime
 from gateway.sessions import SessionStore
 from gateway.settings import Settings
@@ -101,11 +102,17 @@ def create_app(
         created = int(time.time())
         data = [{"id": "auto", "object": "model", "created": created, "owned_by": "greengate",
                  "description": "let greengate choose a member"}]
+        team = namespace(principal.team)
         for m in r.pool.members.values():
-            if principal.may_use(m.name):
+            if not m.visible_to(team):  # another team's fine-tuned adapter
+                continue
+            if principal.may_use(m.name) or (
+                    m.base_member is not None and principal.may_use(m.base_member)):
                 entry = {"id": m.name, "object": "model", "created": created,
                          "owned_by": f"greengate:{m.cfg.kind}", "mode": m.cfg.mode,
                          "context_window": m.context_window}
+                if m.base_member is not None:
+                    entry["owned_by"], entry["parent"] = team, m.base_member
                 if m.is_engine:
                     if m.backend.random_weights:
                         entry["description"] = ("bundled engine, RANDOM weights: a demo, "
@@ -176,6 +183,8 @@ def create_app(
         body["decisions_quarantined"] = r.decisions.quarantined
         return JSONResponse(body, status_code=503 if body["status"] == "unavailable" else 200)
 
+    app.include_router(finetune_api.router)
+    app.include_router(finetune_api.admin_router)
     app.include_router(admin.router)
     app.include_router(reports_api.router)
     app.include_router(replicas_api.router)

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.errors import GatewayError
+from store.finetune_schema import FineTuningUsage
 from store.schema import Budget, Decision
 from telemetry.budgets import BudgetRule, Budgets, MemoryCounters, period_bounds
 
@@ -51,6 +52,12 @@ class BudgetService:
         q = q.where(Decision.team == rule.subject) if rule.scope == "team" else q.where(
             Decision.key_id == int(rule.subject))
         total = float(s.scalar(q) or 0.0)
+        # Fine-tuning jobs' training work is charged to the same budgets (its own ledger).
+        col = FineTuningUsage.cost_usd if rule.metric == "usd" else FineTuningUsage.energy_j
+        q = select(func.coalesce(func.sum(col), 0.0)).where(FineTuningUsage.created_at >= start)
+        q = q.where(FineTuningUsage.team == rule.subject) if rule.scope == "team" else q.where(
+            FineTuningUsage.key_id == int(rule.subject))
+        total += float(s.scalar(q) or 0.0)
         return total if rule.metric == "usd" else total / 3600.0
 
     def load(self) -> None:

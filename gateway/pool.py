@@ -35,6 +35,14 @@ class PoolMember:
     context_window: int | None
     retries: int
     latency_ewma_ms: float | None = None  # time to the first byte, recent calls weighted most
+    # A fine-tuned adapter: the one team that sees it (its files namespace) and its base.
+    team: str | None = None
+    base_member: str | None = None
+
+    def visible_to(self, team: str) -> bool:
+        """Whether a principal of `team` (its namespace: gateway.files.namespace) may see and
+        ask for this member; another team's adapter is answered as a missing model."""
+        return self.team is None or self.team == team
 
     def observe_latency(self, ms: float) -> None:
         prev = self.latency_ewma_ms
@@ -48,7 +56,7 @@ class PoolMember:
     def is_engine(self) -> bool:
         """A bundled-engine member (its backend is an EngineMember): asked by kind, so the
         gateway needs the [engine] extra only when the pool has one."""
-        return self.cfg.kind == "engine"
+        return self.cfg.kind == "engine" and self.base_member is None
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         return self.prices.cost(prompt_tokens, completion_tokens) if self.prices else None
@@ -138,6 +146,11 @@ class Pool:
 
     def get(self, name: str) -> PoolMember | None:
         return self.members.get(name)
+
+    def add(self, member: PoolMember) -> None:
+        """A member that joins while serving (a fine-tuned adapter). A new dict, not an
+        insert: loops over the members on other threads keep the one they started with."""
+        self.members = {**self.members, member.name: member}
 
     def serving(self, endpoint: str) -> list[PoolMember]:
         mode = "embedding" if endpoint == "embeddings" else "chat"

@@ -23,6 +23,7 @@ from backends.pool_config import RANDOM_WEIGHTS_TAG
 from gateway import cache_stage
 from gateway.auth import Authenticator, Principal, database_unavailable
 from gateway.errors import GatewayError, error_body, error_response
+from gateway.files import namespace
 from gateway.guard import Guard, StreamRestore, restore_response
 from gateway.pool import Pool, PoolMember
 from gateway.routing_service import Analysis, RoutingService
@@ -150,6 +151,12 @@ def _text_or_tokens(v: list) -> bool:
     """The array shapes OpenAI accepts for `prompt` and `input`."""
     return (all(isinstance(p, str) for p in v) or _token_ids(v)
             or all(_token_ids(p) and p for p in v))
+
+
+def _may_use(principal: Principal, m: PoolMember) -> bool:
+    """A key limited to some members may use its team's adapters of those members too."""
+    return principal.may_use(m.name) or (
+        m.base_member is not None and principal.may_use(m.base_member))
 
 
 def _sse(payload: bytes) -> bytes:
@@ -389,8 +396,10 @@ class Proxy:
     async def _plan(self, principal: Principal, endpoint: Endpoint, body: dict,
                     analysis: Analysis, tags: set[str]) -> Plan:
         model = body["model"]
+        team = namespace(principal.team)
         if model == "auto":
-            allowed = [m for m in self.pool.serving(endpoint) if principal.may_use(m.name)]
+            allowed = [m for m in self.pool.serving(endpoint)
+                       if m.visible_to(team) and _may_use(principal, m)]
             # A demo checkpoint with random weights answers noise: `auto` picks it only when
             # nothing else could serve (the no-configuration default).
             allowed = [m for m in allowed if RANDOM_WEIGHTS_TAG not in m.cfg.tags] or allowed
@@ -405,12 +414,12 @@ class Proxy:
             auto = await self.routing.plan_auto(principal, endpoint, body, allowed, analysis)
             return Plan(auto.members, auto.reason, auto.candidates, auto.features, auto.reference)
         member = self.pool.get(model)
-        if member is None:
+        if member is None or not member.visible_to(team):  # another team's adapter: missing
             raise GatewayError(
                 404, f"The model '{model}' does not exist in this greengate pool; "
                 "GET /v1/models lists the members and 'auto'.",
                 param="model", code="model_not_found")
-        if not principal.may_use(model):
+        if not _may_use(principal, member):
             raise GatewayError(403, f"This key may not use the model '{model}'.",
                                param="model", code="model_not_allowed")
         wanted = "embedding" if endpoint == "embeddings" else "chat"

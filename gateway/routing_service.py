@@ -27,6 +27,7 @@ from gateway.settings import Settings
 from routing import tokens
 from routing.bandit_router import residual_reward
 from routing.policy import NoCandidate, Policy, apply, impossible_constraint, with_fallback_order
+from routing.quality_prior import MemberPriorSpec, arm_prior
 from routing.reward import RewardBounds, reward
 from routing.router import Candidate, CheapestRouter, Router, RouteRequest
 from store.schema import Decision, Feedback
@@ -209,6 +210,24 @@ class RoutingService:
                         for r in ranked],
             features=features,
         )
+
+    def add_member(self, m: PoolMember, like: str, gain: float | None) -> None:
+        """A member that joined while serving (a fine-tuned adapter of `like`): its quality
+        prior is its base's, widened as for like:, and moved by `gain` (the validation loss
+        against the base's); the bandit gets its arm before `auto` first ranks it."""
+        prior = self.quality_prior
+        if prior is not None:
+            base = prior.specs.get(like)
+            prior.specs[m.name] = MemberPriorSpec(
+                model=m.name, like=like, gain=gain, params_b=base.params_b if base else None)
+        if self.bandit is None or self.extractor is None or m.name in self.bandit.arms:
+            return
+        arm = None
+        if prior is not None:
+            e = prior.estimate([m.name], None, None)[m.name]
+            dim = self.extractor.dim
+            arm = arm_prior(e.sigma, e.noise, dim, dim / 4.0)  # as at start-up (runtime)
+        self.bandit.add_arm(m.name, arm)
 
     def constraint_problem(self, policy: Policy) -> tuple[str, str] | None:
         """(field, why) when the policy's hard objective can never be met by the members it

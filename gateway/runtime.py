@@ -16,6 +16,8 @@ from gateway.auth import Authenticator
 from gateway.bandit_store import BanditStore
 from gateway.budget_service import BudgetService
 from gateway.cache_persistence import SqlPersister, load_from_sql
+from gateway.files import FileStore
+from gateway.finetune_service import FineTuningService
 from gateway.guard import Guard
 from gateway.keys import KeyRepo
 from gateway.policies import PolicyStore
@@ -59,6 +61,7 @@ class Runtime:
     metrics: Metrics
     cache: SemanticCache | None
     replicas: Replicas | None = None  # shared state, with Redis
+    finetune: FineTuningService | None = None  # /v1/fine_tuning/jobs
 
 
     @classmethod
@@ -109,11 +112,18 @@ class Runtime:
                             routing=routing, pool=pool)
             routing.on_update = replicas.bandit_updated
             replicas.start()
+        # Fine-tuning jobs: adapters of earlier jobs served again, unfinished jobs resumed.
+        finetune = FineTuningService(
+            settings, engine, pool, FileStore(engine, settings.finetune_max_file_bytes),
+            budgets.budgets, routing)
+        await finetune.start()
         log.info("greengate ready: %d members (%s), router %s%s", len(pool.members),
                  ", ".join(pool.members), settings.router,
                  f", shared state on redis (replica {replicas.replica_id})" if replicas else "")
-        return cls(settings, engine, keys, auth, decisions, pool, proxy, routing, budgets,
+        rt = cls(settings, engine, keys, auth, decisions, pool, proxy, routing, budgets,
                    metrics, cache, replicas)
+        rt.finetune = finetune
+        return rt
 
     async def stop(self) -> None:
         # Each step on its own: a database that is away (the bandit cannot be saved) must not
@@ -122,7 +132,10 @@ class Runtime:
         for name, step, limit in (
                 ("routing", self.routing.stop, STOP_STEP_S),
                 ("decision log", self.decisions.stop, None),
-                ("cache", self._close_cache, STOP_STEP_S), ("pool", self.pool.aclose, None),
+                ("cache", self._close_cache, STOP_STEP_S), 
+                ("fine-tuning", self._stop_finetune, STOP_STEP_S),
+                ("pool", self.pool.aclose, None),
+                ("fine-tuning reports", self._close_finetune, STOP_STEP_S),
                 ("shared state", self._close_replicas, STOP_STEP_S)):
             try:
                 await asyncio.wait_for(step(), limit)
@@ -133,6 +146,14 @@ class Runtime:
     async def _close_replicas(self) -> None:
         if self.replicas is not None:
             await self.replicas.stop()
+
+    async def _stop_finetune(self) -> None:
+        if self.finetune is not None:
+            await self.finetune.stop()
+
+    async def _close_finetune(self) -> None:
+        if self.finetune is not None:
+            await self.finetune.close()
 
     async def _close_cache(self) -> None:
         if self.cache is not None and isinstance(self.cache.persist, SqlPersister):

@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         True, description="Look for person names in every chat request (a small model: about "
         "6 ms of CPU per request on 2 cores); off: the structured PII kinds only (regexes, "
         "~15 us), and with safety_classifier off the safety stage stays on the event loop.")
+    finetune_max_file_bytes: int = Field(
+        50 * 1024 * 1024, ge=1, description="Largest training or validation file a "
+        "fine-tuning job accepts (a larger one is a 400 at create).")
+    finetune_max_examples: int = Field(100_000, ge=1, description="Examples per file at most.")
+    finetune_max_tokens: int = Field(
+        20_000_000, ge=1, description="Tokens per file at most (through the chat template).")
     energy_meter: str = Field("auto", description="auto, nvml, rapl or none (local engine).")
     engine_model: Path | None = Field(
         None, description="A local Hugging Face checkpoint folder for the bundled engine; it "

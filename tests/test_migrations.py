@@ -13,7 +13,8 @@ from migrations import runner as migrate
 from store.schema import Base
 
 TABLES = {"teams", "api_keys", "decisions", "policies", "feedback", "bandit_state",
-          "budgets", "cache_entries"}
+          "budgets", "cache_entries", "fine_tuning_jobs", "fine_tuning_events",
+          "fine_tuning_checkpoints", "fine_tuned_adapters", "fine_tuning_usage"}
 
 
 def _tables(url: str) -> set[str]:

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from web import login, pages, static_files
+from web import finetune_pages, login, pages, static_files
 
 router = APIRouter(include_in_schema=False)
 
@@ -27,6 +27,8 @@ for path, endpoint, methods in (
     ("/ui/decisions", pages.decisions, ["GET"]),
     ("/ui/decisions/{rid}", pages.decision, ["GET"]),
     ("/ui/dashboards", pages.dashboards, ["GET"]),
+    ("/ui/fine-tuning", finetune_pages.jobs, ["GET"]),
+    ("/ui/fine-tuning/{job_id}", finetune_pages.job, ["GET"]),
     ("/ui/static/plotly.min.js", static_files.plotly, ["GET"]),
     ("/ui/static/{name}", static_files.own, ["GET"]),
 ):
