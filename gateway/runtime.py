@@ -121,7 +121,7 @@ class Runtime:
                  ", ".join(pool.members), settings.router,
                  f", shared state on redis (replica {replicas.replica_id})" if replicas else "")
         rt = cls(settings, engine, keys, auth, decisions, pool, proxy, routing, budgets,
-                   metrics, cache, replicas)
+                 metrics, cache, replicas)
         rt.finetune = finetune
         return rt
 
@@ -132,7 +132,7 @@ class Runtime:
         for name, step, limit in (
                 ("routing", self.routing.stop, STOP_STEP_S),
                 ("decision log", self.decisions.stop, None),
-                ("cache", self._close_cache, STOP_STEP_S), 
+                ("cache", self._close_cache, STOP_STEP_S),
                 ("fine-tuning", self._stop_finetune, STOP_STEP_S),
                 ("pool", self.pool.aclose, None),
                 ("fine-tuning reports", self._close_finetune, STOP_STEP_S),
