@@ -19,6 +19,7 @@ from telemetry.reports import (
     SQLITE_PERCENTILE_RESOLUTION,
     ReportQuery,
     UsageReport,
+    energy_saved_note,
     to_csv,
     usage_report,
 )
@@ -121,5 +122,6 @@ async def usage(
                                 else f"log-histogram estimate, relative error below "
                                      f"{SQLITE_PERCENTILE_RESOLUTION:.2%}"),
         "energy_note": ENERGY_NOTE,
+        "energy_saved_note": energy_saved_note(report.totals),
     }
     return Response(orjson.dumps(body), media_type="application/json")

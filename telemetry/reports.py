@@ -29,7 +29,9 @@ Definitions (per group)
     counterfactual_*        only 'auto' requests carry a counterfactual: what the team's most
                             capable member would have cost. cost_saved_usd =
                             sum(counterfactual_cost_usd - cost_usd) over rows with both
-                            figures; energy_saved_j likewise.
+                            figures; energy_saved_j likewise, and null (unknown, not 0) when
+                            no row has both energy figures.
+    floats                  to 12 significant digits (0.3, not 0.30000000000000004)
 """
 
 from __future__ import annotations
@@ -211,7 +213,35 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return None if num is None or not den else num / den
 
 
+NO_REFERENCE_ENERGY = "unknown: no energy figure for the reference member"
+
+
+def energy_saved_note(totals: dict[str, Any]) -> str | None:
+    """Why energy_saved_j is null although 'auto' requests carry a counterfactual (the text the
+    API and the dashboard show in place of a number); None when there is a figure or nothing
+    to compare."""
+    if totals.get("energy_saved_j") is None and totals.get("counterfactual_requests"):
+        return NO_REFERENCE_ENERGY
+    return None
+
+
+def _tidy(v: Any) -> Any:
+    """A float to 12 significant digits: sums of prices read 0.3, not 0.30000000000000004
+    (the figures carry far fewer real digits than that)."""
+    return float(f"{v:.12g}") if isinstance(v, float) else v
+
+
+def _add(a: float | None, b: float | None) -> float | None:
+    """Sum where None is unknown: unknown only when both are."""
+    return b if a is None else a if b is None else a + b
+
+
 def _finish(agg: dict[str, Any], pct: Sequence[float | None]) -> dict[str, Any]:
+    row = _finish_raw(agg, pct)
+    return {k: _tidy(v) for k, v in row.items()}
+
+
+def _finish_raw(agg: dict[str, Any], pct: Sequence[float | None]) -> dict[str, Any]:
     energy = agg["energy_j"]
     return {
         "requests": agg["requests"] or 0,
@@ -232,9 +262,11 @@ def _finish(agg: dict[str, Any], pct: Sequence[float | None]) -> dict[str, Any]:
         "estimated_energy_share": _ratio(agg["estimated_j"] or 0.0, energy),
         "counterfactual_requests": agg["cf_requests"] or 0,
         "counterfactual_cost_usd": agg["cf_cost"] or 0.0,
-        "counterfactual_energy_j": agg["cf_energy"] or 0.0,
+        # Unknown (None) when no counterfactual had an energy figure (a reference member with
+        # none): a saving that cannot be computed is not a saving of 0 J.
+        "counterfactual_energy_j": agg["cf_energy"],
         "cost_saved_usd": agg["cost_saved"] or 0.0,
-        "energy_saved_j": agg["energy_saved"] or 0.0,
+        "energy_saved_j": agg["energy_saved"],
     }
 
 
@@ -334,13 +366,13 @@ def _report_sqlite(conn: Connection, q: ReportQuery) -> UsageReport:
         all_hist[b] += n
 
     report = UsageReport(q)
-    total: dict[str, Any] = dict.fromkeys(_SUMMED, 0)
+    total: dict[str, Any] = dict.fromkeys(_SUMMED)  # None: unknown until a group knows it
     total.update(lat_min=None, lat_max=None)
     for r in conn.execute(agg_stmt).mappings():
         if r["requests"] == 0:
             continue  # an aggregate without GROUP BY answers one row even for no rows
         for name in _SUMMED:
-            total[name] += r[name] or 0
+            total[name] = _add(total[name], r[name])
         total["lat_min"] = _min(total["lat_min"], r["lat_min"])
         total["lat_max"] = _max(total["lat_max"], r["lat_max"])
         if g:

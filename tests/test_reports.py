@@ -313,3 +313,29 @@ def test_histogram_percentiles_stay_within_resolution() -> None:
             exact = xs[lo] + (h - lo) * (xs[min(lo + 1, n - 1)] - xs[lo])
             assert g == pytest.approx(exact, rel=SQLITE_PERCENTILE_RESOLUTION), (n, p)
     assert hist_percentiles({}, None, None) == [None, None, None]
+
+
+def test_sums_are_tidy_and_an_unknown_reference_energy_is_unknown(
+    make_gateway: Any,
+) -> None:
+    # Three 0.1 $ requests sum to 0.30000000000000004 in floating point; the report says 0.3.
+    # Their reference member has no energy figure: energy saved is unknown (null + why), not 0.
+    gw = make_gateway()
+    seed(gw, [row("2026-03-01 10:00:00", **alpha(1), requested_model="auto",
+                  served_member="small", route_reason="auto:cheapest", latency_ms=10.0,
+                  cost_usd=c, energy_j=1.0, energy_source="estimated:declared-j-per-token",
+                  counterfactual_member="large", counterfactual_cost_usd=0.5)
+              for c in (0.1, 0.1, 0.1)])
+    body = report(gw)
+    t = body["totals"]
+    assert t["cost_usd"] == 0.3 and t["cost_saved_usd"] == 1.2
+    assert t["counterfactual_energy_j"] is None and t["energy_saved_j"] is None
+    assert body["energy_saved_note"] == "unknown: no energy figure for the reference member"
+    by_member = report(gw, group_by="member")
+    assert by_member["rows"][0]["energy_saved_j"] is None
+    assert by_member["totals"]["energy_saved_j"] is None  # SQLite's totals add groups up
+
+
+def test_energy_saved_note_is_absent_when_the_saving_is_known(rgw: Gateway) -> None:
+    body = report(rgw)
+    assert body["totals"]["energy_saved_j"] is not None and body["energy_saved_note"] is None
