@@ -36,6 +36,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,6 +240,11 @@ class Placement:
     reason: str  # round_robin | least_load | affinity | overloaded
 
 
+def _kv(r: Replica) -> float:
+    kv = r.load.kv_usage if r.load is not None else None
+    return kv or 0.0
+
+
 class Placer:
     def __init__(self, replicas: list[Replica], opts: ReplicaOptions) -> None:
         self.replicas = replicas
@@ -248,13 +254,13 @@ class Placer:
         self._rr = itertools.count()
 
     def overloaded(self, r: Replica, least: float) -> bool:
-        kv = r.load.kv_usage if r.load is not None else None
-        if kv is not None and kv >= self.opts.overload_kv_usage:
+        if _kv(r) >= self.opts.overload_kv_usage:
             return True
         return r.queue() > least + max(self.opts.overload_gap,
                                        self.opts.overload_ratio * least)
 
-    def choose(self, key: int | None, exclude: set[str] = frozenset()) -> Placement | None:  # type: ignore[assignment]
+    def choose(self, key: int | None, exclude: AbstractSet[str] = frozenset()
+               ) -> Placement | None:
         live = [r for r in self.replicas if not r.ejected and r.url not in exclude]
         if not live:
             return None
@@ -262,7 +268,7 @@ class Placer:
         if policy == "round_robin":
             return Placement(live[next(self._rr) % len(live)], "round_robin")
         # Ties go to the replica with the lower KV usage, then in list order.
-        least = min(live, key=lambda r: (r.queue(), r.load.kv_usage or 0.0 if r.load else 0.0))
+        least = min(live, key=lambda r: (r.queue(), _kv(r)))
         if policy == "least_load" or key is None:
             return Placement(least, "least_load")
         for url in self.ring.walk(key):

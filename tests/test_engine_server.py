@@ -162,3 +162,17 @@ def test_preempted_stream_ends_with_the_signal(server: EngineServerProcess) -> N
         assert got == full[i][:len(got)]  # what was streamed is the greedy output's start
     assert server.metrics()["greengate_engine_migrated_out_total"] >= len(preempted)
 
+
+def test_cli_runs_engine_serve() -> None:
+    """`greengate engine serve` reaches the server's own options (the command a GPU host
+    runs), without the other commands paying for importing torch."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "greengate.cli", "engine", "serve", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--model" in out.stdout and "--device" in out.stdout
+    probe = ("import sys, greengate.cli as c; c.build_parser().parse_args(['keys', 'list']); "
+             "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120).stdout.strip() == "False"

@@ -103,6 +103,25 @@ def test_prefix_key_needs_a_long_prefix() -> None:
     assert prefix_key("chat/completions", chat("hi"), 64, 4) is None
 
 
+def test_placement_before_any_scrape_counts_in_flight() -> None:
+    """No /metrics yet (or an engine without any): what this member has in flight decides,
+    and an affinity owner that is far busier than the rest is passed over."""
+    from backends.replicas import Placer, Replica
+
+    replicas = [Replica(f"http://r{i}/v1", None) for i in range(2)]  # type: ignore[arg-type]
+    placer = Placer(replicas, ReplicaOptions())
+    replicas[0].inflight = 3
+    assert placer.choose(None).replica is replicas[1]
+    key = next(k for k in range(1, 2**64, 2**64 // 997)
+               if placer.ring.walk(k)[0] == replicas[0].url)
+    assert placer.choose(key).reason == "overloaded"  # 3 > 0 + max(2, 0)
+    replicas[0].inflight = 1
+    assert placer.choose(key).replica is replicas[0]
+    replicas[0].ejected = True
+    assert placer.choose(key).replica is replicas[1]  # the ring's next owner
+    assert placer.choose(key, exclude={replicas[1].url}) is None
+
+
 async def test_burst_spreads_load(engines: list[EngineServerProcess]) -> None:
     m = member([e.url for e in engines])
     depths: list[tuple[float, float]] = []
