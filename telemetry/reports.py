@@ -18,6 +18,7 @@ Latency percentiles
     measured 2.5-3x slower at a million rows: they sort every row by (group, latency).
 
 Definitions (per group)
+    team                    the team, or "(admin key)" for requests made with the admin key
     errors                  rows with status != 200
     energy_j, cost_usd,     sums over rows where the figure is known (NULL rows add nothing);
     gco2e
@@ -270,10 +271,17 @@ def _finish_raw(agg: dict[str, Any], pct: Sequence[float | None]) -> dict[str, A
     }
 
 
+# Requests made with the admin key belong to no team; reports name them (a team name cannot
+# hold parentheses or spaces, so the label never meets a real team).
+ADMIN_TEAM = "(admin key)"
+
+
 def _group_values(group_by: Sequence[str], vals: Sequence[Any], prefix: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for g, v in zip(group_by, vals, strict=True):
-        if g == "key":
+        if g == "team":
+            out[g] = ADMIN_TEAM if v is None else v
+        elif g == "key":
             out["key_id"], out["key_prefix"] = v, prefix
         elif g in ("day", "hour"):
             out[g] = _bucket_label(g, v)
@@ -443,8 +451,8 @@ def hist_percentiles(
 def _sort(report: UsageReport) -> None:
     # Stable, readable order: by group values, NULLs (e.g. admin traffic) last.
     cols = [c for g in report.query.group_by for c in _GROUP_COLUMNS[g] if c != "key_prefix"]
-    report.rows.sort(key=lambda r: [(r[c] is None, r[c] if r[c] is not None else 0)
-                                    for c in cols])
+    report.rows.sort(key=lambda r: [(r[c] is None or r[c] == ADMIN_TEAM,
+                                     r[c] if r[c] is not None else 0) for c in cols])
 
 
 # --- CSV -----------------------------------------------------------------------------------------

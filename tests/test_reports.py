@@ -155,7 +155,8 @@ def test_totals_hand_computed(rgw: Gateway) -> None:
 def test_group_by_team(rgw: Gateway) -> None:
     body = report(rgw, group_by="team")
     rows = {r["team"]: r for r in body["rows"]}
-    assert [r["team"] for r in body["rows"]] == ["alpha", "beta", None]  # admin traffic last
+    # Admin-key traffic is named, and last.
+    assert [r["team"] for r in body["rows"]] == ["alpha", "beta", "(admin key)"]
     a, b = rows["alpha"], rows["beta"]
     assert (a["requests"], a["errors"], a["input_tokens"], a["output_tokens"]) == (4, 1, 90, 120)
     assert a["cost_usd"] == approx(0.023) and a["energy_j"] == approx(8.0)
@@ -167,7 +168,7 @@ def test_group_by_team(rgw: Gateway) -> None:
     assert (b["requests"], b["cache_hits"], b["errors"]) == (2, 1, 0)
     assert b["cost_usd"] == approx(0.0505) and b["energy_j"] == approx(11.0)
     assert b["measured_energy_share"] == approx(10 / 11)
-    assert rows[None]["requests"] == 1
+    assert rows["(admin key)"]["requests"] == 1
     assert body["totals"]["requests"] == 7
     assert body["totals"]["cost_usd"] == approx(0.0736)
 
@@ -181,7 +182,7 @@ def test_group_by_day_and_hour(rgw: Gateway) -> None:
         ("alpha", "2026-03-01T10:00:00Z"), ("alpha", "2026-03-01T11:00:00Z"),
         ("alpha", "2026-03-02T09:00:00Z"), ("alpha", "2026-03-02T12:00:00Z"),
         ("beta", "2026-03-01T13:00:00Z"), ("beta", "2026-03-02T23:00:00Z"),
-        (None, "2026-03-01T15:00:00Z")]
+        ("(admin key)", "2026-03-01T15:00:00Z")]
     assert all(r["requests"] == 1 for r in hours)
 
 
@@ -200,7 +201,8 @@ def test_member_filter(rgw: Gateway) -> None:
     body = report(rgw, member="small", group_by="team")
     assert body["totals"]["requests"] == 5
     assert body["totals"]["cost_usd"] == approx(0.0036)
-    assert {r["team"]: r["requests"] for r in body["rows"]} == {"alpha": 3, "beta": 1, None: 1}
+    by_team = {r["team"]: r["requests"] for r in body["rows"]}
+    assert by_team == {"alpha": 3, "beta": 1, "(admin key)": 1}
     assert report(rgw, member="nobody")["totals"]["requests"] == 0
 
 
@@ -241,7 +243,7 @@ def test_csv(rgw: Gateway) -> None:
     lines = list(csv.DictReader(io.StringIO(r.text)))
     assert list(lines[0].keys()) == report_columns(("team",))
     assert [(x["team"], int(x["requests"])) for x in lines] == [
-        ("alpha", 4), ("beta", 2), ("", 1)]
+        ("alpha", 4), ("beta", 2), ("(admin key)", 1)]
     assert float(lines[0]["cost_usd"]) == approx(0.023)
     totals = list(csv.DictReader(io.StringIO(get(rgw, start=START, end=END,
                                                   format="csv").text)))
