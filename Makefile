@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser run test fuzz lint bench bench-engine bench-replay bench-routing bench-reports bench-safety bench-cache clean bench-spec bench-vs-litellm
+.PHONY: setup browser run test fuzz lint bench bench-engine bench-replay bench-routing bench-reports bench-safety bench-cache clean bench-spec bench-vs-litellm bench-scaleout soak
 
 setup: $(STAMP)
 
@@ -73,6 +73,14 @@ bench-cache: setup
 # greengate and the LiteLLM proxy (its own venv in .greengate/litellm-venv) on one fake provider.
 bench-vs-litellm: setup
 	$(BIN)/python bench/vs_litellm.py --out bench/results/vs_litellm.json
+
+# Replicas on PostgreSQL + Redis at 127.0.0.1 (GREENGATE_TEST_PG, GREENGATE_TEST_REDIS).
+bench-scaleout: setup
+	$(BIN)/python bench/scaleout.py --out bench/results/scaleout.json
+
+MINUTES ?= 30
+soak: setup
+	$(BIN)/python bench/soak.py --minutes $(MINUTES) --out bench/results/soak.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

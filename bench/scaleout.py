@@ -261,6 +261,8 @@ async def cell(replicas: list[Replica], upstream: str, key: str, concurrency: in
         "replica_cpu_s_per_wall_s": round(cpu / gw_time, 2) if gw_time else None,
         # The replicas (not the client, provider or databases) use most of the cores.
         "cpu_bound": bool(gw_time and cpu / gw_time > 0.7 * cores),
+        # The machine is shared: its 1-minute load average says how busy it was otherwise.
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
 
