@@ -408,3 +408,55 @@ def test_gateway_row_carries_engine_energy_and_replicas(
     page = sign_in(gw).get("/ui").text  # the pool page lists the replicas with their load
     assert "2 replicas, placed by affinity" in page
     assert all(e.url in page for e in engines)
+
+
+async def test_text_resume_on_engines_without_token_ids() -> None:
+    """A vLLM-style replica that dies mid-stream: the other one is asked to continue the
+    streamed text as the assistant's message (`continue_final_message`), and the client's
+    stream goes on from where it broke."""
+
+    def chunk(text: str) -> bytes:
+        return orjson.dumps({"id": "a", "object": "chat.completion.chunk", "created": 1,
+                             "model": "m", "choices": [{"index": 0, "delta": {"content": text},
+                                                        "finish_reason": None}]})
+
+    class Dying(FakeReplica):
+        def app(self) -> Starlette:
+            async def chat_(request: Request) -> Response:
+                self.bodies.append(orjson.loads(await request.body()))
+
+                async def gen():  # type: ignore[no-untyped-def]
+                    for t in ("Once", " upon", " a"):
+                        yield b"data: " + chunk(t) + b"\n\n"
+                    raise RuntimeError("replica died")  # the connection is cut mid-body
+                return StreamingResponse(gen(), media_type="text/event-stream")
+
+            async def metrics(_: Request) -> Response:
+                return Response("vllm:num_requests_running 0\n")
+
+            return Starlette(routes=[Route("/v1/chat/completions", chat_, methods=["POST"]),
+                                     Route("/metrics", metrics)])
+
+    usage = {"prompt_tokens": 13, "completion_tokens": 2, "total_tokens": 15}
+    rest = [chunk(" time"), chunk("."), orjson.dumps({"id": "b", "object":
+            "chat.completion.chunk", "created": 2, "model": "m", "choices": [],
+            "usage": usage})]
+    dying, healthy = Dying(), FakeReplica(metrics={"vllm:num_requests_running": 0},
+                                          stream_chunks=rest)
+    servers = [ServerThread(dying.app()).start(), ServerThread(healthy.app()).start()]
+    m = member([s.url + "/v1" for s in servers], policy="least_load")
+    try:
+        text, got = await collect(m, {**chat("Tell me", 5), "stream": True})
+    finally:
+        await m.aclose()
+        for s in servers:
+            s.stop()
+    assert text == "Once upon a time."
+    resumed = healthy.bodies[0]
+    assert resumed["messages"][-1] == {"role": "assistant", "content": "Once upon a"}
+    assert resumed["continue_final_message"] is True and resumed["max_tokens"] == 2
+    assert "greengate" not in resumed
+    # The three streamed chunks sat in the second replica's prompt: usage gives them back.
+    assert got["completion_tokens"] == 5 and got["prompt_tokens"] == 10
+    assert [h["end"] for h in got["replicas"]["hops"]] == ["died", "done"]
+    assert "energy_j" not in got  # neither replica reported energy: unknown, not 0
