@@ -309,11 +309,13 @@ class FineTuningService:
                                     "resume_failed")
             return
         cp = await asyncio.to_thread(self.store.newest_checkpoint, job.id)
-        where = (f"from its checkpoint at step {cp.step_number}" if cp is not None
-                 else "from the start (no checkpoint was saved yet)")
+        # The engine resumes from the newest checkpoint on disk and says which in its own
+        # event; one written as the gateway stopped may be newer than the last one reported.
+        where = (f"the last one recorded here is at step {cp.step_number}" if cp is not None
+                 else "none was recorded here")
         await asyncio.to_thread(self.store.add_event, job.id, "info",
-                                f"Gateway restarted: the job was resubmitted to the engine and "
-                                f"resumes {where}", "message",
+                                "Gateway restarted: the job was resubmitted to the engine, which "
+                                f"resumes from its newest checkpoint ({where})", "message",
                                 {"resumed": True, "step": cp.step_number if cp else 0})
         await self._submit(job, base, train, valid, resumed=True)
 
