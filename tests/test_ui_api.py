@@ -322,3 +322,39 @@ def test_cross_origin_writes_are_refused_even_with_the_token(gw: Gateway) -> Non
     r = form.post("/ui/login", data={"key": gw.admin_key, "csrf": login_token},
                   headers={"origin": "https://evil.example"})
     assert r.status_code == 400 and "gg_session" not in r.headers.get("set-cookie", "")
+
+
+def test_energy_saved_reads_unknown_when_the_reference_member_has_no_figure(gw: Gateway) -> None:
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    import sqlalchemy as sa
+
+    from store.schema import Decision
+
+    row: dict[str, Any] = {c.name: None for c in Decision.__table__.columns}
+    row.update(id=uuid.uuid4().hex, created_at=datetime.now(UTC) - timedelta(hours=1),
+               endpoint="chat/completions", stream=False, status=200, cache_hit=False,
+               team="alpha", requested_model="auto", served_member="fake-small",
+               route_reason="auto:cheapest", latency_ms=10.0, cost_usd=0.1, energy_j=1.0,
+               energy_source="estimated:declared-j-per-token", counterfactual_member="large",
+               counterfactual_cost_usd=0.5)  # and no counterfactual energy
+    with gw.engine.begin() as conn:
+        conn.execute(sa.insert(Decision), [row])
+    page = sign_in(gw).get("/ui/dashboards?range=24h").text
+    assert 'id="energy-saved-unknown"' in page
+    assert "no energy figure for the reference member" in page
+    assert 'id="no-saved-energy"' in page and 'id="chart-saved-energy"' not in page
+    assert 'id="chart-saved-cost"' in page  # the cost counterfactual is known
+
+
+def test_pool_page_says_parameter_counts_as_people_do(make_gateway: Any, fake_url: str) -> None:
+    from tests.conftest import default_pool
+    from web.templating import params
+
+    assert [params(b) for b in (0.00969, 1.5, 70, 0.5, None)] == [
+        "9.7M", "1.5B", "70B", "500M", "—"]
+    pool = default_pool(fake_url)
+    pool[1]["energy"] = {"active_params_b": 0.00969}
+    page = sign_in(make_gateway(pool)).get("/ui").text
+    assert "9.7M active params" in page and "0.00969" not in page

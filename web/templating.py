@@ -69,6 +69,18 @@ def pct(v: float | None) -> str:
     return "—" if v is None else f"{v * 100:.0f}%"
 
 
+def params(billions: float | None) -> str:
+    """A parameter count given in billions, as people say it: 9.7M, 1.5B, 70B."""
+    if billions is None:
+        return "—"
+    n = billions * 1e9
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            v = n / div
+            return f"{v:.0f}{unit}" if abs(v) >= 10 else f"{v:.2g}{unit}"
+    return f"{n:.0f}"
+
+
 def ms(v: float | None) -> str:
     if v is None:
         return "—"
@@ -97,7 +109,7 @@ def _tolerant(f: Callable[..., str]) -> Callable[..., str]:
 def templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=str(TEMPLATES))
     env = t.env
-    for f in (usd, num, joules, energy, pct, ms, when):
+    for f in (usd, num, joules, energy, pct, params, ms, when):
         env.filters[f.__name__] = _tolerant(f)
     env.globals["estimated"] = lambda src: bool(src) and str(src).startswith("estimated")
     return t

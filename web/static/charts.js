@@ -9,7 +9,10 @@
   const phone = () => window.innerWidth < 700;
   const config = { responsive: true, displaylogo: false,
     modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d"] };
-  const palette = ["#1f7a4a", "#3b82c4", "#d08c1a", "#8e5bb8", "#c2453d", "#2a9d8f", "#7a8b2f", "#b5548f"];
+  // Amber (#d08c1a) means "estimated" and nothing else: it is not a series colour. Traffic of
+  // the admin key, which belongs to no team, is grey.
+  const ESTIMATED = "#d08c1a", ADMIN = "(admin key)";
+  const palette = ["#1f7a4a", "#3b82c4", "#8e5bb8", "#c2453d", "#2a9d8f", "#7a8b2f", "#b5548f", "#4b5d8a"];
 
   const hourly = bucket === "hour";
   const span = hourly ? 3600e3 : 86400e3;
@@ -50,7 +53,7 @@
   function label(row, split) {
     const v = row[split];
     if (v !== null && v !== undefined) return v;
-    return split === "team" ? "(admin key)" : "(not served)";
+    return split === "team" ? ADMIN : "(not served)";
   }
 
   function series(rows, split, value) {
@@ -61,8 +64,10 @@
       const g = groups.get(k);
       g.x.push(when(r)); g.y.push(value(r));
     });
-    return [...groups.entries()].map(([name, g], i) => ({
-      type: "bar", name, x: g.x, y: g.y, width, marker: { color: palette[i % palette.length] },
+    let i = 0;
+    return [...groups.entries()].map(([name, g]) => ({
+      type: "bar", name, x: g.x, y: g.y, width,
+      marker: { color: name === ADMIN ? "#9aa59e" : palette[i++ % palette.length] },
     }));
   }
 
@@ -83,7 +88,7 @@
   const members = data.members.filter((r) => r.member !== null);
   draw("chart-jpt", [{
     type: "bar", x: members.map((r) => r.member), y: members.map((r) => r.j_per_output_token),
-    marker: { color: members.map((r) => (r.estimated_energy_share || 0) > 0.5 ? "#d08c1a" : "#1f7a4a") },
+    marker: { color: members.map((r) => (r.estimated_energy_share || 0) > 0.5 ? ESTIMATED : "#1f7a4a") },
     text: members.map((r) => (r.estimated_energy_share || 0) > 0.5 ? "estimated" : "measured"),
     textposition: "auto", hovertemplate: "%{x}: %{y:.3g} J/token (%{text})<extra></extra>",
   }], { barmode: "group", xaxis: { type: "category" }, yaxis: { title: { text: "J / output token" }, rangemode: "tozero", gridcolor: "#eef2ef", automargin: true } });
@@ -103,7 +108,7 @@
   const withEnergy = members.filter((r) => r.energy_j);
   draw("chart-share", [
     { type: "bar", orientation: "h", name: "measured", y: withEnergy.map((r) => r.member), x: withEnergy.map((r) => 100 * (r.measured_energy_share || 0)), marker: { color: "#1f7a4a" } },
-    { type: "bar", orientation: "h", name: "estimated", y: withEnergy.map((r) => r.member), x: withEnergy.map((r) => 100 * (r.estimated_energy_share || 0)), marker: { color: "#d08c1a" } },
+    { type: "bar", orientation: "h", name: "estimated", y: withEnergy.map((r) => r.member), x: withEnergy.map((r) => 100 * (r.estimated_energy_share || 0)), marker: { color: ESTIMATED } },
   ], { xaxis: { title: { text: "% of the member's energy" }, range: [0, 101], dtick: 25, ticksuffix: "%", gridcolor: "#eef2ef" }, yaxis: { type: "category", automargin: true }, margin: { l: 90, r: 24, t: 8, b: phone() ? 90 : 56 } });
 
   overTime();

@@ -19,7 +19,7 @@
   const shapes = [];
   if (data.base_valid_loss !== null && data.base_valid_loss !== undefined) {
     shapes.push({ type: "line", xref: "paper", x0: 0, x1: 1, y0: data.base_valid_loss,
-      y1: data.base_valid_loss, line: { color: "#d08c1a", dash: "dot" } });
+      y1: data.base_valid_loss, line: { color: "#5d6b62", dash: "dot" } });  // amber is "estimated" only
   }
   Plotly.newPlot(target, traces, {
     height: 320, margin: { l: 56, r: 12, t: 8, b: 48 },
