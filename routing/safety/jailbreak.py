@@ -9,10 +9,14 @@ request text, not the routing embedding, trained with benign role-play and app i
 hard negatives and hard positives; `artifacts/jailbreak_lora.json` holds its data counts,
 threshold and per-family metrics on families never trained on.
 
-Long prompts are scored in overlapping 128-token chunks and the score is the maximum over
+Long prompts are scored in chunks of at most 128 tokens and the score is the maximum over
 chunks: an injection can sit at the end of a long document, and a chunk is what the model
-was trained on. The work per request is capped (routing/minilm.py: head and tail of huge
-texts, at most `max_chunks` chunks), so a 1 MB prompt costs a bounded few hundred ms.
+was trained on. The shipped layout (`"even"` in the artifact's `chunking`) cuts a prompt into
+the fewest chunks of at most 126 content tokens, all of nearly the same length and without
+overlap: a 512-token prompt is 5 chunks of ~104 tokens (530 tokens of work, where 128-token
+windows re-aligned to the end cost 640 and the earlier 96-token stride 768). The work per
+request is capped (routing/minilm.py: head and tail of huge texts, at most `max_chunks`
+chunks, evenly spaced beyond that), so a 1 MB prompt costs a bounded few hundred ms.
 
 `SafetyClassifier.load()` once; `score(text)` -> P(attack) in [0, 1], `flag(text)`.
 """
@@ -27,8 +31,21 @@ from typing import Any
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 NAME = "jailbreak_lora"
 CHUNK_TOKENS = 128
-STRIDE = 96
+STRIDE = CHUNK_TOKENS - 2  # no overlap (the artifact's `chunking` decides)
 MAX_CHUNKS = 16
+LAYOUTS = ("even", "stride")
+
+
+def even_windows(n: int, body: int, max_chunks: int) -> list[tuple[int, int]] | None:
+    """The fewest windows of at most `body` tokens covering `n`, of nearly equal length and
+    without overlap; None when that takes more than `max_chunks` (then spaced windows)."""
+    if n <= body:
+        return [(0, n)]
+    k = -(-n // body)
+    if k > max_chunks:
+        return None
+    cuts = [round(i * n / k) for i in range(k + 1)]
+    return [(cuts[i], cuts[i + 1]) for i in range(k)]
 
 
 def clean(text: str) -> str:
@@ -55,9 +72,13 @@ class SafetyClassifier:
         chunk_tokens: int = CHUNK_TOKENS,
         stride: int = STRIDE,
         max_chunks: int = MAX_CHUNKS,
+        layout: str = "stride",
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError("threshold must be in [0, 1]")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}")
+        self.layout = layout
         self.model = model
         self.threshold = float(threshold)
         self.chunk_tokens = chunk_tokens
@@ -88,6 +109,7 @@ class SafetyClassifier:
             chunk_tokens=int(ch.get("chunk_tokens", CHUNK_TOKENS)),
             stride=int(ch.get("stride", STRIDE)),
             max_chunks=int(ch.get("max_chunks", MAX_CHUNKS)),
+            layout=str(ch.get("layout", "stride")),
         )
 
     def chunks(self, text: str) -> tuple[list[list[int]], int]:
@@ -96,7 +118,11 @@ class SafetyClassifier:
 
         m = self.model
         ids = m.tokenizer.encode(cut_text(clean(text)), add_special_tokens=False).ids
-        wins = chunk_ids(ids, self.chunk_tokens, self.stride, self.max_chunks)
+        wins = None
+        if self.layout == "even":
+            wins = even_windows(len(ids), self.chunk_tokens - 2, self.max_chunks)
+        if wins is None:
+            wins = chunk_ids(ids, self.chunk_tokens, self.stride, self.max_chunks)
         return [[m.cls_id, *ids[s:e], m.sep_id] for s, e in wins], len(ids)
 
     def explain(self, text: str) -> JailbreakScore:
