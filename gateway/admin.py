@@ -7,11 +7,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
 from gateway import sessions
 from gateway.auth import Principal
@@ -58,13 +67,38 @@ def team_scope(p: Principal, team: str | None) -> str | None:
 
 # SQL integers are 64-bit: a larger id is a 422 here, not an OverflowError in the driver.
 SQL_INT_MAX = 2**63 - 1
+SQL_INT32_MAX = 2**31 - 1  # Integer columns (rate limits)
 Rt = Annotated[Runtime, Depends(runtime)]
 Caller = Annotated[Principal, Depends(require_admin)]
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
 
 class TeamIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    rpm_limit: int | None = Field(None, ge=1, le=SQL_INT32_MAX,
+                                  description="Requests per minute for the whole team.")
+    tpm_limit: int | None = Field(None, ge=1, le=SQL_INT32_MAX,
+                                  description="Tokens per minute for the whole team.")
+    request_log_days: float | None = Field(
+        None, gt=0, le=3650, description="Keep this team's prompts and answers (PII-redacted "
+        "before storage) this many days; null: off (the default).")
+
+
+class TeamPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rpm_limit: int | None = Field(None, ge=1, le=SQL_INT32_MAX)
+    tpm_limit: int | None = Field(None, ge=1, le=SQL_INT32_MAX)
+    request_log_days: float | None = Field(None, gt=0, le=3650)
+
+
+class KeyBudgetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metric: Literal["usd", "wh"]
+    period: Literal["day", "month"]
+    limit: float = Field(gt=0)
+
+
 
 
 class KeyIn(BaseModel):
@@ -73,6 +107,35 @@ class KeyIn(BaseModel):
     allowed_models: list[str] | None = Field(
         None, description="Members (or 'auto') this key may use; null means all."
     )
+    expires_at: AwareDatetime | None = Field(
+        None, description="ISO 8601 with a time zone; the key answers 401 from then on.")
+    duration_s: float | None = Field(None, gt=0, le=100 * 365 * 86400,
+                                     description="Or: expire this many seconds from now.")
+    metadata: dict[str, Any] | None = Field(
+        None, max_length=32, description="Free-form labels (owner, cost centre...): strings, "
+        "numbers, booleans or null.")
+    rpm_limit: int | None = Field(None, ge=1, le=SQL_INT32_MAX,
+                                  description="Requests per minute for this key.")
+    tpm_limit: int | None = Field(None, ge=1, le=SQL_INT32_MAX,
+                                  description="Tokens per minute for this key.")
+    budget: KeyBudgetIn | None = Field(None, description="A spending cap on this key.")
+
+
+    @field_validator("metadata")
+    @classmethod
+    def _flat(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        bad = [k for k, x in (v or {}).items()
+               if x is not None and not isinstance(x, (str, int, float, bool))]
+        if bad or any(len(k) > 64 for k in v or {}):
+            raise ValueError("metadata is flat: keys of at most 64 characters, values strings, "
+                             f"numbers, booleans or null ({', '.join(bad) or 'a long key'})")
+        return v
+
+
+class RotateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    grace_s: float = Field(3600.0, ge=0, le=30 * 86400, description="How long the old "
+                           "secret keeps working (default one hour).")
 
 
 @router.get("/teams", openapi_extra=TEAM_READABLE)
@@ -84,9 +147,25 @@ def list_teams(rt: Rt, p: Caller) -> list[dict]:
 @router.post("/teams", status_code=201)
 def create_team(team: TeamIn, rt: Rt) -> dict:
     try:
-        return rt.keys.create_team(team.name)
+        out = rt.keys.create_team(team.name)
     except ValueError as e:
         raise GatewayError(409, str(e), code="team_exists") from None
+    settings = {k: v for k, v in team.model_dump().items() if k != "name"}
+    if any(v is not None for v in settings.values()):
+        rt.keys.set_team_settings(team.name, settings)
+        rt.team_settings.forget()
+    return {**out, **settings}
+
+
+@router.patch("/teams/{name}")
+def patch_team(name: str, patch: TeamPatch, rt: Rt) -> dict:
+    """Change some of a team's settings; the fields sent replace, the others stay."""
+    try:
+        out = rt.keys.set_team_settings(name, patch.model_dump(exclude_unset=True))
+    except LookupError as e:
+        raise GatewayError(404, str(e), code="team_not_found") from None
+    rt.team_settings.forget()
+    return out
 
 
 @router.get("/keys", openapi_extra=TEAM_READABLE)
@@ -97,14 +176,53 @@ def list_keys(rt: Rt, p: Caller, team: str | None = None) -> list[dict]:
 
 @router.post("/keys", status_code=201)
 def create_key(key: KeyIn, rt: Rt) -> dict:
+    """A key with, optionally, an expiry (expires_at or duration_s), metadata, the members
+    it may use, rpm/tpm limits and a budget; all checked before anything is stored."""
     if key.allowed_models is not None:
         unknown = [m for m in key.allowed_models if m != "auto" and m not in rt.pool.members]
         if unknown:
             raise GatewayError(400, f"Unknown models: {', '.join(unknown)}",
                                param="allowed_models", code="model_not_found")
-    secret, info = rt.keys.create_key(key.team, key.name, key.allowed_models)
+    now = datetime.now(UTC)
+    if key.expires_at is not None and key.duration_s is not None:
+        raise GatewayError(400, "Give expires_at or duration_s, not both.", param="duration_s",
+                           code="invalid_expiry")
+    expires = key.expires_at.astimezone(UTC) if key.expires_at is not None else (
+        now + timedelta(seconds=key.duration_s) if key.duration_s is not None else None)
+    if expires is not None and expires <= now:
+        raise GatewayError(400, "expires_at is in the past.", param="expires_at",
+                           code="invalid_expiry")
+    secret, info = rt.keys.create_key(key.team, key.name, key.allowed_models,
+                                      expires_at=expires, metadata=key.metadata,
+                                      rpm_limit=key.rpm_limit, tpm_limit=key.tpm_limit)
+    out = {**info.to_json(), "key": secret,
+           "note": "This is the only time the key is shown; greengate stores only its hash."}
+    if key.budget is not None:
+        try:
+            out["budget"] = rt.budgets.create("key", str(info.id), key.budget.metric,
+                                              key.budget.period, key.budget.limit)
+        except Exception:
+            rt.keys.delete_key(info.id)  # nothing half-created
+            raise
+    return out
+
+
+@router.post("/keys/{ident}/rotate")
+def rotate_key(ident: str, rt: Rt, body: RotateIn | None = None) -> dict:
+    """A new secret for the key (same id, team, limits, budgets); the old secret keeps
+    working for grace_s seconds (default 3600), then answers 401 rotated_api_key."""
+    grace = (body or RotateIn()).grace_s
+    try:
+        secret, info = rt.keys.rotate(ident, grace)
+    except LookupError as e:
+        raise GatewayError(404, str(e), code="key_not_found") from None
+    except ValueError as e:
+        raise GatewayError(409, str(e), code="key_not_rotatable") from None
+    rt.auth.forget(info.id)
+    until = info.previous_valid_until.isoformat() if info.previous_valid_until else "now"
     return {**info.to_json(), "key": secret,
-            "note": "This is the only time the key is shown; greengate stores only its hash."}
+            "note": f"This is the only time the new key is shown; the old one works until "
+                    f"{until}."}
 
 
 @router.delete("/keys/{ident}")
@@ -249,7 +367,18 @@ def get_decision(rid: str, rt: Rt, p: Caller) -> dict:
         out = _decision_json(d)
     bounds = RewardBounds(rt.settings.reward_energy_max_j, rt.settings.reward_cost_max_usd)
     out["explanation"] = explain(out, bounds)
+    entry = rt.request_logs.get(rid, None if p.is_admin else p.team)
+    out["request_log"] = entry.to_json() if entry is not None else None
     return out
+
+
+@router.get("/request-logs", openapi_extra=TEAM_READABLE)
+def search_request_logs(rt: Rt, p: Caller, team: str | None = None,
+                        q: str | None = Query(None, max_length=200),
+                        limit: int = Query(50, ge=1, le=500)) -> list[dict]:
+    """Stored prompts and answers (teams that opted in; PII-redacted), newest first,
+    containing `q` if given. A team session sees its own team's only."""
+    return [e.to_json() for e in rt.request_logs.search(team_scope(p, team), q, limit)]
 
 
 @router.get("/policies", openapi_extra=TEAM_READABLE)
@@ -272,7 +401,41 @@ def get_policy(team: str, rt: Rt, p: Caller) -> dict:
 
 
 @router.put("/policies/{team}")
-def put_policy(team: str, policy: Policy, rt: Rt) -> dict:
+def put_policy(team: str, policy: Policy, rt: Rt, response: Response) -> dict:
+    """Replaces the team's whole policy: a field left out goes back to its default (the
+    answer says so in x-greengate-policy). PATCH changes only the fields it sends."""
+    _store_policy(team, policy, rt)
+    response.headers["x-greengate-policy"] = (
+        "replaced: fields not sent are back to their defaults; PATCH changes only some")
+    return policy.to_json()
+
+
+@router.patch("/policies/{team}", openapi_extra={"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "description": "Any fields of the "
+                                    "policy; the others keep their stored values."}}}}})
+async def patch_policy(team: str, request: Request, rt: Rt) -> dict:
+    """Partial update: the fields sent replace theirs, every other field keeps its stored
+    value (the 'default' policy's, or the built-in defaults, when the team has none)."""
+    try:
+        patch = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as e:
+        raise GatewayError(400, f"The request body is not valid JSON: {e}",
+                           code="invalid_json") from None
+    if not isinstance(patch, dict):
+        raise GatewayError(400, "The body must be a JSON object of policy fields.")
+    current = rt.routing.policies.get(team) or rt.routing.policies.get("default") or Policy()
+    try:
+        merged = Policy.model_validate({**current.to_json(), **patch})
+    except ValidationError as e:
+        first = e.errors()[0]
+        param = ".".join(str(x) for x in first["loc"]) or None
+        raise GatewayError(422, f"{param or 'policy'}: {first['msg']}", param=param,
+                           code="invalid_field") from None
+    await run_in_threadpool(_store_policy, team, merged, rt)
+    return merged.to_json()
+
+
+def _store_policy(team: str, policy: Policy, rt: Runtime) -> None:
     names = set(rt.pool.members)
     listed = (policy.allowed_members or []) + policy.fallback_order + [
         m for r in policy.rules for m in r.members]

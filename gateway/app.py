@@ -20,7 +20,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from backends.pool_config import PoolConfig
-from gateway import admin, finetune_api, openapi_models, replicas_api, reports_api
+from gateway import (
+    admin,
+    batches_api,
+    docs_pages,
+    files_api,
+    finetune_api,
+    openapi_models,
+    replicas_api,
+    reports_api,
+    responses_api,
+)
+from gateway.auth import Principal
 from gateway.errors import GatewayError, error_response
 from gateway.files import namespace
 from gateway.runtime import Runtime
@@ -69,7 +80,10 @@ def create_app(
         version="0.1.0",
         summary="Energy-aware multi-model routing gateway (OpenAI-compatible).",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc with their assets served here (docs_pages): offline
+        redoc_url=None,
     )
+    docs_pages.install(app)
 
     def rt(request: Request) -> Runtime:
         return request.app.state.rt
@@ -95,10 +109,7 @@ def create_app(
                           openapi_extra=openapi_models.data_plane_route_extra(path))
     openapi_models.install(app)
 
-    @app.get("/v1/models", tags=["openai"])
-    async def models(request: Request) -> Response:
-        r = rt(request)
-        principal = await r.auth.authenticate(request)
+    def model_entries(r: Runtime, principal: Principal) -> list[dict[str, Any]]:
         created = int(time.time())
         data = [{"id": "auto", "object": "model", "created": created, "owned_by": "greengate",
                  "description": "let greengate choose a member"}]
@@ -122,8 +133,26 @@ def create_app(
                         entry["speculative"] = {k: spec[k] for k in (
                             "method", "max_k", "adaptive", "acceptance", "mean_k")}
                 data.append(entry)
-        return Response(orjson.dumps({"object": "list", "data": data}),
+        return data
+
+    @app.get("/v1/models", tags=["openai"])
+    async def models(request: Request) -> Response:
+        r = rt(request)
+        principal = await r.auth.authenticate(request)
+        return Response(orjson.dumps({"object": "list", "data": model_entries(r, principal)}),
                         media_type="application/json")
+
+    @app.get("/v1/models/{model_id:path}", tags=["openai"])
+    async def model(request: Request, model_id: str) -> Response:
+        """One model: a member this key may use, or 'auto'."""
+        r = rt(request)
+        principal = await r.auth.authenticate(request)
+        for entry in model_entries(r, principal):
+            if entry["id"] == model_id:
+                return Response(orjson.dumps(entry), media_type="application/json")
+        raise GatewayError(404, f"The model '{model_id}' does not exist in this greengate pool "
+                           "(or this key may not use it); GET /v1/models lists them.",
+                           param="model", code="model_not_found")
 
     @app.post("/v1/feedback", tags=["routing"], openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {
@@ -185,6 +214,9 @@ def create_app(
 
     app.include_router(finetune_api.router)
     app.include_router(finetune_api.admin_router)
+    app.include_router(files_api.router)
+    app.include_router(responses_api.router)
+    app.include_router(batches_api.router)
     app.include_router(admin.router)
     app.include_router(reports_api.router)
     app.include_router(replicas_api.router)

@@ -13,6 +13,7 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from starlette.requests import Request
 
@@ -32,6 +33,8 @@ class Principal:
     key_id: int | None
     key_prefix: str | None
     allowed_models: tuple[str, ...] | None  # None: every member
+    rpm_limit: int | None = None  # the key's own rate limits (None: none)
+    tpm_limit: int | None = None
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -156,4 +159,13 @@ class Authenticator:
             raise GatewayError(401, "Invalid API key.", code="invalid_api_key")
         if info.revoked_at is not None:
             raise GatewayError(401, "This API key has been revoked.", code="revoked_api_key")
-        return Principal(False, info.team, info.id, info.prefix, info.allowed_models)
+        now = datetime.now(UTC)
+        if info.expires_at is not None and info.expires_at <= now:
+            raise GatewayError(401, f"This API key expired at {info.expires_at.isoformat()}.",
+                               code="expired_api_key")
+        if info.grace_until is not None and info.grace_until <= now:
+            raise GatewayError(401, "This API key was rotated; the old secret stopped working "
+                               f"at {info.grace_until.isoformat()}. Use the new one.",
+                               code="rotated_api_key")
+        return Principal(False, info.team, info.id, info.prefix, info.allowed_models,
+                         info.rpm_limit, info.tpm_limit)

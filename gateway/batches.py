@@ -37,7 +37,7 @@ from telemetry.carbon import J_PER_KWH
 from telemetry.carbon_feed import CarbonFeed
 
 log = logging.getLogger("greengate.batches")
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 MAX_LINES = 50_000
 _WINDOW = re.compile(r"^([1-9][0-9]{0,2})h$")

@@ -30,7 +30,7 @@ def _json(data: Any) -> Response:
         "properties": {
             "input_file_id": {"type": "string"},
             "endpoint": {"type": "string", "enum": ["/v1/chat/completions", "/v1/completions",
-                                                    "/v1/embeddings", "/v1/responses"]},
+                                                    "/v1/embeddings"]},
             "completion_window": {"type": "string", "example": "24h"},
             "metadata": {"type": "object", "description": '{"schedule": "now"} runs it at '
                          "once; otherwise it is planned into the cleanest hours of its window."},

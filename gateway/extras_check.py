@@ -23,3 +23,6 @@ def check(settings: Settings, pool_config: PoolConfig) -> None:
         require("psycopg", "postgres", "a PostgreSQL database (GREENGATE_DATABASE_URL)")
     if settings.redis_url:
         require("redis", "redis", "shared state through Redis (GREENGATE_REDIS_URL)")
+    if settings.otlp_endpoint:
+        require("opentelemetry.exporter.otlp.proto.http", "otel",
+                "OpenTelemetry export (GREENGATE_OTLP_ENDPOINT)")

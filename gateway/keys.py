@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -32,6 +33,13 @@ class KeyInfo:
     allowed_models: tuple[str, ...] | None
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None = None
+    metadata: dict[str, Any] | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    previous_valid_until: datetime | None = None  # the rotated-out secret's grace end
+    # Set only on the entry found by the rotated-out secret's hash: valid until then.
+    grace_until: datetime | None = None
 
     def to_json(self) -> dict:
         return {
@@ -42,7 +50,22 @@ class KeyInfo:
             "allowed_models": None if self.allowed_models is None else list(self.allowed_models),
             "created_at": self.created_at.isoformat(),
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "expires_at": _iso(self.expires_at),
+            "metadata": self.metadata,
+            "rpm_limit": self.rpm_limit,
+            "tpm_limit": self.tpm_limit,
+            "previous_key_valid_until": _iso(self.previous_valid_until),
         }
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; every time greengate stores is UTC.
+    return t if t is None or t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _iso(t: datetime | None) -> str | None:
+    t = _utc(t)
+    return t.isoformat() if t else None
 
 
 def _info(k: ApiKey, team: str) -> KeyInfo:
@@ -54,6 +77,11 @@ def _info(k: ApiKey, team: str) -> KeyInfo:
         allowed_models=tuple(k.allowed_models) if k.allowed_models is not None else None,
         created_at=k.created_at,
         revoked_at=k.revoked_at,
+        expires_at=_utc(k.expires_at),
+        metadata=k.key_metadata,
+        rpm_limit=k.rpm_limit,
+        tpm_limit=k.tpm_limit,
+        previous_valid_until=_utc(k.previous_valid_until),
     )
 
 
@@ -86,6 +114,10 @@ class KeyRepo:
         name: str | None = None,
         allowed_models: list[str] | None = None,
         create_team: bool = True,
+        expires_at: datetime | None = None,
+        metadata: dict[str, Any] | None = None,
+        rpm_limit: int | None = None,
+        tpm_limit: int | None = None,
     ) -> tuple[str, KeyInfo]:
         """Returns the secret (shown once) and the stored record."""
         secret = new_secret()
@@ -104,6 +136,10 @@ class KeyRepo:
                 prefix=secret[:10],
                 allowed_models=allowed_models,
                 created_at=datetime.now(UTC),
+                expires_at=expires_at,
+                key_metadata=metadata,
+                rpm_limit=rpm_limit,
+                tpm_limit=tpm_limit,
             )
             s.add(k)
             s.flush()
@@ -141,12 +177,68 @@ class KeyRepo:
             row = s.execute(
                 select(ApiKey, Team.name)
                 .join(Team, Team.id == ApiKey.team_id)
-                .where(ApiKey.key_hash == key_hash)
+                .where((ApiKey.key_hash == key_hash) | (ApiKey.previous_hash == key_hash))
             ).first()
-            return _info(row[0], row[1]) if row else None
+            if not row:
+                return None
+            info = _info(row[0], row[1])
+            if row[0].key_hash != key_hash:  # a rotated-out secret
+                return replace(info, grace_until=info.previous_valid_until)
+            return info
+
+    def set_team_settings(self, name: str, values: dict[str, Any]) -> dict:
+        """Rate limits and the request-log opt-in of a team (only the keys given change)."""
+        with Session(self.engine) as s, s.begin():
+            t = s.scalar(select(Team).where(Team.name == name))
+            if t is None:
+                raise LookupError(f"no team {name!r}")
+            for k in ("rpm_limit", "tpm_limit", "request_log_days"):
+                if k in values:
+                    setattr(t, k, values[k])
+            return {"id": t.id, "name": t.name, "created_at": _iso(t.created_at),
+                    "rpm_limit": t.rpm_limit, "tpm_limit": t.tpm_limit,
+                    "request_log_days": t.request_log_days}
+
+    def delete_key(self, key_id: int) -> None:
+        """Undo a creation whose second half failed (a budget); never used for revocation."""
+        with Session(self.engine) as s, s.begin():
+            k = s.get(ApiKey, key_id)
+            if k is not None:
+                s.delete(k)
+
+    def rotate(self, ident: str | int, grace_s: float) -> tuple[str, KeyInfo]:
+        """A new secret for the same key (its id, team, limits, budgets and history stay);
+        the old secret keeps working for grace_s seconds, then answers 401."""
+        secret = new_secret()
+        now = datetime.now(UTC)
+        with Session(self.engine) as s, s.begin():
+            q = select(ApiKey, Team.name).join(Team, Team.id == ApiKey.team_id)
+            q = q.where(ApiKey.id == int(ident)) if str(ident).isdigit() else q.where(
+                ApiKey.prefix == str(ident))
+            rows = s.execute(q).all()
+            if len(rows) != 1:
+                raise LookupError(f"no key {ident!r}" if not rows else
+                                  f"prefix {ident!r} matches {len(rows)} keys; use the id")
+            k, tname = rows[0]
+            expires = _utc(k.expires_at)
+            if k.revoked_at is not None or (expires is not None and expires <= now):
+                raise ValueError(f"key {k.id} is {'revoked' if k.revoked_at else 'expired'}; "
+                                 "create a new key instead")
+            k.previous_hash = k.key_hash
+            k.previous_valid_until = now + timedelta(seconds=grace_s)
+            k.key_hash = hash_key(secret)
+            k.prefix = secret[:10]
+            s.flush()
+            return secret, _info(k, tname)
 
     def all_by_hash(self) -> dict[str, KeyInfo]:
         """Every key by its hash, revoked ones included (so revocation is known in memory)."""
         with Session(self.engine) as s:
             q = select(ApiKey, Team.name).join(Team, Team.id == ApiKey.team_id)
-            return {k.key_hash: _info(k, tname) for k, tname in s.execute(q)}
+            out: dict[str, KeyInfo] = {}
+            for k, tname in s.execute(q):
+                info = _info(k, tname)
+                out[k.key_hash] = info
+                if k.previous_hash is not None:  # rotated: the old secret, within its grace
+                    out[k.previous_hash] = replace(info, grace_until=info.previous_valid_until)
+            return out

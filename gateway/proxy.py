@@ -8,7 +8,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +26,7 @@ from gateway.errors import GatewayError, error_body, error_response
 from gateway.files import namespace
 from gateway.guard import Guard, StreamRestore, restore_response
 from gateway.pool import Pool, PoolMember
+from gateway.ratelimit import Limit, Refused
 from gateway.routing_service import Analysis, RoutingService
 from gateway.settings import Settings
 from routing import tokens
@@ -159,6 +160,23 @@ def _may_use(principal: Principal, m: PoolMember) -> bool:
         m.base_member is not None and principal.may_use(m.base_member))
 
 
+def _with(headers: dict[str, str], response: Response) -> Response:
+    """The rate-limit headers on an answer (streamed or not)."""
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def _system(member: PoolMember | None) -> str | None:
+    """gen_ai.system of a member: its provider (litellm's prefix), or the protocol."""
+    if member is None:
+        return None
+    kind = member.cfg.kind
+    if kind == "litellm":
+        return member.cfg.model.split("/", 1)[0] if "/" in member.cfg.model else "litellm"
+    return {"openai": "openai", "engine": "greengate.engine"}.get(kind, kind)
+
+
 def _sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
@@ -221,16 +239,51 @@ class Proxy:
         self.carbon = carbon
         self.guard = guard
         self.cache = cache
+        # Rate limits, request logs, spans (gateway.org_services sets it at start-up).
+        self.org: Any = None
 
     # ---- entry -------------------------------------------------------------------------
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
+        return await self._handle(request, endpoint)
+
+    async def handle_translated(self, request: Request, endpoint: Endpoint,
+                                prepare: Callable[[Principal, Any], Awaitable[dict]],
+                                row_endpoint: str) -> Response:
+        """A request in another protocol (the Responses API) served by this path: `prepare`
+        turns the caller's body into `endpoint`'s (raising GatewayError naming the field)
+        inside the same try, so a refused request still has its decision row, which says
+        `row_endpoint`."""
+        return await self._handle(request, endpoint, prepare=prepare,
+                                  row_endpoint=row_endpoint)
+
+    async def serve_body(self, principal: Principal, endpoint: Endpoint,
+                         body: dict) -> tuple[Response, dict[str, Any] | None]:
+        """An internal request (a batch line) by this path, with its decision row."""
+        sink: list[dict[str, Any]] = []
+        resp = await self._handle(None, endpoint, principal=principal, body=body, sink=sink)
+        return resp, (sink[0] if sink else None)
+
+    async def _handle(self, request: Request | None, endpoint: Endpoint, *,
+                      prepare: Callable[[Principal, Any], Awaitable[dict]] | None = None,
+                      row_endpoint: str | None = None, principal: Principal | None = None,
+                      body: Any = None, sink: list[dict[str, Any]] | None = None) -> Response:
         t0 = time.perf_counter()
         rid = uuid.uuid4().hex
         row: dict[str, Any] | None = None
+        limit_headers: dict[str, str] = {}
         try:
-            principal = await self.auth.authenticate(request)
-            row = self._new_row(rid, principal, endpoint)
-            body = await self._read_json(request)
+            if principal is None:
+                assert request is not None
+                principal = await self.auth.authenticate(request)
+            row = self._new_row(rid, principal, row_endpoint or endpoint)
+            if sink is not None:
+                sink.append(row)
+            limit_headers = self._admit(principal)
+            if body is None:
+                assert request is not None
+                body = await self._read_json(request)
+            if prepare is not None:
+                body = await prepare(principal, body)
             if isinstance(body, dict) and isinstance(body.get("model"), str):
                 row["requested_model"] = body["model"][:256]
             validate(endpoint, body)
@@ -256,7 +309,8 @@ class Proxy:
                 analysis.features["cache"] = found.row()  # similarity and verifier, hit or miss
                 analysis.features["cache_ms"] = round((time.perf_counter() - t_cache) * 1000, 3)
                 if hit is not None:
-                    return self._serve_hit(rid, t0, row, body, hit, principal, t_cache)
+                    return _with(limit_headers,
+                                 self._serve_hit(rid, t0, row, body, hit, principal, t_cache))
             plan = await self._plan(principal, endpoint, body, analysis, safety.required_tags)
             plan.redactor = safety.redactor
             plan.cache_key = cache_key
@@ -266,14 +320,16 @@ class Proxy:
             row["candidates"] = plan.candidates
             self._check_budgets(principal, rid)
             if row["stream"]:
-                return await self._stream(rid, t0, row, endpoint, body, plan, principal)
-            return await self._complete(rid, t0, row, endpoint, body, plan, principal)
+                return _with(limit_headers, await self._stream(rid, t0, row, endpoint, body,
+                                                               plan, principal))
+            return _with(limit_headers, await self._complete(rid, t0, row, endpoint, body,
+                                                             plan, principal))
         except GatewayError as e:
             if row is not None:
                 row.update(status=e.status, error=e.message[:2000],
                            latency_ms=(time.perf_counter() - t0) * 1000)
                 self._finish(row, principal)
-            return error_response(e, {"x-request-id": rid})
+            return error_response(e, {**limit_headers, **e.headers, "x-request-id": rid})
         except Exception as e:  # a bug of ours: still answer cleanly and keep the row
             if is_connection_error(e):  # the database is away: not a bug, and not a 500
                 log.warning("request %s: database unavailable (%s)", rid, type(e).__name__)
@@ -300,7 +356,50 @@ class Proxy:
             except Exception:  # a Redis outage must not lose the request's row
                 log.exception("charging budgets failed for %s", row["id"])
         self.metrics.observe(row)
+        if self.org is not None:
+            self._org_finish(row, principal)
         self.decisions.submit(row)
+
+    def _limits(self, principal: Principal) -> list[Limit]:
+        out = []
+        if principal.key_id is not None and (principal.rpm_limit or principal.tpm_limit):
+            out.append(Limit("key", str(principal.key_id), principal.rpm_limit,
+                             principal.tpm_limit))
+        if principal.team is not None:
+            team = self.org.team_settings.get(principal.team)
+            if team.rpm_limit or team.tpm_limit:
+                out.append(Limit("team", principal.team, team.rpm_limit, team.tpm_limit))
+        return out
+
+    def _admit(self, principal: Principal) -> dict[str, str]:
+        """Count the request against the key's and the team's rate limits (429 when over);
+        the x-ratelimit-* headers of the tightest."""
+        if self.org is None:
+            return {}
+        try:
+            return self.org.limiter.admit(self._limits(principal))
+        except Refused as r:
+            raise GatewayError(429, f"{r} Retry after {r.headers.get('retry-after')} s.",
+                               param=r.param, code="rate_limit_exceeded",
+                               headers=r.headers) from None
+
+    def _org_finish(self, row: dict[str, Any], principal: Principal) -> None:
+        """Tokens against the token limits, and the request's span."""
+        tokens = (row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0)
+        try:
+            if tokens:
+                self.org.limiter.charge(self._limits(principal), tokens)
+        except Exception:
+            log.exception("charging rate limits failed for %s", row["id"])
+        if self.org.tracing is not None:
+            member = self.pool.get(row["served_member"]) if row["served_member"] else None
+            self.org.tracing.record(row, _system(member))
+
+    def _log_request(self, row: dict[str, Any], endpoint: str, body: dict,
+                     answer: str | None) -> None:
+        """The prompt and answer for the team's request log (only if it opted in)."""
+        if self.org is not None and row.get("team") is not None:
+            self.org.request_logs.submit(row, row.get("endpoint") or endpoint, body, answer)
 
     def _check_budgets(self, principal: Principal, rid: str) -> None:
         try:
@@ -340,6 +439,8 @@ class Proxy:
                                     "kind": hit.kind, "similarity": round(hit.similarity, 4),
                                     "entry": hit.entry_id, "member": hit.member,
                                     "age_s": round(hit.age_s, 1)}
+        self._log_request(row, "chat/completions", body, _completion_text(
+            "chat/completions", out))
         self._finish(row, principal)
         headers = {"x-request-id": rid, "x-greengate-member": "cache",
                    "x-greengate-cache": hit.kind}
@@ -673,6 +774,8 @@ class Proxy:
         elapsed = (time.perf_counter() - t0) * 1000
         row.update(served_member=m.name, upstream_model=resp.data.get("model") or
                    m.backend.upstream_model, status=200, latency_ms=elapsed, ttft_ms=elapsed)
+        if endpoint != "embeddings":
+            self._log_request(row, endpoint, body, _completion_text(endpoint, resp.data))
         self._finish(row, principal)
         return Response(content, media_type="application/json",
                         headers=self._served_headers(rid, m, row))
@@ -753,6 +856,7 @@ class Proxy:
             row["status"] = 200
             finished = True
             row["latency_ms"] = (time.perf_counter() - t0) * 1000
+            self._log_request(row, endpoint, body, _streamed_text(endpoint, seen)[0])
             self._finish(row, principal)
             logged = True
             yield b"data: [DONE]\n\n"

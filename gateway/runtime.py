@@ -20,6 +20,7 @@ from gateway.files import FileStore
 from gateway.finetune_service import FineTuningService
 from gateway.guard import Guard
 from gateway.keys import KeyRepo
+from gateway.org_services import OrgServices
 from gateway.policies import PolicyStore
 from gateway.pool import Pool
 from gateway.proxy import Proxy
@@ -60,6 +61,8 @@ class Runtime:
     budgets: BudgetService
     metrics: Metrics
     cache: SemanticCache | None
+    # files, responses, batches, rate limits, request logs, tracing (issue 19)
+    org: OrgServices | None = None
     replicas: Replicas | None = None  # shared state, with Redis
     finetune: FineTuningService | None = None  # /v1/fine_tuning/jobs
 
@@ -112,6 +115,7 @@ class Runtime:
                             routing=routing, pool=pool)
             routing.on_update = replicas.bandit_updated
             replicas.start()
+        org = await OrgServices.start(settings, pool_config, engine, proxy)
         # Fine-tuning jobs: adapters of earlier jobs served again, unfinished jobs resumed.
         finetune = FineTuningService(
             settings, engine, pool, FileStore(engine, settings.finetune_max_file_bytes),
@@ -121,7 +125,7 @@ class Runtime:
                  ", ".join(pool.members), settings.router,
                  f", shared state on redis (replica {replicas.replica_id})" if replicas else "")
         rt = cls(settings, engine, keys, auth, decisions, pool, proxy, routing, budgets,
-                 metrics, cache, replicas)
+                 metrics, cache, replicas=replicas, org=org)
         rt.finetune = finetune
         return rt
 
@@ -131,6 +135,7 @@ class Runtime:
         # The decision log bounds itself (log_drain_timeout_s, then the journal).
         for name, step, limit in (
                 ("routing", self.routing.stop, STOP_STEP_S),
+                ("batches, tracing", self._close_org, STOP_STEP_S),
                 ("decision log", self.decisions.stop, None),
                 ("cache", self._close_cache, STOP_STEP_S),
                 ("fine-tuning", self._stop_finetune, STOP_STEP_S),
@@ -146,6 +151,31 @@ class Runtime:
     async def _close_replicas(self) -> None:
         if self.replicas is not None:
             await self.replicas.stop()
+
+    async def _close_org(self) -> None:
+        if self.org is not None:
+            await self.org.stop()
+
+    # The stores of the OpenAI-protocol endpoints (/v1/files, /v1/responses, /v1/batches).
+    @property
+    def files(self) -> Any:
+        return self.org.files if self.org else None
+
+    @property
+    def responses(self) -> Any:
+        return self.org.responses if self.org else None
+
+    @property
+    def batches(self) -> Any:
+        return self.org.batches if self.org else None
+
+    @property
+    def request_logs(self) -> Any:
+        return self.org.request_logs if self.org else None
+
+    @property
+    def team_settings(self) -> Any:
+        return self.org.team_settings if self.org else None
 
     async def _stop_finetune(self) -> None:
         if self.finetune is not None:

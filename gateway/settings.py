@@ -124,4 +124,20 @@ class Settings(BaseSettings):
         "replaces the built-in tiny-random-llama (or joins the pool when there is none).")
 
     key_cache_ttl_s: float = 10.0
+    files_max_bytes: int = Field(
+        200 * 1024 * 1024, ge=1, description="Largest file /v1/files accepts (OpenAI's batch "
+        "input limit is 200 MB).")
+    responses_ttl_s: float = Field(
+        30 * 86400.0, gt=0, description="Stored responses (store: true) are kept this long.")
+    batch_tick_s: float = Field(5.0, gt=0, description="How often the batch runner looks for "
+                                "due batches.")
+    batch_concurrency: int = Field(4, ge=1, description="Requests of one batch in flight.")
+    ratelimit_prefix: str = Field("gg:rl:", description="Redis key prefix of rate counters.")
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces endpoint (http://collector:4318/v1/traces): a "
+        "span per request with the GenAI semantic conventions. Unset: no tracing.")
+    otlp_headers: dict[str, str] = Field(default_factory=dict,
+                                         description="Headers for the OTLP exporter.")
+    otlp_delay_ms: int = Field(1000, ge=1, description="Spans are exported in batches at "
+                               "most this often.")
     log_level: str = "info"

@@ -28,6 +28,9 @@ class Team(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    rpm_limit: Mapped[int | None] = mapped_column(Integer)  # the whole team's, per minute
+    tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    request_log_days: Mapped[float | None] = mapped_column(Float)  # opt-in; None: off
 
 
 class ApiKey(Base):
@@ -41,6 +44,13 @@ class ApiKey(Base):
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    key_metadata: Mapped[dict | None] = mapped_column(JSON)
+    rpm_limit: Mapped[int | None] = mapped_column(Integer)
+    tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    # After a rotation the old secret's hash stays valid until previous_valid_until.
+    previous_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    previous_valid_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Decision(Base):

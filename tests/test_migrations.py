@@ -14,7 +14,8 @@ from store.schema import Base
 
 TABLES = {"teams", "api_keys", "decisions", "policies", "feedback", "bandit_state",
           "budgets", "cache_entries", "fine_tuning_jobs", "fine_tuning_events",
-          "fine_tuning_checkpoints", "fine_tuned_adapters", "fine_tuning_usage"}
+          "fine_tuning_checkpoints", "fine_tuned_adapters", "fine_tuning_usage",
+          "files", "file_chunks", "responses", "batches", "batch_items", "request_logs"}
 
 
 def _tables(url: str) -> set[str]:
