@@ -34,6 +34,7 @@ from gateway import (
 from gateway.auth import Principal
 from gateway.errors import GatewayError, error_response
 from gateway.files import namespace
+from gateway.json_body import JsonBodyByDefault, not_json_message
 from gateway.runtime import Runtime
 from gateway.sessions import SessionStore
 from gateway.settings import Settings
@@ -84,6 +85,7 @@ def create_app(
         redoc_url=None,
     )
     docs_pages.install(app)
+    app.add_middleware(JsonBodyByDefault)  # curl -d without Content-Type: still JSON
 
     def rt(request: Request) -> Runtime:
         return request.app.state.rt
@@ -233,6 +235,9 @@ def create_app(
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
         errs = exc.errors()
         first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # the body is not JSON at all
+            return error_response(GatewayError(400, not_json_message(first["msg"]),
+                                               code="invalid_json"))
         param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
         return error_response(GatewayError(422, f"{param or 'request'}: {first['msg']}",
                                            param=param, code="invalid_field"))

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from gateway.errors import GatewayError
 from store.finetune_schema import FineTuningUsage
-from store.schema import Budget, Decision
+from store.schema import ApiKey, Budget, Decision, Team
 from telemetry.budgets import BudgetRule, Budgets, MemoryCounters, period_bounds
 
 
@@ -79,6 +79,7 @@ class BudgetService:
 
     def create(self, scope: str, subject: str, metric: str, period: str, limit: float) -> dict:
         with Session(self.engine) as s, s.begin():
+            _check_subject(s, scope, subject)
             b = Budget(scope=scope, subject=subject, metric=metric, period=period, limit=limit,
                        created_at=datetime.now(UTC))
             s.add(b)
@@ -102,3 +103,18 @@ class BudgetService:
         if self._on_change is not None:
             self._on_change()
         return bool(n)
+
+
+def _check_subject(s: Session, scope: str, subject: str) -> None:
+    """A budget names a team or key that exists: one for a typo would never be spent and
+    never say so."""
+    if scope == "team":
+        if s.scalar(select(Team.id).where(Team.name == subject)) is None:
+            raise GatewayError(400, f"There is no team {subject!r}, so this budget would never "
+                               "apply. Create the team first (POST /admin/teams, `greengate "
+                               "teams create`, or a key for it).", param="subject",
+                               code="team_not_found")
+    elif subject.isdigit() and (int(subject) >= 2**63 or s.get(ApiKey, int(subject)) is None):
+        raise GatewayError(400, f"There is no key with id {subject}, so this budget would never "
+                           "apply (GET /admin/keys lists the ids).", param="subject",
+                           code="key_not_found")

@@ -10,6 +10,8 @@ _TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    # A conflict (feedback given twice, a budget or team that exists) is the client's to fix.
+    409: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",

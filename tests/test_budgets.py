@@ -145,3 +145,21 @@ def test_prometheus_metrics(gw: Gateway, fake) -> None:
         in text
     assert 'greengate_queue_depth{queue="decision_log"}' in text
     assert "greengate_request_latency_seconds_bucket" in text
+
+
+def test_a_budget_for_a_team_or_key_that_does_not_exist_is_refused(gw: Gateway) -> None:
+    # A typo must not create a budget that is never spent and never says so.
+    r = gw.post("/admin/budgets", {"scope": "team", "subject": "reserch", "metric": "usd",
+                                   "period": "day", "limit": 5})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "team_not_found" and err["param"] == "subject"
+    assert "reserch" in err["message"] and "/admin/teams" in err["message"]
+    r = gw.post("/admin/budgets", {"scope": "key", "subject": "999999", "metric": "usd",
+                                   "period": "day", "limit": 5})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "key_not_found"
+    assert httpx.get(gw.url + "/admin/budgets", headers=gw.headers(), timeout=10).json() == []
+    gw.create_key("research")
+    r = gw.post("/admin/budgets", {"scope": "team", "subject": "research", "metric": "usd",
+                                   "period": "day", "limit": 5})
+    assert r.status_code == 201, r.text

@@ -296,10 +296,10 @@ def test_cancel_frees_the_job(make_gateway: GatewayFactory, checkpoint: Path,
 def test_training_is_charged_to_the_team_budget(
         make_gateway: GatewayFactory, checkpoint: Path, fake_url: str) -> None:
     gw = gateway(make_gateway, checkpoint, fake_url)
+    c = client(gw, gw.create_key("team-a"))  # the team exists before its budget
     r = gw.post("/admin/budgets", {"scope": "team", "subject": "team-a", "metric": "wh",
                                    "period": "day", "limit": 1e-7})
     assert r.status_code == 201, r.text
-    c = client(gw, gw.create_key("team-a"))
     train = upload(c, jsonl(PAIRS * 6))
     job = create_job(c, train, **LONG)
     # The first charges exhaust the tiny budget: training stops and says why.

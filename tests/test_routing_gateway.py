@@ -122,7 +122,10 @@ def test_feedback_errors(gw: Gateway, fake: Any) -> None:
     ok = feedback(gw, rid, thumbs="up")
     assert ok.status_code == 200 and ok.json()["score"] == 1.0
     assert not ok.json()["applied_to_bandit"]  # a named-model request carries no context
-    assert feedback(gw, rid, thumbs="down").status_code == 409
+    again = feedback(gw, rid, thumbs="down")
+    assert again.status_code == 409
+    assert again.json()["error"]["type"] == "invalid_request_error"  # the client's to fix
+    assert again.json()["error"]["code"] == "feedback_exists"
     assert httpx.post(gw.v1 + "/feedback", json={"request_id": rid}, timeout=10
                       ).status_code == 401
     fake.fail_statuses = [400]
