@@ -301,7 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     names = None
     if args.names == "shipped":
+        import torch
+
         from routing.safety.person_names import PersonTagger
+
+        torch.set_num_threads(1)  # latency on one core, like bench/safety_eval.py
 
         names = PersonTagger.load()
 
