@@ -26,6 +26,7 @@ from gateway import sessions
 from gateway.auth import Principal
 from gateway.errors import GatewayError
 from gateway.explain import explain
+from gateway.files import namespace
 from gateway.reports_api import parse_time
 from gateway.runtime import Runtime
 from routing.policy import Policy
@@ -238,10 +239,12 @@ def revoke_key(ident: str, rt: Rt) -> dict:
 
 
 @router.get("/pool", openapi_extra=TEAM_READABLE)
-def pool_status(rt: Rt) -> list[dict]:
+def pool_status(rt: Rt, p: Caller) -> list[dict]:
     out = []
     replicas = rt.pool.replica_members()
     for m in rt.pool.members.values():
+        if not p.is_admin and not m.visible_to(namespace(p.team)):
+            continue  # another team's fine-tuned adapter
         out.append({
             "name": m.name, "kind": m.cfg.kind, "model": m.cfg.model, "mode": m.cfg.mode,
             "state": m.breaker.state(),
@@ -287,6 +290,8 @@ async def pool_stats(rt: Rt, p: Caller) -> dict:
     team = None if p.is_admin else p.team
     members: dict[str, dict[str, Any]] = {}
     for m in rt.pool.members.values():
+        if not p.is_admin and not m.visible_to(namespace(p.team)):
+            continue
         members[m.name] = {"name": m.name, "in_pool": True, "state": m.breaker.state(),
                            "cooldown_remaining_s": round(m.breaker.cooling_down_for(), 1),
                            "latency_ewma_ms": m.latency_ewma_ms, "windows": {}}
