@@ -332,6 +332,11 @@ def test_jobs_pages(make_gateway: GatewayFactory, checkpoint: Path, fake_url: st
     other = sign_in(gw, gw.create_key("team-b"))
     assert job.id not in other.get("/ui/fine-tuning").text
     assert other.get(f"/ui/fine-tuning/{job.id}").status_code == 404
+    own = sign_in(gw, key)
+    for session, sees in ((own, True), (other, False)):
+        names = [m["name"] for m in session.get("/admin/pool").json()]
+        assert "local" in names and (done.fine_tuned_model in names) is sees
+        assert (done.fine_tuned_model in session.get("/ui").text) is sees
 
 
 @pytest.fixture(scope="module")
