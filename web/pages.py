@@ -88,9 +88,12 @@ async def decisions(request: Request, v: Visitor, api: AdminClient) -> Response:
                                        ("/admin/teams", {}), ("/admin/pool", {}))
     # Rows the database refused (admin only: they can belong to any team).
     quarantine = None if v.read_only else await api.get("/admin/decisions/quarantine")
+    # Text in the stored prompts and answers (teams that keep request logs).
+    text = (q.get("text") or "").strip()[:200] or None
+    logs = await api.get("/admin/request-logs", q=text, team=filters["team"]) if text else None
     return html(request, "decisions.html", {
         "nav": "decisions", "rows": rows, "filters": filters, "limit": limit,
-        "quarantine": quarantine,
+        "quarantine": quarantine, "text": text, "logs": logs,
         "teams": [t["name"] for t in teams], "members": [m["name"] for m in pool] + ["cache"],
         "statuses": [200, 400, 401, 403, 404, 413, 422, 429, 500, 502, 503, 504]}, visitor=v)
 
