@@ -35,6 +35,7 @@ from gateway.auth import Principal
 from gateway.errors import GatewayError, error_response
 from gateway.files import namespace
 from gateway.json_body import JsonBodyByDefault, not_json_message
+from gateway.metrics_access import MetricsListener, check_route
 from gateway.runtime import Runtime
 from gateway.sessions import SessionStore
 from gateway.settings import Settings
@@ -66,6 +67,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.rt = await Runtime.start(settings, pool_config, admin_key, extractor)
+        try:
+            listener = MetricsListener.start(settings, app.state.rt.metrics.registry)
+        except Exception:
+            await app.state.rt.stop()
+            raise
         # Everything loaded at start (models, tables) out of the collector's reach: a full
         # collection then walks only what requests allocate, not a pause in the tail.
         gc.collect()
@@ -73,6 +79,8 @@ def create_app(
         try:
             yield
         finally:
+            if listener is not None:
+                listener.stop()
             await app.state.rt.stop()
             gc.unfreeze()  # what this app held can be collected again once it is gone
 
@@ -178,8 +186,13 @@ def create_app(
     @app.get("/metrics", tags=["health"], include_in_schema=True)
     async def metrics(request: Request) -> Response:
         """Prometheus exposition: requests, latency, tokens, cost, energy by source, carbon,
-        routing choices, budget refusals, queue depths."""
-        return Response(rt(request).metrics.render(),
+        routing choices, budget refusals, queue depths. Who may read it:
+        GREENGATE_METRICS_ACCESS (open, admin, or port: a listener of its own)."""
+        r = rt(request)
+        principal = (await r.auth.authenticate(request)
+                     if settings.metrics_access == "admin" else None)
+        check_route(settings, principal)
+        return Response(r.metrics.render(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/health/live", tags=["health"])

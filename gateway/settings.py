@@ -15,6 +15,17 @@ class Settings(BaseSettings):
     config: Path = Field(Path("greengate.yaml"), description="YAML file that declares the pool.")
     host: str = "127.0.0.1"
     port: int = 8000
+    metrics_access: Literal["open", "admin", "port"] = Field(
+        "open", description="Who may read the Prometheus metrics: open (GET /metrics on the API "
+        "port, anyone who reaches it), admin (the admin key as a bearer) or port (not on the API "
+        "port: a listener of its own on metrics_host:metrics_port).")
+    metrics_host: str = Field("127.0.0.1", description="Address of the metrics_access=port "
+                              "listener.")
+    metrics_port: int = Field(9464, ge=1, le=65535, description="Port of the "
+                              "metrics_access=port listener.")
+    mock_upstream_port: int = Field(
+        9000, ge=1, le=65535, description="Port of `greengate mock-upstream` (what `make run` "
+        "starts); greengate.yaml's demo members point at ${GREENGATE_MOCK_UPSTREAM_PORT:-9000}.")
     database_url: str = Field(
         "sqlite:///greengate.db", description="SQLAlchemy URL of the decision log and state."
     )
