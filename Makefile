@@ -24,9 +24,10 @@ $(STAMP): pyproject.toml constraints.txt
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-# Starts the mock echo upstream the example pool points at, then the gateway.
+# Starts the mock echo upstream the example pool points at (GREENGATE_MOCK_UPSTREAM_PORT,
+# default 9000: the pool file follows it), then the gateway.
 run: setup
-	@$(BIN)/greengate mock-upstream --port 9000 & MOCK=$$!; \
+	@$(BIN)/greengate mock-upstream & MOCK=$$!; \
 	trap "kill $$MOCK 2>/dev/null" EXIT INT TERM; \
 	$(BIN)/greengate serve --config greengate.yaml
 

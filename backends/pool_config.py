@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -235,11 +238,32 @@ def _where(loc: tuple, data: object) -> str:
     return out or "(top level)"
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, path: Path, env: Mapping[str, str] | None = None) -> str:
+    """`${NAME}` and `${NAME:-default}` in the pool file from the environment (so the demo
+    members follow GREENGATE_MOCK_UPSTREAM_PORT); a `${NAME}` that is unset and has no
+    default is an error naming it, never an empty string."""
+    env = os.environ if env is None else env
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: ${{{name}}} is not set (give a default: ${{{name}:-...}})")
+
+    return _ENV_REF.sub(sub, text)
+
+
 def load_pool(path: Path) -> PoolConfig:
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read pool file: {e.strerror or e}") from None
+    text = expand_env(text, path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -228,7 +228,10 @@ def cmd_mock_upstream(args: argparse.Namespace) -> int:
     import uvicorn
 
     from backends.mock_upstream import MockBehaviour, create_app
+    from gateway.settings import Settings
 
+    if args.port is None:
+        args.port = Settings().mock_upstream_port
     print(f"greengate: mock OpenAI upstream (echoes prompts, not a model) on "
           f"http://{args.host}:{args.port}/v1", file=sys.stderr)
     behaviour = MockBehaviour(latency_s=args.latency_ms / 1000,
@@ -305,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     mu = sub.add_parser("mock-upstream", help="run an echoing OpenAI-protocol server (demo)")
     mu.add_argument("--host", default="127.0.0.1")
-    mu.add_argument("--port", type=int, default=9000)
+    mu.add_argument("--port", type=int, default=None,
+                    help="default: GREENGATE_MOCK_UPSTREAM_PORT (9000), where greengate.yaml's "
+                    "demo members point")
     mu.add_argument("--latency-ms", type=float, default=0.0,
                     help="wait this long before answering, like a real model would")
     mu.add_argument("--jitter-ms", type=float, default=0.0,
