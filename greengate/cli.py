@@ -9,6 +9,10 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 # Before anything can import litellm: without it litellm fetches prices from the internet.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -164,7 +168,28 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(f"greengate: {e}", file=sys.stderr)
             return 1
         print(f"revoked key {info.id} ({info.prefix}…) of team {info.team}")
+        print(revocation_reach(_settings(args), info.id), file=sys.stderr)
     return 0
+
+
+def revocation_reach(settings: Settings, key_id: int) -> str:
+    """When a running gateway stops accepting a key the CLI revoked in the database: at once
+    where the gateways share Redis (the CLI tells them on their event bus, as /admin does),
+    else when the key cache's entry expires."""
+    if settings.redis_url:
+        from gateway.shared_state import EventBus, RedisLink
+
+        link = RedisLink(settings.redis_url)
+        try:
+            sent = EventBus(link, settings.redis_prefix).publish("keys", {"key_id": key_id})
+        finally:
+            link.client.close()
+        if sent:
+            return ("Gateways sharing Redis (GREENGATE_REDIS_URL) were told: they refuse it "
+                    "from their next request.")
+    return (f"A running gateway refuses it within {settings.key_cache_ttl_s:g} s, when its key "
+            "cache forgets it (GREENGATE_KEY_CACHE_TTL_S); DELETE /admin/keys/{id} on the "
+            "gateway takes effect there at once.")
 
 
 def cmd_teams(args: argparse.Namespace) -> int:
