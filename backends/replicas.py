@@ -479,6 +479,9 @@ class ReplicaMember(Member):
                     if resp.status != 200:
                         raise aiohttp.ClientError(f"health {resp.status}")
             async with self._session.get(r.root + "/metrics") as resp:
+                if resp.status >= 500:
+                    raise aiohttp.ClientError(f"metrics {resp.status}")
+                # An engine without /metrics (404) is placed by what we have in flight there.
                 text = await resp.text() if resp.status == 200 else ""
             r.load = ReplicaLoad.from_metrics(parse_metrics(text), time.monotonic())
             r.scrape_failures = 0

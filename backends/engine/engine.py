@@ -998,6 +998,11 @@ class Engine:
                              for j, job in self._jobs.items()],
             }
 
+    @property
+    def alive(self) -> bool:
+        """The step loop runs and takes requests (an engine server's /health reads this)."""
+        return self._thread.is_alive() and self._dead is None and not self._stopping
+
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop the step loop (after the step in flight) and fail every unfinished request
         with `EngineClosed`. Idempotent."""

@@ -393,8 +393,9 @@ class EngineServer:
 
     def health(self) -> tuple[int, dict[str, Any]]:
         s = self.engine.stats()
-        return 200, {
-            "status": "ok", "server": SERVER_NAME,
+        alive = self.engine.alive
+        return (200 if alive else 503), {
+            "status": "ok" if alive else "engine stopped", "server": SERVER_NAME,
             "model": self.member.upstream_model, "device": s["device"],
             "energy_source": s["energy_source"] if self.meter.measures else "estimated"}
 
@@ -522,6 +523,9 @@ def create_app(server: EngineServer) -> Starlette:
         return JSONResponse(body, status_code=status)
 
     async def metrics(_: Request) -> Response:
+        if not server.engine.alive:  # a scraper then ejects this replica
+            return _error(503, "the engine's step loop has stopped", "server_error",
+                          code="engine_stopped")
         return Response(server.metrics_text(), media_type="text/plain; version=0.0.4")
 
     async def not_found(request: Request, exc: Exception) -> Response:
