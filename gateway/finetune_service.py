@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,38 @@ log = logging.getLogger("greengate.finetune")
 # weights, weight gradients for LoRA only): about three forward passes' worth of compute.
 TRAIN_COST_FACTOR = 3.0
 FINE_TUNED_TAG = "fine-tuned"
+# How often a gateway looks for adapters other processes (workers, replicas) finished.
+ADAPTER_POLL_S = 5.0
+
+
+class JobLock:
+    """One process trains a job: an exclusive flock on its checkpoint folder, held while the
+    job runs here. Gateway workers on one machine share the state folder, so at a restart
+    only the first to take the lock resumes the job (the others leave it alone)."""
+
+    def __init__(self, folder: Path) -> None:
+        self._path = folder / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: one process per machine is assumed
+            return True
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
 
 
 def not_found(job_id: str) -> GatewayError:
@@ -65,6 +98,7 @@ class _Run:
     key_id: int | None
     base: str
     handle: Any | None = None
+    lock: JobLock | None = None
     tokens_seen: int = 0  # the engine's cumulative counters at the last charge
     joules_seen: float = 0.0
     started: bool = False
@@ -122,6 +156,7 @@ class FineTuningService:
         self._runs: dict[str, _Run] = {}
         self._queue: asyncio.Queue | None = None
         self._consumer: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
         self._bridge: _Bridge | None = None
         self._stopping = False
 
@@ -130,18 +165,36 @@ class FineTuningService:
         self._queue = asyncio.Queue()
         self._bridge = _Bridge(asyncio.get_running_loop(), self._queue)
         self._consumer = asyncio.create_task(self._consume(), name="finetune-reports")
+        await self._serve_new_adapters()
+        for job in await asyncio.to_thread(self.store.unfinished):
+            await self._resume(job)
+        self._watcher = asyncio.create_task(self._watch(), name="finetune-adapters")
+
+    async def _serve_new_adapters(self) -> None:
         for a in await asyncio.to_thread(self.store.adapters):
+            if self.pool.get(a.name) is not None:
+                continue
             try:
                 await self._serve_adapter(a)
             except Exception:  # one broken adapter folder must not stop the gateway
                 log.exception("adapter %s could not be served", a.name)
-        for job in await asyncio.to_thread(self.store.unfinished):
-            await self._resume(job)
+
+    async def _watch(self) -> None:
+        """Adapters that jobs in other processes finished join this pool too."""
+        while True:
+            await asyncio.sleep(ADAPTER_POLL_S)
+            try:
+                await self._serve_new_adapters()
+            except Exception:  # the database away: the next tick tries again
+                log.exception("looking for new fine-tuned adapters failed")
 
     async def stop(self) -> None:
         """Before the engine stops: what it reports while shutting down must not mark its
         jobs failed or cancelled; they stay queued/running and resume at the next start."""
         self._stopping = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
 
     async def close(self) -> None:
         """After the engine stopped (its step thread joined, so every report is queued):
@@ -155,6 +208,9 @@ class FineTuningService:
         if self._consumer is not None:
             self._consumer.cancel()
             await asyncio.gather(self._consumer, return_exceptions=True)
+        for run in self._runs.values():
+            if run.lock is not None:
+                run.lock.release()
 
     # ---- the API -----------------------------------------------------------------------
     def _base(self, principal: Principal, name: str) -> EngineMember:
@@ -257,7 +313,7 @@ class FineTuningService:
 
     async def _submit(self, job: FineTuningJob, base: EngineMember,
                       train: finetune_data.Dataset, valid: finetune_data.Dataset | None,
-                      resumed: bool) -> None:
+                      resumed: bool, lock: JobLock | None = None) -> None:
         assert self._bridge is not None, "FineTuningService.start() was not called"
         lora = job.lora
         req = finetune_params.JobRequest(
@@ -276,14 +332,17 @@ class FineTuningService:
             # The engine's counters restart from the checkpoint it resumes from.
             run.tokens_seen = int(cp.metrics.get("tokens_trained") or 0)
             run.joules_seen = float(cp.metrics.get("joules") or 0.0)
+        run.lock = lock or JobLock(Path(job.checkpoint_dir))
+        if lock is None and not await asyncio.to_thread(run.lock.acquire):
+            raise RuntimeError(f"job {job.id} is locked by another process")  # a fresh id
         self._runs[job.id] = run
-        Path(job.checkpoint_dir).mkdir(parents=True, exist_ok=True)
         from backends.engine.engine import EngineClosed
 
         try:
             run.handle = await asyncio.to_thread(base.engine.start_training, spec, self._bridge)
         except (ValueError, EngineClosed) as e:
             self._runs.pop(job.id, None)
+            run.lock.release()
             await asyncio.to_thread(self._fail, job.id, f"the engine refused the job: {e}",
                                     "engine_refused")
 
@@ -293,8 +352,13 @@ class FineTuningService:
         self.store.add_event(job_id, "error", f"Job failed: {message}")
 
     async def _resume(self, job: FineTuningJob) -> None:
+        lock = JobLock(Path(job.checkpoint_dir))
+        if not await asyncio.to_thread(lock.acquire):
+            log.info("job %s runs in another gateway process; not resubmitted here", job.id)
+            return
         m = self.pool.get(job.model)
         if m is None or not m.is_engine:
+            lock.release()
             await asyncio.to_thread(self._fail, job.id, f"the base member '{job.model}' is no "
                                     "longer in the pool", "base_model_gone")
             return
@@ -305,6 +369,7 @@ class FineTuningService:
             valid = None if job.validation_file is None else await asyncio.to_thread(
                 self._dataset, job.team, job.validation_file, "validation_file", base)
         except GatewayError as e:
+            lock.release()
             await asyncio.to_thread(self._fail, job.id, f"cannot resume: {e.message}",
                                     "resume_failed")
             return
@@ -317,7 +382,7 @@ class FineTuningService:
                                 "Gateway restarted: the job was resubmitted to the engine, which "
                                 f"resumes from its newest checkpoint ({where})", "message",
                                 {"resumed": True, "step": cp.step_number if cp else 0})
-        await self._submit(job, base, train, valid, resumed=True)
+        await self._submit(job, base, train, valid, resumed=True, lock=lock)
 
     async def get(self, principal: Principal, job_id: str) -> dict[str, Any]:
         try:
@@ -486,7 +551,12 @@ class FineTuningService:
                        "budget_exceeded")
 
     def _metrics(self, run: _Run, p: TrainingProgress) -> None:
-        self.store.update(run.job_id, only_if_active=True, **self._progress_columns(run, p))
+        active = self.store.update(run.job_id, only_if_active=True,
+                                   **self._progress_columns(run, p))
+        if not active and not run.cancel_requested and run.handle is not None:
+            # Cancelled (or failed) through another gateway process: stop training here.
+            run.cancel_requested = True
+            run.handle.cancel()
         self._charge(run, p)
         data = {"step": p.step, "total_steps": p.total_steps, "epoch": p.epoch,
                 "train_loss": p.train_loss, "valid_loss": p.valid_loss,
@@ -516,6 +586,8 @@ class FineTuningService:
         if self._stopping and status is not JobStatus.SUCCEEDED:
             return  # the engine is shutting down: the job resumes at the next start
         self._runs.pop(run.job_id, None)
+        if run.lock is not None:
+            run.lock.release()
         if status is JobStatus.SUCCEEDED and adapter_path is not None:
             await asyncio.to_thread(self._succeeded, run, adapter_path, p)
             job = await asyncio.to_thread(self.store.get, None, run.job_id)

@@ -272,16 +272,25 @@ def test_restart_mid_job_resumes_from_the_newest_checkpoint(
         assert ask(c2, done.fine_tuned_model, q) == a
 
 
+def engine_of(gw: Gateway) -> Any:
+    return gw.server.server.config.app.state.rt.pool.members["local"].backend.engine
+
+
+def training_jobs(engine: Any) -> list[str]:
+    return [t["job_id"] for t in engine.stats()["training"]]
+
+
 def test_cancel_frees_the_job(make_gateway: GatewayFactory, checkpoint: Path,
                               fake_url: str) -> None:
     gw = gateway(make_gateway, checkpoint, fake_url)
     c = client(gw, gw.create_key("team-a"))
     job = create_job(c, upload(c, jsonl(PAIRS * 6)), **LONG)
+    engine = engine_of(gw)
+    assert job.id in training_jobs(engine)
     out = c.fine_tuning.jobs.cancel(job.id)
     assert out.status == "cancelled" and out.finished_at
-    engine = gw.server.server.config.app.state.rt.pool.members["local"].backend.engine
     deadline = time.monotonic() + 10
-    while engine.stats().get("training"):
+    while training_jobs(engine):
         assert time.monotonic() < deadline, engine.stats()["training"]
         time.sleep(0.05)
     time.sleep(0.2)  # a late engine report must not undo the cancel
@@ -367,3 +376,35 @@ def test_auto_routing_gets_a_warm_start_prior_from_the_validation_loss(
     # A lower validation loss than the base's moves the prior mean up, with a wider sigma.
     assert tuned["prior_mean"] > base["prior_mean"]
     assert tuned["prior_sigma"] > base["prior_sigma"]
+
+
+def test_two_gateway_processes_share_jobs_and_adapters(
+        make_gateway: GatewayFactory, checkpoint: Path, fake_url: str, tmp_path: Path) -> None:
+    """Workers of one `serve` share the database and the state folder: a job trains in one
+    process only (the other does not resubmit it at its start), a cancel through either
+    stops it, and an adapter one finished is served by the other within a poll."""
+    shared = {"database_url": f"sqlite:///{tmp_path}/shared.db",
+              "state_dir": tmp_path / "state"}
+    gw1 = gateway(make_gateway, checkpoint, fake_url, **shared)
+    key = gw1.create_key("team-a")
+    c1 = client(gw1, key)
+    train = upload(c1, jsonl(PAIRS * 6))
+    long_job = create_job(c1, train, **LONG)
+    gw2 = gateway(make_gateway, checkpoint, fake_url, **shared)
+    c2 = client(gw2, key)
+    assert long_job.id in training_jobs(engine_of(gw1))
+    assert training_jobs(engine_of(gw2)) == []  # locked by the first process
+    assert c2.fine_tuning.jobs.cancel(long_job.id).status == "cancelled"
+    deadline = time.monotonic() + 20
+    while long_job.id in training_jobs(engine_of(gw1)):  # stopped at its next report
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    short = create_job(c1, upload(c1, jsonl(PAIRS)))
+    done = wait_status(c2, short.id, {"succeeded", "failed"})
+    assert done.status == "succeeded", done.error
+    deadline = time.monotonic() + 20
+    while done.fine_tuned_model not in [m.id for m in c2.models.list().data]:
+        assert time.monotonic() < deadline, "the other process never served the adapter"
+        time.sleep(0.2)
+    for q, a in PAIRS:
+        assert ask(c2, done.fine_tuned_model, q) == a
