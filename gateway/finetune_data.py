@@ -2,7 +2,7 @@
 job exists, so a bad file is a 400 that names the line and the field, never a failed job.
 
 One line is one conversation: {"messages": [{"role": "system"|"user"|"assistant",
-"content": "...", "weight": 0|1?}, ...]} with at least one assistant reply to learn from.
+"content": "...", "weight": 1?}, ...]} with at least one assistant reply to learn from.
 The bundled engine has no tool-call format, so tool turns are refused rather than trained as
 plain text."""
 
@@ -81,15 +81,20 @@ def conversation(value: Any, param: str, line: int) -> list[dict[str, Any]]:
             if m.get(key):
                 raise DataProblem(param, "tool calls are not supported by the bundled "
                                   "engine's fine-tuning", line, f"{where}.{key}")
-        flat: dict[str, Any] = {"role": role,
+        flat = {"role": role,
                                 "content": _content(m.get("content"), param, line, where)}
         if "weight" in m:
             if role != "assistant" or m["weight"] not in (0, 1) or isinstance(m["weight"], bool):
                 raise DataProblem(param, "weight must be 0 or 1, on assistant messages only",
                                   line, f"{where}.weight")
-            flat["weight"] = int(m["weight"])
+            if m["weight"] == 0:
+                # The engine's chat tokenization trains on every assistant turn; training on
+                # a turn the caller excluded would be wrong, so it is refused instead.
+                raise DataProblem(param, "weight 0 (skip this turn) is not supported by the "
+                                  "bundled engine yet; drop the weight or the turn", line,
+                                  f"{where}.weight")
         out.append(flat)
-    if not any(m["role"] == "assistant" and m.get("weight", 1) for m in out):
+    if not any(m["role"] == "assistant" for m in out):
         raise DataProblem(param, "the conversation has no assistant message to learn from",
                           line, "messages")
     return out
