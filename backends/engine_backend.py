@@ -31,7 +31,7 @@ from backends.pool_config import (
     EngineOptions,
     MemberConfig,
 )
-from telemetry.meters import EnergyMeter
+from telemetry import EnergyMeter
 
 log = logging.getLogger("greengate.engine")
 

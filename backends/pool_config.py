@@ -11,7 +11,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from telemetry.carbon_feed import CarbonFeedConfig
+from telemetry import CarbonFeedConfig
 
 
 class ConfigError(Exception):

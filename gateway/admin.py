@@ -29,10 +29,9 @@ from gateway.explain import explain
 from gateway.files import namespace
 from gateway.reports_api import parse_time
 from gateway.runtime import Runtime
-from routing.policy import Policy
-from routing.reward import RewardBounds
-from store.schema import Decision
-from telemetry.reports import ReportQuery, usage_report
+from routing import Policy, RewardBounds
+from store import Decision
+from telemetry import ReportQuery, usage_report
 
 
 def runtime(request: Request) -> Runtime:

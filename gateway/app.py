@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from backends.pool_config import PoolConfig
+from backends import PoolConfig
 from gateway import (
     admin,
     batches_api,
@@ -41,8 +41,7 @@ from gateway.sessions import SessionStore
 from gateway.settings import Settings
 from gateway.shared_sessions import RedisSessionStore
 from gateway.shared_state import RedisLink
-from store import database
-from store.decision_log import is_connection_error
+from store import database, is_connection_error
 
 log = logging.getLogger("greengate")
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 
 from gateway.errors import GatewayError
 from gateway.keys import KeyInfo, KeyRepo, hash_key
-from store.decision_log import is_connection_error
+from store import is_connection_error
 
 log = logging.getLogger("greengate.auth")
 MISSES_KEPT = 100_000  # unknown hashes remembered, against random-key floods

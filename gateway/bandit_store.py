@@ -8,7 +8,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from bandits import Bandit, load_bandit
-from store.schema import BanditState
+from store import BanditState
 
 
 class BanditStore:

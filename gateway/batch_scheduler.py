@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from telemetry.carbon_feed import CarbonFeed
+from telemetry import CarbonFeed
 
 STEP_S = 900.0  # candidate starts every 15 minutes
 LOAD_WEIGHT = 0.5  # a fully loaded slot counts as 1.5x its carbon intensity

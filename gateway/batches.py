@@ -32,9 +32,8 @@ from gateway import batch_scheduler
 from gateway.auth import Principal
 from gateway.errors import GatewayError
 from gateway.files import FileNotFound, FileStore
-from store.api_schema import BatchItem, BatchRow
-from telemetry.carbon import J_PER_KWH
-from telemetry.carbon_feed import CarbonFeed
+from store import BatchItem, BatchRow
+from telemetry import J_PER_KWH, CarbonFeed
 
 log = logging.getLogger("greengate.batches")
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")

@@ -10,9 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.errors import GatewayError
-from store.finetune_schema import FineTuningUsage
-from store.schema import ApiKey, Budget, Decision, Team
-from telemetry.budgets import BudgetRule, Budgets, MemoryCounters, period_bounds
+from store import ApiKey, Budget, Decision, FineTuningUsage, Team
+from telemetry import BudgetRule, Budgets, MemoryCounters, period_bounds
 
 
 def _rule(b: Budget) -> BudgetRule:

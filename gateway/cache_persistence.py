@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from routing.cache import QUERY_FIELD, Entry, SemanticCache
-from store.schema import CacheEntry
+from store import CacheEntry
 
 log = logging.getLogger("greengate.cache")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from routing.policy import CachePolicy
+from routing import CachePolicy
 
 # A hit costs a little CPU on this machine, not a model: charged at a core's share of a
 # server's power, an estimate and labelled so.

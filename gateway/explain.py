@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from routing.reward import RewardBounds
+from routing import RewardBounds
 
 TERMS = ("quality", "energy", "cost")
 ADVANTAGE = {"quality": "higher estimated quality",

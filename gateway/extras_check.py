@@ -7,7 +7,7 @@ traceback from the first request that reaches it."""
 
 from __future__ import annotations
 
-from backends.pool_config import PoolConfig
+from backends import PoolConfig
 from extras import require
 from gateway.settings import Settings
 

@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
-from store.api_schema import FileChunk, StoredFile
+from store import FileChunk, StoredFile
 
 ADMIN_NAMESPACE = "_admin"  # the admin key's own files (it has no team)
 CHUNK_BYTES = 1 << 20

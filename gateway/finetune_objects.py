@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.finetune_store import utc
-from store.finetune_schema import FineTuningCheckpoint, FineTuningEvent, FineTuningJob
+from store import FineTuningCheckpoint, FineTuningEvent, FineTuningJob
 
 
 def _ts(t: datetime | None) -> int | None:

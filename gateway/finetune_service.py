@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine as SqlEngine
 
+from backends import CircuitBreaker
 from backends.engine.finetune.job import JobStatus, TrainingJobSpec, TrainingProgress
-from backends.health import CircuitBreaker
 from gateway import finetune_data, finetune_params
 from gateway.auth import Principal
 from gateway.errors import GatewayError
@@ -37,12 +37,11 @@ from gateway.finetune_objects import page as list_page
 from gateway.finetune_store import TERMINAL, FineTuningStore, JobNotFound, now
 from gateway.pool import Pool, PoolMember
 from gateway.settings import Settings
-from store.finetune_schema import FineTunedAdapter, FineTuningCheckpoint, FineTuningJob
-from telemetry.budgets import Budgets
-from telemetry.energy import estimate_from_params
+from store import FineTunedAdapter, FineTuningCheckpoint, FineTuningJob
+from telemetry import Budgets, estimate_from_params
 
 if TYPE_CHECKING:  # the engine (torch) is imported only where a pool has an engine member
-    from backends.engine_backend import EngineMember
+    from backends import EngineMember
 
 log = logging.getLogger("greengate.finetune")
 
@@ -631,7 +630,7 @@ class FineTuningService:
         if not (Path(a.path) / "adapter_config.json").is_file():
             log.warning("adapter %s: %s holds no adapter; not served", a.name, a.path)
             return
-        from backends.engine_backend import AdapterMember
+        from backends import AdapterMember
 
         engine_member: EngineMember = base.backend  # type: ignore[assignment]
         await asyncio.to_thread(engine_member.engine.load_adapter, a.name, Path(a.path))

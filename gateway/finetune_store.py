@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
-from store.finetune_schema import (
+from store import (
     FineTunedAdapter,
     FineTuningCheckpoint,
     FineTuningEvent,

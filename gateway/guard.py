@@ -14,8 +14,7 @@ import numpy as np
 
 from gateway.errors import GatewayError
 from gateway.routing_service import Analysis
-from routing.features import content_text
-from routing.policy import Policy
+from routing import Policy, content_text
 from routing.safety import pii
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ class Guard:
             with self._names_lock:
                 if self._names == "shipped":
                     try:
-                        from routing.safety.person_names import PersonTagger
+                        from routing.safety import PersonTagger
 
                         self._names = PersonTagger.load()
                     except (ImportError, OSError) as e:  # broken install: structured only

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from store.schema import ApiKey, Team
+from store import ApiKey, Team
 
 KEY_PREFIX = "gg-"
 

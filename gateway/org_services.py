@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine
 
-from backends.pool_config import PoolConfig
+from backends import PoolConfig
 from gateway.auth import Principal
 from gateway.batches import BatchService, ItemResult
 from gateway.files import FileStore
@@ -26,7 +26,7 @@ from gateway.response_store import ResponseStore
 from gateway.settings import Settings
 from gateway.team_settings import TeamSettingsCache
 from gateway.tracing import Tracing
-from telemetry.carbon_feed import make_feed
+from telemetry import make_feed
 
 log = logging.getLogger("greengate.org")
 PURGE_EVERY_S = 3600.0

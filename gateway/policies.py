@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
-from routing.policy import Policy
-from store.schema import PolicyRow
+from routing import Policy
+from store import PolicyRow
 
 DEFAULT_TEAM = "default"
 log = logging.getLogger("greengate.policies")

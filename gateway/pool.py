@@ -7,21 +7,34 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from backends.base import Member
-from backends.health import CircuitBreaker
-from backends.litellm_member import LiteLLMMember
-from backends.openai_compat import HttpLimits, OpenAICompatMember
-from backends.pool_config import EnergyProfile, MemberConfig, PoolConfig, Price
-from backends.replicas import ReplicaMember
+from backends import (
+    CircuitBreaker,
+    EnergyProfile,
+    HttpLimits,
+    LiteLLMMember,
+    Member,
+    MemberConfig,
+    OpenAICompatMember,
+    PoolConfig,
+    Price,
+    ReplicaMember,
+)
 from extras import require
 from gateway.settings import Settings
-from routing.router import Candidate
-from telemetry.cost import Prices, litellm_context_window, litellm_prices
-from telemetry.energy import EnergyReading, estimate_from_declared, estimate_from_params
-from telemetry.meters import EnergyMeter, detect_meter
+from routing import Candidate
+from telemetry import (
+    EnergyMeter,
+    EnergyReading,
+    Prices,
+    detect_meter,
+    estimate_from_declared,
+    estimate_from_params,
+    litellm_context_window,
+    litellm_prices,
+)
 
 if TYPE_CHECKING:
-    from backends.engine_backend import EngineMember
+    from backends import EngineMember
 
 log = logging.getLogger("greengate.pool")
 

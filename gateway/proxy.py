@@ -18,8 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from backends.base import Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse
-from backends.pool_config import RANDOM_WEIGHTS_TAG
+from backends import RANDOM_WEIGHTS_TAG, Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse
 from gateway import cache_stage
 from gateway.auth import Authenticator, Principal, database_unavailable
 from gateway.errors import GatewayError, error_body, error_response
@@ -32,11 +31,8 @@ from gateway.settings import Settings
 from routing import tokens
 from routing.cache import CacheHit, CacheKey, SemanticCache, make_key
 from routing.safety import pii
-from store.decision_log import DecisionLog, is_connection_error
-from telemetry.budgets import Budgets
-from telemetry.carbon import CarbonIntensity
-from telemetry.energy import EnergyReading
-from telemetry.metrics import Metrics
+from store import DecisionLog, is_connection_error
+from telemetry import Budgets, CarbonIntensity, EnergyReading, Metrics
 
 log = logging.getLogger("greengate.proxy")
 

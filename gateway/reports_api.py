@@ -14,7 +14,7 @@ from starlette.responses import Response
 from gateway import sessions
 from gateway.errors import GatewayError
 from gateway.runtime import Runtime
-from telemetry.reports import (
+from telemetry import (
     GROUP_KEYS,
     SQLITE_PERCENTILE_RESOLUTION,
     ReportQuery,

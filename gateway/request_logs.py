@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from gateway.team_settings import TeamSettingsCache
 from routing.safety import pii
-from store.api_schema import RequestLog
+from store import RequestLog
 
 log = logging.getLogger("greengate.request_logs")
 MAX_CHARS = 100_000  # per field: a log is for reading, not for archiving whole corpora

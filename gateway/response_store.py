@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session
 
-from store.api_schema import StoredResponse
+from store import StoredResponse
 
 
 class ResponseNotFound(LookupError):

@@ -24,14 +24,24 @@ from gateway.errors import GatewayError
 from gateway.policies import PolicyStore
 from gateway.pool import Pool, PoolMember
 from gateway.settings import Settings
-from routing import tokens
-from routing.bandit_router import residual_reward
-from routing.policy import NoCandidate, Policy, apply, impossible_constraint, with_fallback_order
-from routing.quality_prior import MemberPriorSpec, arm_prior
-from routing.reward import RewardBounds, reward
-from routing.router import Candidate, CheapestRouter, Router, RouteRequest
-from store.schema import Decision, Feedback
-from store.storable import clean_text
+from routing import (
+    Candidate,
+    CheapestRouter,
+    MemberPriorSpec,
+    NoCandidate,
+    Policy,
+    RewardBounds,
+    Router,
+    RouteRequest,
+    apply,
+    arm_prior,
+    impossible_constraint,
+    residual_reward,
+    reward,
+    tokens,
+    with_fallback_order,
+)
+from store import Decision, Feedback, clean_text
 
 log = logging.getLogger("greengate.routing")
 

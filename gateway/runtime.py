@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from backends.pool_config import PoolConfig
+from backends import PoolConfig
 from bandits import make_bandit
 from gateway import extras_check
 from gateway.auth import Authenticator
@@ -28,6 +28,15 @@ from gateway.replicas import Replicas
 from gateway.routing_service import BANDIT_NAME, RoutingService
 from gateway.settings import Settings
 from migrations import runner as migrate
+from routing import (
+    MemberPriorSpec,
+    QualityPrior,
+    RewardBounds,
+    arm_prior,
+    load_bundle,
+    load_priors,
+    router_class,
+)
 from routing.cache import (
     DEFAULT_THRESHOLD,
     CacheStore,
@@ -35,14 +44,8 @@ from routing.cache import (
     RedisStore,
     SemanticCache,
 )
-from routing.priors import load_priors
-from routing.quality_prior import MemberPriorSpec, QualityPrior, arm_prior, load_bundle
-from routing.reward import RewardBounds
-from routing.routers import router_class
-from store import database
-from store.decision_log import DecisionLog
-from telemetry.carbon import CarbonIntensity
-from telemetry.metrics import Metrics
+from store import DecisionLog, database
+from telemetry import CarbonIntensity, Metrics
 
 log = logging.getLogger("greengate")
 STOP_STEP_S = 10.0  # a shutdown step that needs the database gives up after this
@@ -202,7 +205,7 @@ async def _routing(
         return RoutingService(settings, engine, pool, router_cls.create(), policies)
     owned = extractor is None
     if extractor is None:
-        from routing.features import FeatureExtractor
+        from routing import FeatureExtractor
 
         log.info("loading the query feature models (MiniLM, task classifier, clusters)")
         extractor = await asyncio.to_thread(
@@ -275,7 +278,7 @@ def _safety_classifier(settings: Settings, routing: RoutingService) -> Any | Non
     if not settings.safety_classifier:
         return None
     try:
-        from routing.safety.jailbreak import SafetyClassifier
+        from routing.safety import SafetyClassifier
 
         return SafetyClassifier.load()
     except (ImportError, OSError) as e:  # a broken install should not take the gateway down
@@ -287,7 +290,7 @@ def _cache_verifier() -> Any | None:
     """The semantic cache's pair verifier; without it the cache falls back to the cosine
     threshold (a broken install should not take the gateway down)."""
     try:
-        from routing.cache.verifier import PairVerifier
+        from routing.cache import PairVerifier
 
         return PairVerifier.load()
     except (ImportError, OSError, KeyError) as e:

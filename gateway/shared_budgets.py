@@ -37,7 +37,7 @@ from typing import Literal
 
 from gateway.errors import GatewayError
 from gateway.shared_state import RedisDown, RedisLink
-from telemetry.budgets import BudgetRule, Budgets, CounterStore, Exceeded, period_bounds
+from telemetry import BudgetRule, Budgets, CounterStore, Exceeded, period_bounds
 
 log = logging.getLogger("greengate.budgets")
 STATS_WINDOW = 1000  # charges the estimate averages over (halved beyond it)

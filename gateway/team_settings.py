@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from store.schema import Team
+from store import Team
 
 log = logging.getLogger("greengate.teams")
 

@@ -9,9 +9,9 @@ from typing import Any
 from fastapi import FastAPI
 
 import web
-from backends.pool_config import PoolConfig
-from gateway.app import create_app as create_gateway
-from gateway.settings import Settings
+from backends import PoolConfig
+from gateway import Settings
+from gateway import create_app as create_gateway
 
 
 def create_app(

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gateway.settings import Settings
+    from gateway import Settings
 
 # Before anything can import litellm: without it litellm fetches prices from the internet.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from gateway.settings import Settings
+    from gateway import Settings
 
     overrides = {k: v for k, v in {
         "config": getattr(args, "config", None),
@@ -54,7 +54,7 @@ WORKERS_NEED_REDIS = (
 
 def _load_pool(settings):  # type: ignore[no-untyped-def]
     """The pool and where it came from; ConfigError/ValidationError on a bad file."""
-    from backends.pool_config import default_pool, load_pool, with_engine_model
+    from backends import default_pool, load_pool, with_engine_model
 
     explicit = "GREENGATE_CONFIG" in os.environ
     if settings.config.exists() or explicit:
@@ -69,7 +69,7 @@ def _load_pool(settings):  # type: ignore[no-untyped-def]
 def worker_app():  # type: ignore[no-untyped-def]
     """The app of one `serve --workers N` process: uvicorn imports this factory in each
     worker; `cmd_serve` has put the resolved settings in GREENGATE_* for it."""
-    from gateway.settings import Settings
+    from gateway import Settings
     from greengate.app import create_app
 
     settings = Settings()
@@ -89,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from backends.pool_config import ConfigError
+    from backends import ConfigError
     from greengate.app import create_app
 
     settings = _settings(args)
@@ -140,7 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _repo(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from gateway.keys import KeyRepo
+    from gateway import KeyRepo
     from migrations import runner as migrate
     from store import database
 
@@ -177,7 +177,7 @@ def revocation_reach(settings: Settings, key_id: int) -> str:
     where the gateways share Redis (the CLI tells them on their event bus, as /admin does),
     else when the key cache's entry expires."""
     if settings.redis_url:
-        from gateway.shared_state import EventBus, RedisLink
+        from gateway import EventBus, RedisLink
 
         link = RedisLink(settings.redis_url)
         try:
@@ -221,9 +221,8 @@ def cmd_fit_priors(args: argparse.Namespace) -> int:
     """Fit warm-start priors from per-query outcome files (RouterBench CSV, RouterDC JSON)."""
     import numpy as np
 
-    from routing.features import FeatureExtractor
-    from routing.outcomes import load_outcomes
-    from routing.priors import SHIPPED, fit_priors, save_priors
+    from routing import SHIPPED_PRIORS as SHIPPED
+    from routing import FeatureExtractor, fit_priors, load_outcomes, save_priors
 
     outcomes = load_outcomes(args.data)
     if not outcomes:
@@ -252,8 +251,9 @@ def cmd_train_task_classifier(args: argparse.Namespace) -> int:
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from backends.mock_upstream import MockBehaviour, create_app
-    from gateway.settings import Settings
+    from backends import MockBehaviour
+    from backends import create_mock_upstream as create_app
+    from gateway import Settings
 
     if args.port is None:
         args.port = Settings().mock_upstream_port

@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from store.schema import Base
+from store import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -169,8 +169,3 @@ class CacheEntry(Base):
     hits: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
     __table_args__ = (Index("ix_cache_team_expires", "team", "expires_at"),)
-
-
-# The fine-tuning service's tables (jobs, events, checkpoints, adapters, usage) join the
-# same metadata, so migrations and the ORM are compared as one schema.
-import store.finetune_schema  # noqa: E402, F401

@@ -54,7 +54,7 @@ import sqlalchemy as sa
 from sqlalchemy import ColumnElement, Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from store.schema import Decision
+from store import Decision
 
 GROUP_KEYS: tuple[str, ...] = ("team", "key", "model", "member", "day", "hour")
 PERCENTILES: tuple[float, ...] = (0.50, 0.95, 0.99)

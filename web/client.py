@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp
 
-from gateway.sessions import SESSION_COOKIE
+from gateway import SESSION_COOKIE
 
 
 class ApiError(Exception):

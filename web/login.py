@@ -10,9 +10,7 @@ import secrets
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from gateway import sessions
-from gateway.errors import GatewayError
-from gateway.keys import hash_key
+from gateway import GatewayError, hash_key, sessions
 from web.page import html, secure_headers, signed_in
 
 LOGIN_COOKIE = "gg_login"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
-from gateway.sessions import SessionStore
+from gateway import SessionStore
 from web.routes import router
 
 

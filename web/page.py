@@ -12,9 +12,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from gateway import sessions
-from gateway.auth import Principal
-from gateway.errors import GatewayError
+from gateway import GatewayError, Principal, sessions
 from web import static_files
 from web.client import AdminClient, ApiError
 from web.templating import render

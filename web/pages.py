@@ -11,7 +11,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from routing.policy import Policy
+from routing import Policy
 from web.client import AdminClient, ApiError
 from web.page import Visitor, html, page
 

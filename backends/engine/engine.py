@@ -71,7 +71,7 @@ from backends.engine.step import (
     StepOutput,
     TrainItem,
 )
-from telemetry.meters import EnergyMeter, MeterError, NullMeter, share_by_tokens
+from telemetry import EnergyMeter, MeterError, NullMeter, share_by_tokens
 
 __all__ = [
     "Completion", "Engine", "EngineClosed", "EngineConfig", "QueueFull", "TokenEvent",

@@ -50,8 +50,7 @@ from backends.base import EXTENSION_FIELD, Endpoint, UpstreamError
 from backends.engine.engine import RequestStream, TokenEvent
 from backends.engine_backend import EngineMember, _failing_cleanly
 from backends.pool_config import EngineOptions, MemberConfig
-from telemetry.energy import estimate_from_params
-from telemetry.meters import detect_meter
+from telemetry import detect_meter, estimate_from_params
 
 log = logging.getLogger("greengate.engine.server")
 

@@ -18,6 +18,7 @@ from routing.cache.keys import (
 from routing.cache.records import QUERY_FIELD, CacheHit, Entry, Lookup, Persistence
 from routing.cache.semantic import SemanticCache
 from routing.cache.stores import CacheStore, MemoryStore, RedisStore
+from routing.cache.verifier import PairVerifier
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -28,6 +29,7 @@ __all__ = [
     "Entry",
     "Lookup",
     "MemoryStore",
+    "PairVerifier",
     "Persistence",
     "RedisStore",
     "SemanticCache",
