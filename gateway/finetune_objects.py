@@ -15,14 +15,14 @@ def _ts(t: datetime | None) -> int | None:
     return int(t.timestamp()) if t is not None else None
 
 
-def job_object(j: FineTuningJob, result_files: list[str] | None = None) -> dict[str, Any]:
+def job_object(j: FineTuningJob) -> dict[str, Any]:
     hyper = dict(j.hyperparameters)
     done = j.status == "succeeded"
     return {
         "id": j.id, "object": "fine_tuning.job", "created_at": _ts(j.created_at),
         "error": j.error, "fine_tuned_model": j.fine_tuned_model if done else None,
         "finished_at": _ts(j.finished_at), "hyperparameters": hyper, "model": j.model,
-        "organization_id": j.team, "result_files": result_files or [], "seed": j.seed,
+        "organization_id": j.team, "result_files": list(j.result_files or []), "seed": j.seed,
         "status": j.status,
         "trained_tokens": j.trained_tokens if j.status in ("succeeded", "failed",
                                                              "cancelled") else None,

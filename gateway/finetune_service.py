@@ -132,6 +132,15 @@ class _Bridge:
         self._put("finished", job_id, status, adapter_path, progress, error)
 
 
+def results_csv(curve: list[dict[str, Any]]) -> bytes:
+    """OpenAI's result file: one row per optimizer step (empty cells: not measured then)."""
+    rows = ["step,train_loss,valid_loss,tokens_trained"]
+    for d in curve:
+        rows.append(",".join("" if d.get(k) is None else f"{d[k]}" for k in (
+            "step", "train_loss", "valid_loss", "tokens_trained")))
+    return ("\n".join(rows) + "\n").encode()
+
+
 def finetune_gain(base_loss: float | None, tuned_loss: float | None) -> float | None:
     """How much of the base's per-token perplexity on the team's held-out data the adapter
     removed: 1 - exp(tuned - base), in (-inf, 1), clipped to [-1, 1]. Positive: better than
@@ -612,6 +621,12 @@ class FineTuningService:
             name=job.fine_tuned_model, team=job.team, base_member=job.model, job_id=job.id,
             path=str(adapter_path), created_at=now(), valid_loss=job.valid_loss,
             base_valid_loss=job.base_valid_loss))
+        try:
+            results = self.files.create(job.team, "step_metrics.csv", "fine-tune-results",
+                                        results_csv(self.store.metrics(None, job.id)))
+            self.store.update(job.id, result_files=[results.id])
+        except Exception:  # the adapter is trained and served; the CSV is a convenience
+            log.exception("writing the results file of %s failed", job.id)
         gain = finetune_gain(job.base_valid_loss, job.valid_loss)
         vs = "" if gain is None else (
             f"; validation loss {job.valid_loss:.4f} against the base's "

@@ -16,7 +16,6 @@ from gateway.auth import Authenticator
 from gateway.bandit_store import BanditStore
 from gateway.budget_service import BudgetService
 from gateway.cache_persistence import SqlPersister, load_from_sql
-from gateway.files import FileStore
 from gateway.finetune_service import FineTuningService
 from gateway.guard import Guard
 from gateway.keys import KeyRepo
@@ -120,9 +119,8 @@ class Runtime:
             replicas.start()
         org = await OrgServices.start(settings, pool_config, engine, proxy)
         # Fine-tuning jobs: adapters of earlier jobs served again, unfinished jobs resumed.
-        finetune = FineTuningService(
-            settings, engine, pool, FileStore(engine, settings.finetune_max_file_bytes),
-            budgets.budgets, routing)
+        finetune = FineTuningService(settings, engine, pool, org.files, budgets.budgets,
+                                     routing)
         await finetune.start()
         log.info("greengate ready: %d members (%s), router %s%s", len(pool.members),
                  ", ".join(pool.members), settings.router,

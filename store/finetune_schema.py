@@ -43,6 +43,7 @@ class FineTuningJob(Base):
     energy_source: Mapped[str | None] = mapped_column(String(64))
     examples: Mapped[int] = mapped_column(Integer, nullable=False)
     checkpoint_dir: Mapped[str] = mapped_column(String(1024), nullable=False)
+    result_files: Mapped[list[str] | None] = mapped_column(JSON)  # the metrics CSV's file id
 
     __table_args__ = (Index("ix_fine_tuning_jobs_team_created", "team", "created_at"),)
 

@@ -125,6 +125,12 @@ def test_sdk_job_learns_the_mapping_and_the_base_is_unchanged(
     assert g["energy_j"] > 0
     assert any("successfully completed" in e.message for e in events)
 
+    assert len(done.result_files) == 1  # OpenAI's per-step metrics CSV, in the file store
+    csv = c.files.content(done.result_files[0]).text.splitlines()
+    assert csv[0] == "step,train_loss,valid_loss,tokens_trained" and len(csv) == len(metrics) + 1
+    with pytest.raises(openai.NotFoundError):  # the team's own file
+        client(gw, gw.create_key("team-b")).files.content(done.result_files[0])
+
     cps = c.fine_tuning.jobs.checkpoints.list(job.id).data
     assert cps and cps[0].step_number == 30  # newest first, checkpoint_every 20 + the final
     assert cps[0].fine_tuned_model_checkpoint.startswith(done.fine_tuned_model)
