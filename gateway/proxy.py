@@ -17,6 +17,7 @@ import anyio
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from backends import RANDOM_WEIGHTS_TAG, Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse
 from gateway import cache_stage
@@ -547,12 +548,56 @@ class Proxy:
         plan.budget_s = budget
         plan.deadline = t0 + budget
 
-    def _backoff(self, attempt: int, err: UpstreamError) -> float:
+    def _wait(self, rs: RetryCallState) -> float:
+        """Before retry n: the upstream's Retry-After when it sent one, else exponential backoff
+        (retry_backoff_s x 2^(n-1), half-jittered), both capped at retry_backoff_max_s."""
         s = self.settings
-        if err.retry_after is not None:
+        err = rs.outcome.exception() if rs.outcome else None
+        if isinstance(err, UpstreamError) and err.retry_after is not None:
             return min(err.retry_after, s.retry_backoff_max_s)
-        return min(s.retry_backoff_s * (2**attempt), s.retry_backoff_max_s) * (
+        return min(s.retry_backoff_s * (2 ** (rs.attempt_number - 1)), s.retry_backoff_max_s) * (
             0.5 + random.random() / 2)
+
+    def _retrying(self, m: PoolMember, member_end: float, attempts: list[dict]) -> AsyncRetrying:
+        """One member's attempts (tenacity): retryable upstream errors only, at most
+        1 + m.retries tries, none once the member's breaker opened, and no wait that would end
+        past the member's share of the deadline. Fallback across members stays in `_call`."""
+
+        def stop(rs: RetryCallState) -> bool:
+            return (rs.attempt_number > m.retries or not m.breaker.available()
+                    or time.perf_counter() + rs.upcoming_sleep >= member_end)
+
+        def note_wait(rs: RetryCallState) -> None:  # the decision row says what was waited
+            attempts[-1]["retry_in_s"] = round(rs.upcoming_sleep, 3)
+
+        return AsyncRetrying(
+            stop=stop, wait=self._wait, before_sleep=note_wait, reraise=True, sleep=asyncio.sleep,
+            retry=retry_if_exception(lambda e: isinstance(e, UpstreamError) and e.retryable))
+
+    async def _attempt(self, m: PoolMember, req: UpstreamRequest, stream: bool,
+                       member_end: float, attempts: list[dict], rid: str) -> Any:
+        """One try on `m`, its row in `attempts` and the breaker told; a client fault (the
+        request's own) is raised as the GatewayError the client sees, never retried."""
+        t = time.perf_counter()
+        left = member_end - t
+        try:
+            result = await (self._open_stream(m, req, left) if stream else self._once(m, req, left))
+        except UpstreamError as e:
+            attempts.append({"member": m.name, "status": e.status, "kind": e.kind,
+                             "error": str(e)[:300],
+                             "ms": round((time.perf_counter() - t) * 1000, 2)})
+            if e.client_fault:
+                raise self._client_fault(e, len(attempts) > 1) from None
+            # 429 is back-pressure (Retry-After handles it), and a cut at the request's
+            # deadline says nothing about the member: neither counts against it.
+            if e.status != 429 and e.kind != "deadline":
+                m.breaker.record_failure(rid)
+            raise
+        m.breaker.record_success(rid)
+        m.observe_latency((time.perf_counter() - t) * 1000)
+        attempts.append({"member": m.name, "status": 200,
+                         "ms": round((time.perf_counter() - t) * 1000, 2)})
+        return result
 
     async def _call(
         self, plan: Plan, endpoint: Endpoint, body: dict, stream: bool, row: dict
@@ -574,37 +619,15 @@ class Proxy:
             if stream:
                 req.body["stream_options"] = {**(body.get("stream_options") or {}),
                                               "include_usage": True}
-            for attempt in range(m.retries + 1):
-                t = time.perf_counter()
-                left = member_end - t
-                if left <= 0:
-                    break
-                try:
-                    result = await (self._open_stream(m, req, left) if stream
-                                    else self._once(m, req, left))
-                except UpstreamError as e:
-                    attempts.append({"member": m.name, "status": e.status, "kind": e.kind,
-                                     "error": str(e)[:300],
-                                     "ms": round((time.perf_counter() - t) * 1000, 2)})
-                    if e.client_fault:
-                        raise self._client_fault(e, len(attempts) > 1) from None
-                    # 429 is back-pressure (Retry-After handles it), and a cut at the request's
-                    # deadline says nothing about the member: neither counts against it.
-                    if e.status != 429 and e.kind != "deadline":
-                        m.breaker.record_failure(row["id"])
-                    last = e
-                    if not e.retryable or attempt == m.retries or not m.breaker.available():
-                        break
-                    wait = self._backoff(attempt, e)
-                    if time.perf_counter() + wait >= member_end:
-                        break
-                    await asyncio.sleep(wait)
-                    continue
-                m.breaker.record_success(row["id"])
-                m.observe_latency((time.perf_counter() - t) * 1000)
-                attempts.append({"member": m.name, "status": 200,
-                                 "ms": round((time.perf_counter() - t) * 1000, 2)})
-                return m, result
+            try:
+                async for attempt in self._retrying(m, member_end, attempts):
+                    with attempt:
+                        result = await self._attempt(m, req, stream, member_end, attempts,
+                                                     row["id"])
+            except UpstreamError as e:
+                last = e  # this member is done: on to the next
+                continue
+            return m, result
         if time.perf_counter() >= plan.deadline - 1e-3 or (last and last.kind == "deadline"):
             raise self._deadline_error(plan, last, attempts)
         raise self._exhausted(last, cooling, attempts)
