@@ -28,7 +28,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
-import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -36,6 +35,7 @@ from gateway.auth import Principal  # noqa: E402
 from gateway.batches import BatchService, ItemResult  # noqa: E402
 from gateway.files import FileStore  # noqa: E402
 from migrations import runner as migrate  # noqa: E402
+from store.database import make_engine  # noqa: E402
 from telemetry.carbon_feed import CarbonFeedConfig, make_feed  # noqa: E402
 
 STEP = timedelta(minutes=5)
@@ -65,7 +65,7 @@ def _feed(config: Path | None):  # type: ignore[no-untyped-def]
 def _arm(name: str, tmp: Path, feed, clock, capacity: int) -> Arm:  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp}/{name}.db"
     migrate.upgrade(url)
-    engine = sa.create_engine(url)
+    engine = make_engine(url)  # WAL and a busy timeout, as the gateway runs SQLite
     files = FileStore(engine, 1 << 30)
 
     async def execute(p: Principal, endpoint: str, body: dict) -> ItemResult:
