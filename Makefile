@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser run test fuzz lint bench bench-engine bench-replay bench-routing bench-reports bench-safety bench-cache clean bench-spec bench-vs-litellm bench-scaleout soak
+.PHONY: setup browser run test fuzz lint bench bench-engine bench-replay bench-routing bench-reports bench-safety bench-cache clean bench-spec bench-vs-litellm bench-scaleout soak bench-batch-carbon
 
 setup: $(STAMP)
 
@@ -74,6 +74,10 @@ bench-cache: setup
 # greengate and the LiteLLM proxy (its own venv in .greengate/litellm-venv) on one fake provider.
 bench-vs-litellm: setup
 	$(BIN)/python bench/vs_litellm.py --out bench/results/vs_litellm.json
+
+# Carbon-aware batch scheduling over a synthetic, time-compressed day (README table).
+bench-batch-carbon: setup
+	$(BIN)/python bench/batch_carbon.py --out bench/results/batch_carbon.json
 
 # Replicas on PostgreSQL + Redis at 127.0.0.1 (GREENGATE_TEST_PG, GREENGATE_TEST_REDIS).
 bench-scaleout: setup
