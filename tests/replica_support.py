@@ -23,10 +23,12 @@ START_TIMEOUT_S = 120.0
 
 
 def write_pool(path: Path, upstream_url: str, **member: Any) -> Path:
-    """A pool of one chat member `m` (and a second, `m2`) on the given OpenAI upstream."""
+    """A pool of two chat members, `m` and a dearer `m2`, on the given OpenAI upstream;
+    `member` settings go to both."""
     base = {"kind": "openai", "model": "up", "base_url": upstream_url,
-            "price": {"input_per_1m": 1.0, "output_per_1m": 1.0}, "context_window": 8192}
-    pool = [{"name": "m", **base, **member},
+            "price": {"input_per_1m": 1.0, "output_per_1m": 1.0}, "context_window": 8192,
+            **member}
+    pool = [{"name": "m", **base},
             {"name": "m2", **base, "model": "up2",  # dearer: "auto" on cheapest picks m
              "price": {"input_per_1m": 2.0, "output_per_1m": 2.0}}]
     path.write_text(yaml.safe_dump({"pool": pool}))

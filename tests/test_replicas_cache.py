@@ -67,8 +67,9 @@ def _key(r: Replica, team: str) -> str:
     return resp.json()["key"]
 
 
-def _chat(r: Replica, key: str, text: str, **kw) -> httpx.Response:
-    return r.post("/v1/chat/completions", {"model": "m", "messages": [
+def _chat(r: Replica, key: str, text: str, model: str = "m", **kw) -> httpx.Response:
+    # temperature 0: cache-eligible (an absent one counts as 1, above the 0.3 default cap)
+    return r.post("/v1/chat/completions", {"model": model, "temperature": 0, "messages": [
         {"role": "user", "content": text}], **kw}, key=key)
 
 
@@ -91,7 +92,8 @@ def test_an_answer_cached_on_one_replica_is_served_by_the_other_never_across_tea
         duo, fake) -> None:
     (a, b), engine = duo
     team = "cache-" + uuid.uuid4().hex[:6]
-    key, other = _key(a, team), _key(a, team + "-other")
+    key = _key(a, team)
+    others = {r.name: _key(a, f"{team}-other-{r.name}") for r in (a, b)}
     text = f"What is the capital of France? {uuid.uuid4().hex[:4]}"
     first = _chat(a, key, text)
     assert first.status_code == 200 and first.headers["x-greengate-member"] == "m"
@@ -108,7 +110,7 @@ def test_an_answer_cached_on_one_replica_is_served_by_the_other_never_across_tea
     calls_before_other = len(fake.requests)
     assert calls_before_other - upstream_calls <= 5  # the polls that ran before the write
     for r in (a, b):  # another team asks the same: never the first team's answer
-        resp = _chat(r, other, text)
+        resp = _chat(r, others[r.name], text)
         assert resp.status_code == 200 and resp.headers["x-greengate-member"] == "m"
 
 
@@ -130,14 +132,15 @@ def test_hangs_and_streams_cut_mid_way_leave_rows_and_cool_the_member_on_both(
     (a, b), engine = duo
     key = _key(a, "faults-" + uuid.uuid4().hex[:6])
     fake.latency_s = 3.0  # past the member's 1 s first-byte timeout: a hang
-    hung = _chat(a, key, f"hang {uuid.uuid4().hex[:4]}")
+    # m2: the cache test's traffic went to m (the breaker weighs failures against traffic)
+    hung = _chat(a, key, f"hang {uuid.uuid4().hex[:4]}", model="m2")
     assert hung.status_code == 504, hung.text
     assert _row(engine, hung.headers["x-request-id"])["status"] == 504
     fake.latency_s = 0.0
     fake.disconnect_after_chunks = 2  # the provider drops the stream after two chunks
     for i in range(3):
         with httpx.stream("POST", b.url + "/v1/chat/completions", headers=b.headers(key),
-                          json={"model": "m", "stream": True, "messages": [
+                          json={"model": "m2", "stream": True, "messages": [
                               {"role": "user", "content": f"a long answer please {i}"}]},
                           timeout=10) as s:
             rid = s.headers["x-request-id"]
@@ -147,9 +150,9 @@ def test_hangs_and_streams_cut_mid_way_leave_rows_and_cool_the_member_on_both(
     fake.disconnect_after_chunks = None
 
     def cooling(r: Replica) -> bool:
-        return r.get("/health/ready").json()["members"]["m"] == "cooldown"
+        return r.get("/health/ready").json()["members"]["m2"] == "cooldown"
 
-    # Four failed requests (one on a, three on b) of the few m saw: b cools m down, and a
+    # Four failed requests (one on a, three on b) of the few m2 saw: b cools m down, and a
     # hears of it.
     assert wait_until(lambda: cooling(b), 2, 0.05) is not None
     assert wait_until(lambda: cooling(a), 1, 0.01) is not None
