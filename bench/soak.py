@@ -48,13 +48,16 @@ CACHED = [f"What is the capital of country number {i}?" for i in range(20)]
 
 
 def payload(rng: random.Random) -> dict[str, Any]:
-    if rng.random() < 0.3:
+    cached = rng.random() < 0.3
+    if cached:
         text = rng.choice(CACHED)  # repeated: the cache answers most of these
     else:
         text = " ".join(f"word{rng.randrange(10_000)}" for _ in range(rng.randint(3, 200)))
     b: dict[str, Any] = {"model": rng.choice(["m", "m2", "auto"]),
                          "max_tokens": rng.randint(4, 64),
                          "messages": [{"role": "user", "content": text}]}
+    if cached:
+        b["temperature"] = 0  # cache-eligible (the default cap is 0.3)
     if rng.random() < 0.4:
         b["stream"] = True
         b["stream_options"] = {"include_usage": True}
@@ -81,6 +84,8 @@ async def traffic(urls: list[str], key: str, seconds: float, concurrency: int,
                         data = await r.read()
                         ok = r.status == 200 and (not body.get("stream") or b"[DONE]" in data)
                         stats["200" if ok else f"status {r.status}"] += 1
+                        if r.headers.get("x-greengate-member") == "cache":
+                            stats["cache hits"] += 1
                         rid = r.headers.get("x-request-id")
                     if ok and rid and rng.random() < 0.05:
                         async with s.post(url + "/v1/feedback", headers=h, json={
