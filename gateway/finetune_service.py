@@ -265,9 +265,20 @@ class FineTuningService:
         except finetune_data.DataProblem as e:
             raise GatewayError(400, str(e), param=param, code=f"invalid_{param}") from None
 
+    def _over_budget(self, team: str | None, key_id: int | None) -> Any:
+        """The exhausted rule, if any. Shared counters reserve on a check: the reservation
+        is given back at once (training is charged as it is measured, not reserved)."""
+        rid = "ft-" + uuid.uuid4().hex
+        try:
+            return self.budgets.check(team, key_id, rid=rid)
+        finally:
+            self.budgets.charge(team, key_id, None, None, rid=rid)
+
     def _check_budget(self, principal: Principal) -> None:
         try:
-            over = self.budgets.check(principal.team, principal.key_id)
+            over = self._over_budget(principal.team, principal.key_id)
+        except GatewayError:  # shared counters away under redis_outage=fail_closed
+            raise
         except Exception:  # counters unreachable: as on the request path, do not refuse
             log.exception("budget counters unavailable; fine-tuning without the check")
             return
@@ -547,7 +558,7 @@ class FineTuningService:
         except Exception:  # the ledger row above still counts at the next start
             log.exception("charging training to budgets failed for %s", run.job_id)
         try:
-            over = self.budgets.check(team, run.key_id)
+            over = self._over_budget(team, run.key_id)
         except Exception:
             log.exception("budget counters unavailable; training goes on unchecked")
             return

@@ -6,7 +6,9 @@ resumes from the newest checkpoint; training charged to the team's budget."""
 from __future__ import annotations
 
 import io
+import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -308,9 +310,28 @@ def test_cancel_frees_the_job(make_gateway: GatewayFactory, checkpoint: Path,
     assert job.id[-8:] not in " ".join(m.id for m in c.models.list().data)
 
 
+REDIS_URL = os.environ.get("GREENGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(params=["memory", "redis"])
+def counters(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """Budget counters in this process, or shared through Redis (replicas' reservations)."""
+    if request.param == "memory":
+        yield {}
+        return
+    import redis
+
+    prefix = f"gg-ft-{uuid.uuid4().hex[:8]}:"
+    yield {"redis_url": REDIS_URL, "redis_prefix": prefix}
+    r = redis.Redis.from_url(REDIS_URL)
+    for k in r.scan_iter(f"{prefix}*"):
+        r.delete(k)
+
+
 def test_training_is_charged_to_the_team_budget(
-        make_gateway: GatewayFactory, checkpoint: Path, fake_url: str) -> None:
-    gw = gateway(make_gateway, checkpoint, fake_url)
+        make_gateway: GatewayFactory, checkpoint: Path, fake_url: str,
+        counters: dict[str, Any]) -> None:
+    gw = gateway(make_gateway, checkpoint, fake_url, **counters)
     c = client(gw, gw.create_key("team-a"))  # the team exists before its budget
     r = gw.post("/admin/budgets", {"scope": "team", "subject": "team-a", "metric": "wh",
                                    "period": "day", "limit": 1e-7})
