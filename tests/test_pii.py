@@ -406,3 +406,39 @@ def test_adversarial_input_has_no_false_spans_and_keeps_a_real_one(text: str) ->
 def test_module_exports() -> None:
     for name in pii.__all__:
         assert hasattr(pii, name)
+
+
+def test_name_finder_addresses_join_the_patterns() -> None:
+    """A finder with `entities` adds its addresses to STREET_ADDRESS (the patterns still run
+    and win ties by length); one with only `spans` adds names and nothing else."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Span:
+        start: int
+        end: int
+
+    @dataclass
+    class Ents:
+        names: list
+        addresses: list
+
+    text = "Send it to Anna at Mellemvej 32, 5000 Odense or to 221B Baker Street."
+
+    class NamesOnly:
+        def spans(self, t: str) -> list:
+            return [Span(t.index("Anna"), t.index("Anna") + 4)]
+
+    class WithAddresses(NamesOnly):
+        def entities(self, t: str) -> Ents:
+            a = t.index("5000 Odense")
+            return Ents(self.spans(t), [Span(a, a + len("5000 Odense"))])
+
+    base = {(s.kind, s.text) for s in pii.detect(text, names=NamesOnly())}
+    more = {(s.kind, s.text) for s in pii.detect(text, names=WithAddresses())}
+    assert (pii.PERSON, "Anna") in base and (pii.PERSON, "Anna") in more
+    assert (pii.STREET_ADDRESS, "5000 Odense") in more - base
+    assert {k for k, _ in base if k == pii.STREET_ADDRESS} <= {k for k, _ in more}
+    # the tagger's addresses only count when STREET_ADDRESS is asked for
+    only_names = pii.detect(text, [pii.PERSON], WithAddresses())
+    assert {s.kind for s in only_names} == {pii.PERSON}
