@@ -150,8 +150,16 @@ def test_sdk_job_learns_the_mapping_and_the_base_is_unchanged(
     assert row["served_member"] == done.fine_tuned_model and row["status"] == 200
 
 
-def test_team_isolation(make_gateway: GatewayFactory, checkpoint: Path, fake_url: str) -> None:
-    gw = gateway(make_gateway, checkpoint, fake_url)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param == "sqlite":
+        return {}
+    return {"database_url": request.getfixturevalue("pg_url")}
+
+
+def test_team_isolation(make_gateway: GatewayFactory, checkpoint: Path, fake_url: str,
+                        database: dict[str, Any]) -> None:
+    gw = gateway(make_gateway, checkpoint, fake_url, **database)
     a, b = client(gw, gw.create_key("team-a")), client(gw, gw.create_key("team-b"))
     train = upload(a, jsonl(PAIRS))
     with pytest.raises(openai.NotFoundError):  # B cannot train on A's file
