@@ -5,8 +5,9 @@ custom_id is a 400 naming the line, and nothing is created), planned into the st
 completion window with the lowest grid carbon intensity and pool load (gateway.batch_scheduler),
 and run by a background loop through the same path as live requests (routing, cache, safety,
 budgets, one decision row per request). Every request line and its result is a SQL row, so a
-restart resumes a batch where it stopped and any replica may run it (one claims it with a
-conditional UPDATE).
+restart resumes a batch where it stopped and any replica may run it (each line is claimed with
+a conditional UPDATE, so one replica runs it; lines a stopped process left running run again
+at the next start: at least once).
 
 The batch reports the energy its requests used and their gCO2e at the hour they ran, next to
 what the same energy would have emitted at submission; the energy is what the decision rows
@@ -339,6 +340,8 @@ class BatchService:
             async with sem:
                 if not await asyncio.to_thread(self._still_running, batch_id):
                     return  # cancelled or expired meanwhile: the item stays pending
+                if not await asyncio.to_thread(self._claim_item, batch_id, it.line):
+                    return  # another replica took it
                 body = {**it.body, "stream": False}
                 try:
                     res = await self.execute(principal, b.endpoint, body)
@@ -353,6 +356,20 @@ class BatchService:
 
         await asyncio.gather(*(one(it) for it in items))
         return ran
+
+    def _claim_item(self, batch_id: str, line: int) -> bool:
+        """pending -> running, only if still pending: one replica runs each line."""
+        with Session(self.engine) as s, s.begin():
+            return bool(s.execute(update(BatchItem).where(
+                BatchItem.batch_id == batch_id, BatchItem.line == line,
+                BatchItem.status == "pending").values(status="running")).rowcount)
+
+    def recover(self) -> int:
+        """Lines left 'running' by a process that stopped mid-batch run again (at least once:
+        a line another live replica is running at this moment would run twice)."""
+        with Session(self.engine) as s, s.begin():
+            return s.execute(update(BatchItem).where(BatchItem.status == "running")
+                             .values(status="pending")).rowcount or 0
 
     def _store_result(self, batch_id: str, line: int, custom_id: str, res: ItemResult,
                       g_now: float, g_submitted: float) -> None:
@@ -376,8 +393,9 @@ class BatchService:
             b = s.get(BatchRow, batch_id)
             if b is None or b.status not in ("in_progress", "cancelling", "validating"):
                 return
-            pending = s.scalar(select(func.count()).where(BatchItem.batch_id == batch_id,
-                                                          BatchItem.status == "pending")) or 0
+            pending = s.scalar(select(func.count()).where(
+                BatchItem.batch_id == batch_id,
+                BatchItem.status.in_(("pending", "running")))) or 0
             exp = b.expires_at if b.expires_at.tzinfo else b.expires_at.replace(tzinfo=UTC)
             if b.status == "cancelling":
                 final, stamp = "cancelled", "cancelled_at"
@@ -395,7 +413,7 @@ class BatchService:
         ok = [orjson.dumps(i.result) for i in items if i.status == "done"]
         bad = [orjson.dumps(i.result) for i in items if i.status == "failed"]
         for i in items:
-            if i.status == "pending" and final == "expired":
+            if i.status in ("pending", "running") and final == "expired":
                 bad.append(orjson.dumps({
                     "id": "batch_req_" + uuid.uuid4().hex, "custom_id": i.custom_id,
                     "response": None, "error": {"code": "batch_expired", "message":
@@ -413,7 +431,7 @@ class BatchService:
             b.times = {**(b.times or {}), stamp: _ts(now)}
 
     def _carbon(self, items: list[BatchItem], sched: dict[str, Any]) -> dict[str, Any]:
-        ran = [i for i in items if i.status != "pending"]
+        ran = [i for i in items if i.status in ("done", "failed")]
         known = [i for i in ran if i.energy_j is not None]
         energy = sum(i.energy_j or 0.0 for i in known)
         used = sum(i.gco2e or 0.0 for i in known)
@@ -439,6 +457,12 @@ class BatchService:
     # ---- the loop ------------------------------------------------------------------------
     def start(self, tick_s: float = 5.0) -> None:
         async def loop() -> None:
+            try:
+                n = await asyncio.to_thread(self.recover)
+                if n:
+                    log.info("batches: %d request lines left running by a stop run again", n)
+            except Exception:
+                log.exception("batches: recovering lines left running failed")
             while True:
                 try:
                     await self.run_due()

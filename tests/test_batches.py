@@ -221,3 +221,37 @@ def test_runner_on_fake_clock(tmp_path: Path) -> None:
     with pytest.raises(GatewayError):
         svc.get("other-team", b["id"])
     engine.dispose()
+
+
+def test_two_runners_run_each_line_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/b.db"
+    migrate.upgrade(url)
+    from store.database import make_engine
+
+    engine = make_engine(url)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    files = FileStore(engine, 10_000_000)
+    calls: list[str] = []
+
+    async def execute(p: Principal, endpoint: str, body: dict) -> ItemResult:
+        calls.append(body["messages"][0]["content"])
+        await asyncio.sleep(0.01)
+        return ItemResult(200, {"ok": True}, "rid", None, None)
+
+    feed = StaticProfile([300.0] * 24)
+    a, b = (BatchService(engine, files, feed, execute, clock=lambda: now, concurrency=3)
+            for _ in range(2))
+    f = files.create("t", "in.jsonl", "batch", _jsonl([_line(str(i), f"q{i}")
+                                                       for i in range(12)]))
+    batch = a.create(Principal(False, "t", None, "gg-x", None), "t", f.id,
+                     "/v1/chat/completions", "24h", {"schedule": "now"})
+
+    async def both() -> None:
+        await asyncio.gather(a.run_due(), b.run_due())
+
+    asyncio.run(both())
+    assert sorted(calls) == sorted(f"q{i}" for i in range(12))  # each line once
+    out = a.get("t", batch["id"])
+    assert out["status"] == "completed" and out["request_counts"]["completed"] == 12
+    assert out["carbon"]["requests_without_energy"] == 12 and out["carbon"]["gco2e"] is None
+    engine.dispose()
