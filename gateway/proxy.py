@@ -9,8 +9,6 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -19,39 +17,37 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from backends import RANDOM_WEIGHTS_TAG, Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse
+from backends import Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse
 from gateway import cache_stage
+from gateway.answers import completion_text, streamed_text
 from gateway.auth import Authenticator, Principal, database_unavailable
 from gateway.errors import GatewayError, error_body, error_response
-from gateway.files import namespace
 from gateway.guard import Guard, StreamRestore, restore_response
 from gateway.pool import Pool, PoolMember
 from gateway.ratelimit import Limit, Refused
-from gateway.routing_service import Analysis, RoutingService
+from gateway.routing_service import RoutingService
 from gateway.settings import Settings
+from gateway.stages import (
+    SSE_HEADERS,
+    BudgetStage,
+    CacheStage,
+    CallStage,
+    Exchange,
+    FeaturesStage,
+    GuardStage,
+    Plan,
+    RouteStage,
+    Stage,
+)
 from routing import tokens
-from routing.cache import CacheHit, CacheKey, SemanticCache, make_key
-from routing.safety import pii
-from store import DecisionLog, is_connection_error
+from routing.cache import CacheKey, SemanticCache
+from store import DecisionLog, DecisionRow, is_connection_error
 from telemetry import Budgets, CarbonIntensity, EnergyReading, Metrics
 
 log = logging.getLogger("greengate.proxy")
 
 _REQUIRED = {"chat/completions": "messages", "completions": "prompt", "embeddings": "input"}
-_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
-
-@dataclass(slots=True)
-class Plan:
-    members: list[PoolMember]
-    reason: str
-    candidates: list[dict[str, Any]]
-    features: dict[str, Any] | None = None
-    reference: PoolMember | None = None
-    redactor: pii.Redactor | None = None  # restore the answer when the prompt was redacted
-    cache_key: CacheKey | None = None  # store the answer under it when the call succeeds
-    deadline: float = float("inf")  # perf_counter() by which every attempt must be done
-    budget_s: float | None = None  # the deadline's length, for the 504
 
 
 def _bad(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
@@ -151,12 +147,6 @@ def _text_or_tokens(v: list) -> bool:
             or all(_token_ids(p) and p for p in v))
 
 
-def _may_use(principal: Principal, m: PoolMember) -> bool:
-    """A key limited to some members may use its team's adapters of those members too."""
-    return principal.may_use(m.name) or (
-        m.base_member is not None and principal.may_use(m.base_member))
-
-
 def _with(headers: dict[str, str], response: Response) -> Response:
     """The rate-limit headers on an answer (streamed or not)."""
     if headers:
@@ -180,36 +170,6 @@ def _sse(payload: bytes) -> bytes:
 
 def _error_event(message: str, type_: str, code: str | None = None) -> bytes:
     return _sse(orjson.dumps(error_body(message, type_, None, code)))
-
-
-def _completion_text(endpoint: str, data: dict) -> str:
-    """The generated text of a (non-streamed) response, for counting tokens ourselves."""
-    parts: list[str] = []
-    for choice in data.get("choices") or []:
-        if endpoint == "completions":
-            parts.append(str(choice.get("text") or ""))
-            continue
-        msg = choice.get("message") or choice.get("delta") or {}
-        parts.append(str(msg.get("content") or ""))
-        for tc in msg.get("tool_calls") or []:
-            fn = tc.get("function") or {}
-            parts.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
-    return "".join(parts)
-
-
-def _streamed_text(endpoint: str, payloads: list[bytes]) -> tuple[str, dict | None]:
-    """The text generated so far in a stream, and its last chunk (for a usage chunk's ids)."""
-    parts: list[str] = []
-    last: dict | None = None
-    for p in payloads:
-        try:
-            d = orjson.loads(p)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(d, dict):
-            last = d
-            parts.append(_completion_text(endpoint, d))
-    return "".join(parts), last
 
 
 class Proxy:
@@ -238,6 +198,16 @@ class Proxy:
         self.cache = cache
         # Rate limits, request logs, spans (gateway.org_services sets it at start-up).
         self.org: Any = None
+        # The request path, top to bottom (gateway/stages.py); accounting runs when the
+        # answer is complete (_account, _finish), which for a stream is after its last chunk.
+        self.stages: list[Stage] = [
+            FeaturesStage(routing, guard),
+            GuardStage(guard),
+            CacheStage(cache, self._finish, self._log_request),
+            RouteStage(settings, pool, routing),
+            BudgetStage(budgets, metrics),
+            CallStage(self._stream, self._complete),
+        ]
 
     # ---- entry -------------------------------------------------------------------------
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
@@ -256,23 +226,25 @@ class Proxy:
     async def serve_body(self, principal: Principal, endpoint: Endpoint,
                          body: dict) -> tuple[Response, dict[str, Any] | None]:
         """An internal request (a batch line) by this path, with its decision row."""
-        sink: list[dict[str, Any]] = []
+        sink: list[DecisionRow] = []
         resp = await self._handle(None, endpoint, principal=principal, body=body, sink=sink)
-        return resp, (sink[0] if sink else None)
+        return resp, (sink[0].as_row() if sink else None)
 
     async def _handle(self, request: Request | None, endpoint: Endpoint, *,
                       prepare: Callable[[Principal, Any], Awaitable[dict]] | None = None,
                       row_endpoint: str | None = None, principal: Principal | None = None,
-                      body: Any = None, sink: list[dict[str, Any]] | None = None) -> Response:
+                      body: Any = None, sink: list[DecisionRow] | None = None) -> Response:
         t0 = time.perf_counter()
         rid = uuid.uuid4().hex
-        row: dict[str, Any] | None = None
+        row: DecisionRow | None = None
         limit_headers: dict[str, str] = {}
         try:
             if principal is None:
                 assert request is not None
                 principal = await self.auth.authenticate(request)
-            row = self._new_row(rid, principal, row_endpoint or endpoint)
+            row = DecisionRow(id=rid, endpoint=row_endpoint or endpoint,
+                              key_id=principal.key_id, key_prefix=principal.key_prefix,
+                              team=principal.team)
             if sink is not None:
                 sink.append(row)
             limit_headers = self._admit(principal)
@@ -282,49 +254,21 @@ class Proxy:
             if prepare is not None:
                 body = await prepare(principal, body)
             if isinstance(body, dict) and isinstance(body.get("model"), str):
-                row["requested_model"] = body["model"][:256]
+                row.requested_model = body["model"][:256]
             validate(endpoint, body)
             # greengate's own extension: the caller's deadline, never sent upstream.
             wanted_timeout = body.pop("request_timeout_s", None)
-            row["stream"] = bool(body.get("stream"))
-            analysis = await self.routing.analyse(principal, endpoint, body,
-                                                  want_embedding=self.guard.wants_embedding)
-            row["features"] = analysis.features
-            # the safety models take milliseconds to a few hundred: off the event loop
-            safety = (await asyncio.to_thread(self.guard.inspect, body, analysis, endpoint)
-                      if self.guard.needs_thread else
-                      self.guard.inspect(body, analysis, endpoint))
-            cache_key = None
-            if (self.cache is not None and endpoint == "chat/completions"
-                    and cache_stage.eligible(analysis.policy.cache, body, analysis.flags)):
-                t_cache = time.perf_counter()
-                cache_key = make_key(body, principal.team or "_admin", analysis.embedding,
-                                     analysis.query.task if analysis.query else None,
-                                     analysis.policy.cache.semantic)
-                found = await asyncio.to_thread(self.cache.lookup_detail, cache_key)
-                hit = found.hit
-                analysis.features["cache"] = found.row()  # similarity and verifier, hit or miss
-                analysis.features["cache_ms"] = round((time.perf_counter() - t_cache) * 1000, 3)
-                if hit is not None:
-                    return _with(limit_headers,
-                                 self._serve_hit(rid, t0, row, body, hit, principal, t_cache))
-            plan = await self._plan(principal, endpoint, body, analysis, safety.required_tags)
-            plan.redactor = safety.redactor
-            plan.cache_key = cache_key
-            self._set_deadline(plan, t0, wanted_timeout)
-            row["features"]["deadline_s"] = plan.budget_s
-            row["route_reason"] = plan.reason
-            row["candidates"] = plan.candidates
-            self._check_budgets(principal, rid)
-            if row["stream"]:
-                return _with(limit_headers, await self._stream(rid, t0, row, endpoint, body,
-                                                               plan, principal))
-            return _with(limit_headers, await self._complete(rid, t0, row, endpoint, body,
-                                                             plan, principal))
+            row.stream = bool(body.get("stream"))
+            x = Exchange(rid, t0, endpoint, principal, body, row, wanted_timeout)
+            for stage in self.stages:
+                answer = await stage.run(x)
+                if answer is not None:
+                    return _with(limit_headers, answer)
+            raise AssertionError("the call stage always answers")
         except GatewayError as e:
             if row is not None:
-                row.update(status=e.status, error=e.message[:2000],
-                           latency_ms=(time.perf_counter() - t0) * 1000)
+                row.status, row.error = e.status, e.message[:2000]
+                row.latency_ms = (time.perf_counter() - t0) * 1000
                 self._finish(row, principal)
             return error_response(e, {**limit_headers, **e.headers, "x-request-id": rid})
         except Exception as e:  # a bug of ours: still answer cleanly and keep the row
@@ -335,27 +279,28 @@ class Proxy:
                 log.exception("request %s failed inside greengate", rid)
                 err = GatewayError(500, "Internal error in greengate; it has been logged.")
             if row is not None:
-                row.update(status=err.status, error=repr(e)[:2000],
-                           latency_ms=(time.perf_counter() - t0) * 1000)
+                row.status, row.error = err.status, repr(e)[:2000]
+                row.latency_ms = (time.perf_counter() - t0) * 1000
                 self._finish(row, principal)
             return error_response(err, {"x-request-id": rid})
 
-    def _finish(self, row: dict[str, Any], principal: Principal) -> None:
+    def _finish(self, row: DecisionRow, principal: Principal) -> None:
         """The request is over: carbon, budget charge, metrics, then the decision row."""
-        if row["energy_j"] is not None and row["served_member"] is not None:
-            member = self.pool.get(row["served_member"])
+        if row.energy_j is not None and row.served_member is not None:
+            member = self.pool.get(row.served_member)
             region = member.cfg.energy.region if member and member.cfg.energy else None
-            row["gco2e"] = self.carbon.gco2e(row["energy_j"], region)
+            row.gco2e = self.carbon.gco2e(row.energy_j, region)
         if self.budgets.rules:  # also releases what admission reserved, charged or not
             try:
-                self.budgets.charge(principal.team, principal.key_id, row["cost_usd"],
-                                    row["energy_j"], rid=row["id"])
+                self.budgets.charge(principal.team, principal.key_id, row.cost_usd,
+                                    row.energy_j, rid=row.id)
             except Exception:  # a Redis outage must not lose the request's row
-                log.exception("charging budgets failed for %s", row["id"])
-        self.metrics.observe(row)
+                log.exception("charging budgets failed for %s", row.id)
+        d = row.as_row()  # metrics, spans and the decision log read the columns by name
+        self.metrics.observe(d)
         if self.org is not None:
-            self._org_finish(row, principal)
-        self.decisions.submit(row)
+            self._org_finish(row, d, principal)
+        self.decisions.submit(d)
 
     def _limits(self, principal: Principal) -> list[Limit]:
         out = []
@@ -380,73 +325,23 @@ class Proxy:
                                param=r.param, code="rate_limit_exceeded",
                                headers=r.headers) from None
 
-    def _org_finish(self, row: dict[str, Any], principal: Principal) -> None:
+    def _org_finish(self, row: DecisionRow, d: dict[str, Any], principal: Principal) -> None:
         """Tokens against the token limits, and the request's span."""
-        tokens = (row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0)
+        tokens = (row.prompt_tokens or 0) + (row.completion_tokens or 0)
         try:
             if tokens:
                 self.org.limiter.charge(self._limits(principal), tokens)
         except Exception:
-            log.exception("charging rate limits failed for %s", row["id"])
+            log.exception("charging rate limits failed for %s", row.id)
         if self.org.tracing is not None:
-            member = self.pool.get(row["served_member"]) if row["served_member"] else None
-            self.org.tracing.record(row, _system(member))
+            member = self.pool.get(row.served_member) if row.served_member else None
+            self.org.tracing.record(d, _system(member))
 
-    def _log_request(self, row: dict[str, Any], endpoint: str, body: dict,
+    def _log_request(self, row: DecisionRow, endpoint: str, body: dict,
                      answer: str | None) -> None:
         """The prompt and answer for the team's request log (only if it opted in)."""
-        if self.org is not None and row.get("team") is not None:
-            self.org.request_logs.submit(row, row.get("endpoint") or endpoint, body, answer)
-
-    def _check_budgets(self, principal: Principal, rid: str) -> None:
-        try:
-            # Shared counters reserve this request's expected charge here (released when
-            # _finish charges it): replicas admit no more than the budget holds.
-            over = self.budgets.check(principal.team, principal.key_id, rid=rid)
-        except GatewayError:  # shared counters away under redis_outage=fail_closed
-            raise
-        except Exception:  # counters unreachable: serve rather than refuse everyone
-            log.exception("budget counters unavailable; serving without the check")
-            return
-        if over is None:
-            return
-        self.metrics.budget_rejections.labels(over.rule.scope, over.rule.metric).inc()
-        wait = max(1, int((over.resets_at - datetime.now(UTC)).total_seconds()))
-        spent = f"${over.spent:.6f}" if over.rule.metric == "usd" else f"{over.spent:.3f} Wh"
-        raise GatewayError(
-            429, f"Budget exhausted: {spent} spent of {over.rule.describe()}; it resets at "
-            f"{over.resets_at.isoformat()}.", code="budget_exceeded",
-            headers={"retry-after": str(wait), "x-should-retry": "false"})
-
-    def _serve_hit(self, rid: str, t0: float, row: dict, body: dict, hit: CacheHit,
-                   principal: Principal, t_cache: float) -> Response:
-        """Answer from the cache, in the format a live answer would have, and log it."""
-        out = cache_stage.hit_body(hit.response, rid)
-        usage = out.get("usage") or {}
-        lookup_s = time.perf_counter() - t_cache
-        elapsed = (time.perf_counter() - t0) * 1000
-        row.update(served_member="cache", upstream_model=out.get("model"), status=200,
-                   route_reason=f"cache:{hit.kind}", cache_hit=True, cost_usd=0.0,
-                   prompt_tokens=usage.get("prompt_tokens"),
-                   completion_tokens=usage.get("completion_tokens"), usage_source="cache",
-                   energy_j=lookup_s * cache_stage.CPU_WATTS,
-                   energy_source=cache_stage.ENERGY_SOURCE, latency_ms=elapsed,
-                   ttft_ms=elapsed)
-        row["features"]["cache"] = {**(row["features"].get("cache") or {}),
-                                    "kind": hit.kind, "similarity": round(hit.similarity, 4),
-                                    "entry": hit.entry_id, "member": hit.member,
-                                    "age_s": round(hit.age_s, 1)}
-        self._log_request(row, "chat/completions", body, _completion_text(
-            "chat/completions", out))
-        self._finish(row, principal)
-        headers = {"x-request-id": rid, "x-greengate-member": "cache",
-                   "x-greengate-cache": hit.kind}
-        if body.get("stream"):
-            include = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(cache_stage.hit_chunks(out, include),
-                                     media_type="text/event-stream",
-                                     headers={**_SSE_HEADERS, **headers})
-        return Response(orjson.dumps(out), media_type="application/json", headers=headers)
+        if self.org is not None and row.team is not None:
+            self.org.request_logs.submit(row.as_row(), row.endpoint or endpoint, body, answer)
 
     def _remember(self, key: CacheKey | None, response: dict | None, member: str) -> None:
         """Cache a successful answer, off the response path."""
@@ -454,19 +349,6 @@ class Proxy:
             return
         loop = asyncio.get_running_loop()
         loop.run_in_executor(None, self.cache.put, key, response, member)
-
-    def _new_row(self, rid: str, p: Principal, endpoint: str) -> dict[str, Any]:
-        return {
-            "id": rid, "created_at": datetime.now(UTC), "key_id": p.key_id,
-            "key_prefix": p.key_prefix, "team": p.team, "endpoint": endpoint,
-            "requested_model": None, "served_member": None, "upstream_model": None,
-            "route_reason": None, "candidates": None, "attempts": [], "features": None,
-            "stream": False, "status": 0, "error": None, "latency_ms": None, "ttft_ms": None,
-            "prompt_tokens": None, "completion_tokens": None, "usage_source": None,
-            "cost_usd": None, "energy_j": None, "energy_source": None, "cache_hit": False,
-            "gco2e": None, "counterfactual_member": None, "counterfactual_cost_usd": None,
-            "counterfactual_energy_j": None, "speculative": None, "replicas": None,
-        }
 
     async def _read_json(self, request: Request) -> Any:
         limit = self.settings.max_body_bytes
@@ -490,64 +372,7 @@ class Proxy:
         except orjson.JSONDecodeError as e:
             raise _bad(f"The request body is not valid JSON: {e}", code="invalid_json") from None
 
-    # ---- planning ----------------------------------------------------------------------
-    async def _plan(self, principal: Principal, endpoint: Endpoint, body: dict,
-                    analysis: Analysis, tags: set[str]) -> Plan:
-        model = body["model"]
-        team = namespace(principal.team)
-        if model == "auto":
-            allowed = [m for m in self.pool.serving(endpoint)
-                       if m.visible_to(team) and _may_use(principal, m)]
-            # A demo checkpoint with random weights answers noise: `auto` picks it only when
-            # nothing else could serve (the no-configuration default).
-            allowed = [m for m in allowed if RANDOM_WEIGHTS_TAG not in m.cfg.tags] or allowed
-            if not allowed:
-                raise GatewayError(403, f"No pool member this key may use serves /v1/{endpoint}.",
-                                   param="model", code="model_not_allowed")
-            allowed = [m for m in allowed if tags <= set(m.cfg.tags)]
-            if not allowed:
-                raise GatewayError(403, "This team's safety policy sends this request only to "
-                                   f"members tagged {', '.join(sorted(tags))}, and this key may "
-                                   "use none.", code="no_member_for_flag")
-            auto = await self.routing.plan_auto(principal, endpoint, body, allowed, analysis)
-            return Plan(auto.members, auto.reason, auto.candidates, auto.features, auto.reference)
-        member = self.pool.get(model)
-        if member is None or not member.visible_to(team):  # another team's adapter: missing
-            raise GatewayError(
-                404, f"The model '{model}' does not exist in this greengate pool; "
-                "GET /v1/models lists the members and 'auto'.",
-                param="model", code="model_not_found")
-        if not _may_use(principal, member):
-            raise GatewayError(403, f"This key may not use the model '{model}'.",
-                               param="model", code="model_not_allowed")
-        wanted = "embedding" if endpoint == "embeddings" else "chat"
-        if member.cfg.mode != wanted:
-            raise _bad(f"The model '{model}' is a {member.cfg.mode} model and does not serve "
-                       f"/v1/{endpoint}.", "model", "wrong_endpoint")
-        if not tags <= set(member.cfg.tags):
-            raise GatewayError(403, "This team's safety policy sends this request only to "
-                               f"members tagged {', '.join(sorted(tags))}; '{model}' is not.",
-                               param="model", code="no_member_for_flag")
-        members = [member] + [
-            self.pool.members[f] for f in member.cfg.fallbacks
-            if principal.may_use(f) and self.pool.members[f].cfg.mode == wanted
-            and tags <= set(self.pool.members[f].cfg.tags)
-        ]
-        cands = [{"member": m.name, "role": "requested" if i == 0 else "fallback"}
-                 for i, m in enumerate(members)]
-        return Plan(members, "requested", cands, analysis.features)
-
     # ---- calling with retries and fallback ---------------------------------------------
-    def _set_deadline(self, plan: Plan, t0: float, wanted: float | None) -> None:
-        """One deadline for the whole request: the first member's request_timeout_s, else the
-        gateway's, shortened (never lengthened) by the request's own request_timeout_s."""
-        first = plan.members[0].cfg.request_timeout_s if plan.members else None
-        budget = first or self.settings.request_timeout_s
-        if wanted is not None:
-            budget = min(budget, float(wanted))
-        plan.budget_s = budget
-        plan.deadline = t0 + budget
-
     def _wait(self, rs: RetryCallState) -> float:
         """Before retry n: the upstream's Retry-After when it sent one, else exponential backoff
         (retry_backoff_s x 2^(n-1), half-jittered), both capped at retry_backoff_max_s."""
@@ -600,9 +425,9 @@ class Proxy:
         return result
 
     async def _call(
-        self, plan: Plan, endpoint: Endpoint, body: dict, stream: bool, row: dict
+        self, plan: Plan, endpoint: Endpoint, body: dict, stream: bool, row: DecisionRow
     ) -> tuple[PoolMember, Any]:
-        attempts: list[dict[str, Any]] = row["attempts"]
+        attempts: list[dict[str, Any]] = row.attempts
         last: UpstreamError | None = None
         cooling: list[PoolMember] = []
         for m in plan.members:
@@ -623,7 +448,7 @@ class Proxy:
                 async for attempt in self._retrying(m, member_end, attempts):
                     with attempt:
                         result = await self._attempt(m, req, stream, member_end, attempts,
-                                                     row["id"])
+                                                     row.id)
             except UpstreamError as e:
                 last = e  # this member is done: on to the next
                 continue
@@ -726,7 +551,7 @@ class Proxy:
                             headers=headers)
 
     # ---- accounting --------------------------------------------------------------------
-    def _account(self, row: dict, m: PoolMember, usage: dict | None, endpoint: str,
+    def _account(self, row: DecisionRow, m: PoolMember, usage: dict | None, endpoint: str,
                  body: dict, completion_text: str | None,
                  reference: PoolMember | None = None) -> dict:
         """Fill tokens, cost and energy; count tokens ourselves when the upstream sent none."""
@@ -734,40 +559,40 @@ class Proxy:
         if usage and isinstance(usage.get("prompt_tokens"), int):
             prompt = usage["prompt_tokens"]
             completion = int(usage.get("completion_tokens") or 0)
-            row["usage_source"] = "upstream"
+            row.usage_source = "upstream"
         else:
             prompt = tokens.prompt_tokens(endpoint, body, model)
             completion = tokens.count_text(completion_text or "", model)
-            row["usage_source"] = "counted:tiktoken"
+            row.usage_source = "counted:tiktoken"
             usage = {"prompt_tokens": prompt, "completion_tokens": completion,
                      "total_tokens": prompt + completion}
             if endpoint == "embeddings":
                 usage = {"prompt_tokens": prompt, "total_tokens": prompt}
-        row["prompt_tokens"], row["completion_tokens"] = prompt, completion
-        row["cost_usd"] = m.cost(prompt, completion)
+        row.prompt_tokens, row.completion_tokens = prompt, completion
+        row.cost_usd = m.cost(prompt, completion)
         # The bundled engine reports joules measured per step; those beat any estimate.
         measured_j, measured_source = usage.pop("energy_j", None), usage.pop("energy_source", None)
         spec = usage.pop("speculative", None)
         if isinstance(spec, dict):
-            row["speculative"] = spec
+            row.speculative = spec
         # A member with several endpoints: the replicas it ran on and any migration.
         placed = usage.pop("replicas", None)
         if isinstance(placed, dict):
-            row["replicas"] = placed
+            row.replicas = placed
         energy = (EnergyReading(float(measured_j), str(measured_source))
                   if measured_j is not None and measured_source else m.energy(prompt, completion))
         if energy is not None:
-            row["energy_j"], row["energy_source"] = energy.joules, energy.source
+            row.energy_j, row.energy_source = energy.joules, energy.source
         if reference is not None:
             ref_energy = reference.energy(prompt, completion)
-            row["counterfactual_member"] = reference.name
-            row["counterfactual_cost_usd"] = reference.cost(prompt, completion)
-            row["counterfactual_energy_j"] = ref_energy.joules if ref_energy else None
+            row.counterfactual_member = reference.name
+            row.counterfactual_cost_usd = reference.cost(prompt, completion)
+            row.counterfactual_energy_j = ref_energy.joules if ref_energy else None
         return usage
 
-    def _served_headers(self, rid: str, m: PoolMember, row: dict) -> dict[str, str]:
+    def _served_headers(self, rid: str, m: PoolMember, row: DecisionRow) -> dict[str, str]:
         headers = {"x-request-id": rid, "x-greengate-member": m.name}
-        constraint = (row.get("features") or {}).get("constraint")
+        constraint = (row.features or {}).get("constraint")
         if constraint:
             # ASCII only: header values are latin-1 on the wire.
             headers["x-greengate-constraint"] = (
@@ -775,12 +600,15 @@ class Proxy:
         return headers
 
     # ---- non-streamed ------------------------------------------------------------------
-    async def _complete(self, rid: str, t0: float, row: dict, endpoint: Endpoint, body: dict,
-                        plan: Plan, principal: Principal) -> Response:
+    async def _complete(self, x: Exchange) -> Response:
+        rid, t0, row, endpoint, body, principal = x.rid, x.t0, x.row, x.endpoint, x.body, \
+            x.principal
+        plan = x.plan
+        assert plan is not None
         m, resp = await self._call(plan, endpoint, body, False, row)
         upstream_usage = resp.data.get("usage")
         usage = self._account(row, m, upstream_usage, endpoint, body,
-                              None if upstream_usage else _completion_text(endpoint, resp.data),
+                              None if upstream_usage else completion_text(endpoint, resp.data),
                               plan.reference)
         content = resp.content
         if plan.cache_key is not None and not (resp.data.get("choices") or [{}])[0].get(
@@ -791,21 +619,25 @@ class Proxy:
         if not upstream_usage:
             content = orjson.dumps({**resp.data, "usage": usage})
         elapsed = (time.perf_counter() - t0) * 1000
-        row.update(served_member=m.name, upstream_model=resp.data.get("model") or
-                   m.backend.upstream_model, status=200, latency_ms=elapsed, ttft_ms=elapsed)
+        row.served_member = m.name
+        row.upstream_model = resp.data.get("model") or m.backend.upstream_model
+        row.status, row.latency_ms, row.ttft_ms = 200, elapsed, elapsed
         if endpoint != "embeddings":
-            self._log_request(row, endpoint, body, _completion_text(endpoint, resp.data))
+            self._log_request(row, endpoint, body, completion_text(endpoint, resp.data))
         self._finish(row, principal)
         return Response(content, media_type="application/json",
                         headers=self._served_headers(rid, m, row))
 
     # ---- streamed ----------------------------------------------------------------------
-    async def _stream(self, rid: str, t0: float, row: dict, endpoint: Endpoint, body: dict,
-                      plan: Plan, principal: Principal) -> Response:
+    async def _stream(self, x: Exchange) -> Response:
+        rid, t0, row, endpoint, body, principal = x.rid, x.t0, x.row, x.endpoint, x.body, \
+            x.principal
+        plan = x.plan
+        assert plan is not None
         m, (agen, first) = await self._call(plan, endpoint, body, True, row)
-        row["ttft_ms"] = (time.perf_counter() - t0) * 1000
-        row["served_member"] = m.name
-        row["upstream_model"] = m.backend.upstream_model
+        row.ttft_ms = (time.perf_counter() - t0) * 1000
+        row.served_member = m.name
+        row.upstream_model = m.backend.upstream_model
         client_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         deadline = t0 + m.cfg.timeouts.total_s
         return StreamingResponse(
@@ -814,10 +646,11 @@ class Proxy:
                         StreamRestore(plan.redactor) if plan.redactor else None,
                         plan.cache_key),
             media_type="text/event-stream",
-            headers={**_SSE_HEADERS, **self._served_headers(rid, m, row)},
+            headers={**SSE_HEADERS, **self._served_headers(rid, m, row)},
         )
 
-    async def _relay(self, row: dict, t0: float, m: PoolMember, endpoint: Endpoint, body: dict,
+    async def _relay(self, row: DecisionRow, t0: float, m: PoolMember, endpoint: Endpoint,
+                     body: dict,
                      agen: AsyncIterator[list[bytes]], first: list[bytes], client_usage: bool,
                      deadline: float, principal: Principal, reference: PoolMember | None,
                      restore: StreamRestore | None,
@@ -837,9 +670,9 @@ class Proxy:
                     if b'"usage"' in payload or b'"error"' in payload:
                         data = orjson.loads(payload)
                         if isinstance(data, dict) and isinstance(data.get("error"), dict):
-                            row["status"] = 502
-                            row["error"] = str(data["error"].get("message"))[:2000]
-                            m.breaker.record_failure(row["id"])
+                            row.status = 502
+                            row.error = str(data["error"].get("message"))[:2000]
+                            m.breaker.record_failure(row.id)
                             out.append(_sse(payload))
                             yield b"".join(out)
                             return
@@ -861,7 +694,7 @@ class Proxy:
                                         kind="timeout")
                 batch = await anext(agen, None)
             if usage is None:
-                text, last_chunk = _streamed_text(endpoint, seen)
+                text, last_chunk = streamed_text(endpoint, seen)
                 usage = self._account(row, m, None, endpoint, body, text, reference)
                 if client_usage and last_chunk is not None:
                     yield _sse(orjson.dumps({
@@ -872,31 +705,31 @@ class Proxy:
                 self._account(row, m, usage, endpoint, body, None, reference)
             # The row is journaled (decision WAL) before the last byte leaves: a kill after
             # this point cannot lose an answered request's row.
-            row["status"] = 200
+            row.status = 200
             finished = True
-            row["latency_ms"] = (time.perf_counter() - t0) * 1000
-            self._log_request(row, endpoint, body, _streamed_text(endpoint, seen)[0])
+            row.latency_ms = (time.perf_counter() - t0) * 1000
+            self._log_request(row, endpoint, body, streamed_text(endpoint, seen)[0])
             self._finish(row, principal)
             logged = True
             yield b"data: [DONE]\n\n"
             if cache_key is not None:
                 self._remember(cache_key, cache_stage.body_from_stream(seen, usage), m.name)
         except UpstreamError as e:
-            m.breaker.record_failure(row["id"])
-            row["status"] = 504 if e.kind == "timeout" else 502
-            row["error"] = f"after the first token: {e}"[:2000]
+            m.breaker.record_failure(row.id)
+            row.status = 504 if e.kind == "timeout" else 502
+            row.error = f"after the first token: {e}"[:2000]
             yield _error_event(f"The upstream stream failed: {e}", "upstream_error",
                                "upstream_stream_error")
         finally:
             with anyio.CancelScope(shield=True):
                 await agen.aclose()
             if not logged:
-                if not finished and row["status"] in (0, 200):
-                    row["status"] = 499
-                    row["error"] = "client disconnected before the end of the stream"
-                if row["prompt_tokens"] is None:
+                if not finished and row.status in (0, 200):
+                    row.status = 499
+                    row.error = "client disconnected before the end of the stream"
+                if row.prompt_tokens is None:
                     # Disconnected or failed mid-way: bill what was generated so far.
                     self._account(row, m, usage, endpoint, body,
-                                  _streamed_text(endpoint, seen)[0], reference)
-                row["latency_ms"] = (time.perf_counter() - t0) * 1000
+                                  streamed_text(endpoint, seen)[0], reference)
+                row.latency_ms = (time.perf_counter() - t0) * 1000
                 self._finish(row, principal)
