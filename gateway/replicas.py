@@ -87,6 +87,7 @@ class Replicas:
         self.bus.start()
 
     async def stop(self) -> None:
+        await asyncio.to_thread(self.budgets.close)  # queued charges reach Redis first
         await asyncio.to_thread(self.bus.stop)
         await self.link.aclose()
 

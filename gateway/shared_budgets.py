@@ -22,13 +22,18 @@ Redis away (`redis_outage`):
 On recovery the ledger is added to the Redis counters (INCRBYFLOAT) and pending releases are
 run, so nothing served during the outage goes uncharged. The ledger lives in memory: a replica
 killed during an outage loses its ledger (its decision rows still hold the amounts; the
-counter is re-seeded from the decision log only when it expired)."""
+counter is re-seeded from the decision log only when it expired).
+
+Cost on the request path: one Lua round trip (admission). The charge runs on one background
+thread in request order (`background=True`): the reservation holds the request's share until
+it lands, so exactness does not depend on when it does; `flush()` waits for it."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -73,6 +78,15 @@ return {1, tostring(spent), tostring(resv)}
 """
 
 _SETTLE = """
+if ARGV[2] ~= '' then
+  -- once per request: a retry after a lost reply (a cut mid-call) must not charge twice
+  local now = tonumber(ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - 3600000)
+  if redis.call('ZADD', KEYS[6], 'NX', now, ARGV[2]) == 0 then
+    return redis.call('GET', KEYS[1]) or '0'
+  end
+  redis.call('PEXPIRE', KEYS[6], 3700000)
+end
 local a = redis.call('HGET', KEYS[4], ARGV[2])
 if a then
   redis.call('INCRBYFLOAT', KEYS[2], -tonumber(a))
@@ -120,11 +134,14 @@ class SharedCounters(CounterStore):
 
 
 @dataclass
-class _Pending:
-    """What this replica owes Redis after an outage."""
+class _Owed:
+    """One settle Redis did not confirm: replayed on recovery (idempotent per request)."""
 
-    charges: dict[str, tuple[float, int]]  # counter key -> (amount, ttl)
-    releases: list[tuple[list[str], str]]  # (rule keys, request id)
+    keys: list[str]
+    rid: str
+    amount: float
+    ttl: int
+    count: bool
 
 
 class SharedBudgets(Budgets):
@@ -132,7 +149,7 @@ class SharedBudgets(Budgets):
 
     def __init__(self, link: RedisLink, prefix: str,
                  outage: Literal["fail_open", "fail_closed"] = "fail_open",
-                 hold_s: float = 330.0) -> None:
+                 hold_s: float = 330.0, background: bool = True) -> None:
         super().__init__(SharedCounters(link))
         self.link = link
         self.prefix = prefix
@@ -143,11 +160,13 @@ class SharedBudgets(Budgets):
         self._seen: dict[str, float] = {}  # counter key -> spent as last seen in Redis
         self._reserved: dict[str, list[BudgetRule]] = {}  # request id -> rules it reserved on
         self._lock = threading.Lock()
-        self._pending = _Pending({}, [])
+        self._pending: list[_Owed] = []
         self.outage_admitted = 0
         self.outage_refused = 0
         self.reconciled = 0.0
         link.on_recover(self.reconcile)
+        self._charges: queue.Queue | None = queue.Queue() if background else None
+        self._worker: threading.Thread | None = None
 
     # ---- keys --------------------------------------------------------------------------
     def _counter(self, rule: BudgetRule, start: datetime) -> str:
@@ -157,7 +176,7 @@ class SharedBudgets(Budgets):
     def _keys(self, rule: BudgetRule, start: datetime) -> list[str]:
         c = self._counter(rule, start)
         stats = f"{self.prefix}budget:{rule.scope}:{rule.subject}:{rule.metric}:stats"
-        return [c, c + ":resv", c + ":resvz", c + ":resvh", stats]
+        return [c, c + ":resv", c + ":resvz", c + ":resvh", stats, c + ":done"]
 
     # ---- the request path --------------------------------------------------------------
     def check(self, team: str | None, key_id: int | None, now: datetime | None = None,
@@ -179,7 +198,7 @@ class SharedBudgets(Budgets):
                 self._release_local(reserved, rid, now)
                 return self._outage_check(rules, now)
             spent_f = float(spent)
-            self._seen[keys[0]] = spent_f
+            self._see(keys[0], spent_f)
             if not int(ok):
                 self._release_local(reserved, rid, now)
                 return Exceeded(rule, spent_f, reset)
@@ -212,6 +231,42 @@ class SharedBudgets(Budgets):
                rid: str | None = None) -> None:
         """Charge what the request cost and release its reservations (always call it)."""
         now = now or datetime.now(UTC)
+        if self._charges is None:
+            self._charge_now(team, key_id, cost_usd, energy_j, now, rid)
+            return
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._drain, name="greengate-budget-charges",
+                                            daemon=True)
+            self._worker.start()
+        self._charges.put((team, key_id, cost_usd, energy_j, now, rid))
+
+    def _drain(self) -> None:
+        assert self._charges is not None
+        while True:
+            item = self._charges.get()
+            try:
+                if item is None:
+                    return
+                self._charge_now(*item)
+            except Exception:  # a bug here must not stop later charges
+                log.exception("charging a budget failed")
+            finally:
+                self._charges.task_done()
+
+    def flush(self) -> None:
+        """Wait until every charge made so far has reached Redis (or the outage ledger)."""
+        if self._charges is not None and self._worker is not None:
+            self._charges.join()
+
+    def close(self) -> None:
+        """Finish the queued charges and stop the charging thread."""
+        if self._charges is not None and self._worker is not None:
+            self._charges.put(None)
+            self._worker.join(timeout=10)
+            self._worker = None
+
+    def _charge_now(self, team: str | None, key_id: int | None, cost_usd: float | None,
+                    energy_j: float | None, now: datetime, rid: str | None) -> None:
         held = self._reserved.pop(rid, []) if rid else []
         held_ids = {r.id for r in held}
         for rule in self.rules:
@@ -226,32 +281,45 @@ class SharedBudgets(Budgets):
     def _settle_rule(self, rule: BudgetRule, rid: str, amount: float, now: datetime,
                      count: bool) -> None:
         start, reset = period_bounds(rule.period, now)
-        keys = self._keys(rule, start)
-        ttl = self._ttl(reset, now)
+        owed = _Owed(self._keys(rule, start), rid, amount, self._ttl(reset, now), count)
+        if not self._send(owed):
+            with self._lock:
+                self._pending.append(owed)
+            if self.link.ok:  # Redis came back while this call failed: reconciled already,
+                self.reconcile()  # so settle what just joined the ledger now
+
+    def _send(self, o: _Owed) -> bool:
+        """Run the settle script; False when Redis did not confirm it (it may have run: the
+        script is idempotent per request id, so sending it again is safe)."""
         try:
             value = self.link.call(lambda r: self._settle(
-                keys=keys, args=[amount, rid, ttl, "1" if count else "0", STATS_WINDOW],
-                client=r))
-            self._seen[keys[0]] = float(value)
+                keys=o.keys, args=[o.amount, o.rid, o.ttl, "1" if o.count else "0",
+                                   STATS_WINDOW, int(time.time() * 1000)], client=r))
         except RedisDown:
-            with self._lock:
-                if amount:
-                    old, _ = self._pending.charges.get(keys[0], (0.0, ttl))
-                    self._pending.charges[keys[0]] = (old + amount, ttl)
-                if rid:
-                    self._pending.releases.append((keys, rid))
+            return False
+        self._see(o.keys[0], float(value))
+        return True
 
     # ---- views -------------------------------------------------------------------------
+    def _see(self, key: str, value: float) -> None:
+        """A period's counter only grows: a late answer (an admission read before a charge
+        that the charging thread already saw land) must not move the view back."""
+        if value > self._seen.get(key, float("-inf")):
+            self._seen[key] = value
+
     def local_spent(self, rule: BudgetRule, now: datetime | None = None) -> float:
         """This replica's view: the last value Redis gave plus what it owes Redis."""
         start, _ = period_bounds(rule.period, now or datetime.now(UTC))
         key = self._counter(rule, start)
+        return self._seen.get(key, 0.0) + self._owed_on(key)
+
+    def _owed_on(self, key: str) -> float:
         with self._lock:
-            owed = self._pending.charges.get(key, (0.0, 0))[0]
-        return self._seen.get(key, 0.0) + owed
+            return sum(o.amount for o in self._pending if o.keys[0] == key)
 
     def spent(self, rule: BudgetRule, now: datetime | None = None) -> float:
         """Spent so far; never raises (Redis away: the local view)."""
+        self.flush()  # this replica's own charges first: a reader sees its requests counted
         now = now or datetime.now(UTC)
         start, _ = period_bounds(rule.period, now)
         key = self._counter(rule, start)
@@ -260,9 +328,8 @@ class SharedBudgets(Budgets):
         except RedisDown:
             return self.local_spent(rule, now)
         spent = 0.0 if value is None else float(value)
-        self._seen[key] = spent
-        with self._lock:
-            return spent + self._pending.charges.get(key, (0.0, 0))[0]
+        self._see(key, spent)
+        return spent + self._owed_on(key)
 
     def seed(self, rule: BudgetRule, spent: float, now: datetime | None = None) -> None:
         now = now or datetime.now(UTC)
@@ -290,37 +357,22 @@ class SharedBudgets(Budgets):
     @property
     def owed(self) -> float:
         with self._lock:
-            return sum(a for a, _ in self._pending.charges.values())
+            return sum(o.amount for o in self._pending)
 
     # ---- recovery ----------------------------------------------------------------------
     def reconcile(self) -> None:
-        """Redis answers again: add what was charged during the outage, run the releases."""
+        """Redis answers again: send every settle it did not confirm (charges made during
+        the outage, and reservations to release), in order, each once per request."""
         with self._lock:
-            charges, self._pending.charges = self._pending.charges, {}
-            releases, self._pending.releases = self._pending.releases, []
+            owed, self._pending = self._pending, []
         done = 0.0
-        failed: dict[str, tuple[float, int]] = {}
-        for key, (amount, ttl) in charges.items():
-            try:
-                self.link.call(lambda r, k=key, a=amount, t=ttl: (
-                    r.incrbyfloat(k, a), r.expire(k, t)))
-                done += amount
-            except RedisDown:
-                failed[key] = (amount, ttl)
-        left = collections.deque(releases)
+        left = collections.deque(owed)
         while left:
-            keys, rid = left[0]
-            try:
-                self.link.call(lambda r, k=keys, i=rid: self._settle(
-                    keys=k, args=[0, i, 60, "0", STATS_WINDOW], client=r))
-            except RedisDown:
+            if not self._send(left[0]):
                 break
-            left.popleft()
+            done += left.popleft().amount
         with self._lock:
-            for key, (amount, ttl) in failed.items():
-                old, _ = self._pending.charges.get(key, (0.0, ttl))
-                self._pending.charges[key] = (old + amount, ttl)
-            self._pending.releases[:0] = list(left)
+            self._pending[:0] = list(left)
         self.reconciled += done
         if done:
             log.info("budgets: %.6g charged during the redis outage added to the counters", done)

@@ -64,6 +64,7 @@ class RedisLink:
         self.stats = LinkStats()
         self._on_recover: list[Callable[[], Any]] = []
         self._probe: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the probe runs
         self._errors: tuple[type[BaseException], ...] = (
             redis.ConnectionError, redis.TimeoutError, OSError)
 
@@ -73,6 +74,9 @@ class RedisLink:
 
     def call(self, fn: Callable[[Any], Any]) -> Any:
         """fn(client), or RedisDown without touching the network while Redis is away."""
+        if self._loop is None:
+            with contextlib.suppress(RuntimeError):
+                self._loop = asyncio.get_running_loop()
         if not self.ok:
             raise RedisDown("redis marked unreachable")
         try:
@@ -93,7 +97,10 @@ class RedisLink:
     def _start_probe(self) -> None:
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # a worker thread: the next call on the loop starts it
+        except RuntimeError:  # a worker thread (budget charges): hand it to the loop
+            if self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._start_probe)
             return
         if self._probe is None or self._probe.done():
             self._probe = loop.create_task(self._probe_loop(), name="redis-probe")

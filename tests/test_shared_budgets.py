@@ -56,6 +56,8 @@ def test_three_replicas_admit_exactly_the_budget_under_concurrency(prefix: str) 
     with ThreadPoolExecutor(48) as pool:
         admitted = sum(pool.map(lambda i: _request(replicas[i % 3]), range(300)))
     assert admitted == 20
+    for b in replicas:
+        b.flush()  # charges land on a background thread
     assert replicas[1].spent(RULE) == pytest.approx(20 * COST)
 
 
@@ -78,6 +80,7 @@ def test_refused_and_failed_requests_release_their_reservation(prefix: str) -> N
         rid = uuid.uuid4().hex
         assert b.check("t", None, rid=rid) is None
         b.charge("t", None, None, None, rid=rid)
+        b.flush()  # the release lands on the charging thread; until then the share is held
     assert b.spent(RULE) == 0.0
 
 
@@ -93,12 +96,16 @@ def test_outage_fail_open_charges_are_reconciled(prefix: str) -> None:
         proxy.cut()
         served = sum(_request(b) for _ in range(5))  # fail_open: served, charged locally
         assert served == 5 and not b.link.ok
-        assert b.spent(RULE) == pytest.approx(10 * COST)  # the local view, not an error
+        # The local view, not an error: a charge whose reply the cut lost counts twice here
+        # until Redis answers (the replay is once per request there).
+        assert 10 * COST - 1e-9 <= b.spent(RULE) <= 11 * COST + 1e-9
         proxy.restore()
         for _ in range(100):
             await asyncio.sleep(0.05)
+            b.flush()
             if b.link.ok and b.owed == 0:
                 break
+        assert b.link.ok and b.owed == 0, (b.link.ok, b.owed)
         direct = _budgets(prefix)
         assert direct.spent(RULE) == pytest.approx(10 * COST)  # nothing served uncharged
         assert sum(_request(direct) for _ in range(30)) == 10
