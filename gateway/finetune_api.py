@@ -86,16 +86,12 @@ async def checkpoints(request: Request, job_id: str, after: str | None = None,
 
 
 # ---- admin (the UI's jobs pages) --------------------------------------------------------
-def _scoped(p: Principal, team: str | None) -> tuple[str | None, bool]:
-    """(team filter, any team): the admin sees every team's jobs, a team session its own."""
-    return (team_scope(p, team), True) if p.is_admin else (p.team, True)
-
-
 @admin_router.get("", openapi_extra=TEAM_READABLE)
 async def admin_list(request: Request, p: Principal = Depends(require_admin),
                      team: str | None = None, after: str | None = None,
                      limit: int = Query(50, ge=1, le=500)) -> Response:
-    scope, _ = _scoped(p, team)
+    """Every team's jobs for the admin (or one team's: `team`); a team session its own."""
+    scope = team_scope(p, team)
     return _json(await _service(request).list(p, after, limit, team=scope, any_team=True))
 
 

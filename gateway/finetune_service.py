@@ -102,6 +102,7 @@ class _Run:
     joules_seen: float = 0.0
     started: bool = False
     fresh: bool = True  # started from step 0: its first validation loss is the base's
+    resumed: bool = False  # resubmitted after a gateway restart
     cancel_requested: bool = False
     checkpoints: set[int] = field(default_factory=set)
 
@@ -346,7 +347,7 @@ class FineTuningService:
             validation=valid.examples if valid else [], hyper=req.hyper(len(train.examples)),
             checkpoint_dir=Path(job.checkpoint_dir), seed=job.seed, resume=True)
         cp = await asyncio.to_thread(self.store.newest_checkpoint, job.id) if resumed else None
-        run = _Run(job.id, job.team, job.key_id, job.model, fresh=cp is None)
+        run = _Run(job.id, job.team, job.key_id, job.model, fresh=cp is None, resumed=resumed)
         if cp is not None:
             # The engine's counters restart from the checkpoint it resumes from.
             run.tokens_seen = int(cp.metrics.get("tokens_trained") or 0)
@@ -521,7 +522,8 @@ class FineTuningService:
         if not run.started:
             run.started = True
             values["status"] = "running"
-            values["started_at"] = now()
+            if not run.resumed:  # a resumed job keeps the time it first started
+                values["started_at"] = now()
         return values
 
     def _charge(self, run: _Run, p: TrainingProgress) -> None:
