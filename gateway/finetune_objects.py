@@ -3,7 +3,7 @@ plus greengate's figures under "greengate" (losses, step, energy with its source
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.finetune_store import utc
@@ -27,7 +27,8 @@ def job_object(j: FineTuningJob) -> dict[str, Any]:
         "trained_tokens": j.trained_tokens if j.status in ("succeeded", "failed",
                                                              "cancelled") else None,
         "training_file": j.training_file, "validation_file": j.validation_file,
-        "estimated_finish": None, "integrations": [], "metadata": j.user_metadata,
+        "estimated_finish": _finish_estimate(j), "integrations": [],
+        "metadata": j.user_metadata,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
         "suffix": j.suffix,
         "greengate": {
@@ -38,6 +39,15 @@ def job_object(j: FineTuningJob) -> dict[str, Any]:
             "started_at": _ts(j.started_at),
         },
     }
+
+
+def _finish_estimate(j: FineTuningJob) -> int | None:
+    """A running job's finish at its pace so far (None before its first step)."""
+    started = utc(j.started_at)
+    if j.status != "running" or started is None or not j.step or not j.total_steps:
+        return None
+    elapsed = (datetime.now(UTC) - started).total_seconds()
+    return int(started.timestamp() + elapsed * j.total_steps / j.step)
 
 
 def event_object(e: FineTuningEvent) -> dict[str, Any]:

@@ -429,6 +429,12 @@ def test_two_gateway_processes_share_jobs_and_adapters(
     c2 = client(gw2, key)
     assert long_job.id in training_jobs(engine_of(gw1))
     assert training_jobs(engine_of(gw2)) == []  # locked by the first process
+    deadline = time.monotonic() + 20
+    while not (running := c2.fine_tuning.jobs.retrieve(long_job.id)).model_extra[
+            "greengate"]["step"]:  # type: ignore[index]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert running.status == "running" and running.estimated_finish >= int(time.time()) - 1
     assert c2.fine_tuning.jobs.cancel(long_job.id).status == "cancelled"
     deadline = time.monotonic() + 20
     while long_job.id in training_jobs(engine_of(gw1)):  # stopped at its next report
