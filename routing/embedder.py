@@ -12,10 +12,11 @@ Why it is kept hand-written (issue 20 asked to keep the fastest maintained encod
 `bench/embedder_bench.py` runs it against sentence-transformers on torch (fp32 and bf16) and
 against onnxruntime on the same exported BERT, on the same package weights and prompts,
 interleaved, one thread each. On the 2-core machine this project runs on, one text per call
-(what the gateway does below saturation), p50: this forward 7.9 ms (bf16), sentence-
-transformers bf16 10.4 ms (1.3x), onnxruntime fp32 10.2 ms (1.3x), sentence-transformers
-fp32 21.4 ms (2.7x); batches of 32: equal to sentence-transformers bf16, 1.4x onnxruntime;
-cosine to sentence-transformers fp32 0.99996 (bf16). So no maintained runtime is faster, and
+(what the gateway does below saturation), p50 over two runs: this forward 7.9-9.9 ms (bf16),
+onnxruntime fp32 10.2-11.3 ms (1.14-1.28x), sentence-transformers bf16 10.4-12.7 ms (1.3x),
+sentence-transformers fp32 21.4-24.3 ms (2.5-2.7x); batches of 32: 1.0-1.3x the speed of
+sentence-transformers bf16, 1.4-1.5x onnxruntime; cosine to sentence-transformers fp32
+0.99996 (bf16). So no maintained runtime is faster, and
 sentence-transformers would add ~4 s of import at start; sentence-transformers' own ONNX
 backend (`optimum-onnx`) cannot be installed beside transformers 5. Rerun the benchmark when
 torch, sentence-transformers or onnxruntime change: if one wins, replace this class with it.
