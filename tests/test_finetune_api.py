@@ -171,12 +171,14 @@ def test_team_isolation(make_gateway: GatewayFactory, checkpoint: Path, fake_url
                  lambda: b.fine_tuning.jobs.cancel(job.id),
                  lambda: b.fine_tuning.jobs.list_events(job.id),
                  lambda: b.fine_tuning.jobs.checkpoints.list(job.id),
-                 lambda: ask(b, done.fine_tuned_model, "sky")):
+                 lambda: ask(b, done.fine_tuned_model, "sky"),
+                 lambda: b.models.retrieve(done.fine_tuned_model)):
         with pytest.raises(openai.NotFoundError):
             call()
     assert b.fine_tuning.jobs.list().data == []
     assert done.fine_tuned_model not in [m.id for m in b.models.list().data]
     assert done.fine_tuned_model in [m.id for m in a.models.list().data]
+    assert a.models.retrieve(done.fine_tuned_model).owned_by == "team-a"
     # `auto` may choose the adapter for its own team only.
     for key, team_sees in ((a.api_key, True), (b.api_key, False)):
         r = gw.post("/v1/chat/completions", {"model": "auto", "max_tokens": 2, "messages": [
