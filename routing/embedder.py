@@ -59,6 +59,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -416,9 +417,16 @@ class MicroBatcher:
         max_batch: int = 32,
         max_wait_ms: float = 0.0,
         max_queue: int = 1024,
+        cache_size: int = 1024,
     ) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1")
+        # Exact-text LRU of recent embeddings: a repeated prompt (client retries, agents
+        # resending the same turn, one template under load) costs no encode and no wait on
+        # the torch thread. The encoder is deterministic, so a hit is the same vector.
+        self.cache_size = max(0, cache_size)
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache_hits = 0
         self.embedder = embedder
         self.max_batch = max_batch
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
@@ -465,8 +473,36 @@ class MicroBatcher:
         await queue.put((text, fut))
         return fut
 
+    def cached(self, text: str) -> np.ndarray | None:
+        """The embedding of `text` if it was encoded recently (read-only), else None."""
+        emb = self._cache.get(text)
+        if emb is not None:
+            self._cache.move_to_end(text)
+        return emb
+
+    def clear_cache(self) -> None:
+        """Forget the cached embeddings (a new model, or a test of the uncached path)."""
+        self._cache.clear()
+
+    def _remember(self, text: str, emb: np.ndarray) -> np.ndarray:
+        """Keep a read-only copy (not a view that would pin the whole batch) and return it."""
+        if not self.cache_size:
+            return emb
+        emb = np.array(emb, dtype=np.float32, copy=True)
+        emb.flags.writeable = False  # shared by every caller that hits it
+        self._cache[text] = emb
+        self._cache.move_to_end(text)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return emb
+
     async def embed(self, text: str) -> np.ndarray:
-        """The (384,) float32 embedding of `text`, encoded together with concurrent calls."""
+        """The (384,) float32 embedding of `text`, encoded together with concurrent calls
+        (or the recent one of the same text)."""
+        hit = self.cached(text)
+        if hit is not None:
+            self.cache_hits += 1
+            return hit
         self.pending += 1
         try:
             return await (await self.submit(text))
@@ -519,7 +555,8 @@ class MicroBatcher:
                 continue
             self.batches += 1
             self.items += len(live)
-            for (_, f), e in zip(live, embs, strict=True):
+            for (t, f), e in zip(live, embs, strict=True):
+                e = self._remember(t, e)
                 if not f.done():
                     f.set_result(e)
         # Anything queued behind the stop marker is refused, not left hanging.

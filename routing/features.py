@@ -397,7 +397,8 @@ class FeatureExtractor:
         embeds, so safety and the cache reuse the one embedding per request."""
         text, last, turns = request_text(body)
         tools = bool(body.get("tools") or body.get("functions"))
-        if budget_ms is not None and self.batcher.backlog_wait_s() * 1000 > budget_ms:
+        if (budget_ms is not None and self.batcher.backlog_wait_s() * 1000 > budget_ms
+                and self.batcher.cached(text) is None):  # a cached embedding costs no wait
             c = cx.complexity(last)
             max_tokens = _max_tokens(body)
             return QueryFeatures(

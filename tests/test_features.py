@@ -561,6 +561,7 @@ async def test_budget_skips_the_embedding_when_the_queue_is_too_long(
     body = chat("Write a Python function that reverses a linked list.", max_tokens=50)
     full = await fx.extract(body, budget_ms=0.0, update_clusters=False)
     assert full.embedded and full.task == "code"  # no backlog: always embedded
+    fx.batcher.clear_cache()  # a cached text never waits (test_embed_cache.py): test the queue
     burst = await asyncio.gather(
         *[fx.extract(body, budget_ms=0.0, update_clusters=False) for _ in range(6)])
     assert burst[0].embedded  # the first one queues; the others would wait behind it
