@@ -277,6 +277,11 @@ def test_tokenize_chat_masks_only_the_assistant_turns(path: Path) -> None:
         assert "be brief" not in learned and "and?" not in learned
         with pytest.raises(ValueError, match="no assistant"):
             engine.tokenize_chat(msgs[:2])
+        muted = [dict(m) for m in msgs]
+        muted[2]["weight"] = 0
+        ex = engine.tokenize_chat(muted)
+        learned = tok.decode([t for t, m in zip(ex.token_ids, ex.loss_mask, strict=True) if m])
+        assert "bye now" in learned and "hello there" not in learned
     finally:
         engine.shutdown()
 

@@ -403,7 +403,9 @@ class Engine:
         if self.tokenizer is None:
             raise ValueError("this engine has no tokenizer")
         msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-        if not any(m["role"] == "assistant" for m in msgs):
+        # OpenAI's `weight: 0` on an assistant turn: keep it as context, learn nothing from it.
+        learn = [m["role"] == "assistant" and m.get("weight", 1) != 0 for m in messages]
+        if not any(learn):
             raise ValueError("the conversation has no assistant message to learn")
         ids: list[int] = []
         mask: list[bool] = []
@@ -420,12 +422,13 @@ class Engine:
                 ids, mask = [], []
             mask.extend([False] * (len(prompt) - len(ids)))
             ids = list(prompt)
-            mask.extend([True] * (len(full) - len(ids)))
+            mask.extend([learn[i]] * (len(full) - len(ids)))
             ids = list(full)
         eos = self.eos_token_ids[0] if self.eos_token_ids else None
         if eos is not None and (not ids or ids[-1] != eos):
             ids.append(eos)  # so the adapter learns where an answer ends
-            mask.append(True)
+            last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+            mask.append(learn[last])
         return TrainExample(ids, mask)
 
     def start_training(self, spec: TrainingJobSpec,

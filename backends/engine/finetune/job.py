@@ -89,8 +89,10 @@ class TrainingProgress:
     epoch: int  # 0-based epoch the next example comes from
     train_loss: float | None  # mean over the last optimizer step's target tokens
     valid_loss: float | None  # mean over the validation set, when it was last evaluated
-    tokens_trained: int  # tokens through forward+backward so far (all epochs, this run)
-    joules: float | None  # measured energy of the training share of steps; None: not measured
+    tokens_trained: int  # tokens through forward+backward so far (all epochs; a resumed job
+    # restores the count from its checkpoint, so it spans restarts)
+    joules: float | None  # measured energy of the training share, restored on resume too;
+    # None: not measured
 
 
 class TrainingListener(Protocol):
