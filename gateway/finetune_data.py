@@ -87,14 +87,10 @@ def conversation(value: Any, param: str, line: int) -> list[dict[str, Any]]:
             if role != "assistant" or m["weight"] not in (0, 1) or isinstance(m["weight"], bool):
                 raise DataProblem(param, "weight must be 0 or 1, on assistant messages only",
                                   line, f"{where}.weight")
-            if m["weight"] == 0:
-                # The engine's chat tokenization trains on every assistant turn; training on
-                # a turn the caller excluded would be wrong, so it is refused instead.
-                raise DataProblem(param, "weight 0 (skip this turn) is not supported by the "
-                                  "bundled engine yet; drop the weight or the turn", line,
-                                  f"{where}.weight")
+            # weight 0: the turn stays as context and the engine takes no loss on it.
+            flat["weight"] = m["weight"]
         out.append(flat)
-    if not any(m["role"] == "assistant" for m in out):
+    if not any(m["role"] == "assistant" and m.get("weight", 1) for m in out):
         raise DataProblem(param, "the conversation has no assistant message to learn from",
                           line, "messages")
     return out

@@ -36,7 +36,7 @@ def fake_tokenize(messages: list[dict]) -> TrainExample:
     (line(U), "line 1, messages: the conversation has no assistant message"),
     (line(U, {"role": "assistant", "content": 5}), "line 1, messages[1].content"),
     (line(U, {"role": "assistant", "content": "a", "weight": 2}), "messages[1].weight"),
-    (line(U, {**A, "weight": 0}), "messages[1].weight: weight 0 (skip this turn) is not"),
+    (line(U, {**A, "weight": 0}), "line 1, messages: the conversation has no assistant message"),
     (line(U, A, tools=[{"type": "function"}]), "line 1, tools"),
     (line(U, {**A, "tool_calls": [{"id": "x"}]}), "messages[1].tool_calls"),
     (b"\n \n", "the file holds no examples"),
