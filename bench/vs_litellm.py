@@ -8,7 +8,10 @@ What it measures
 
     - direct: the provider itself (the floor);
     - greengate: `model: fake-small` (routing off);
-    - greengate_auto: `model: auto` (query features + the bandit choose the member);
+    - greengate_auto: `model: auto` (query features + the bandit choose the member), a
+      distinct prompt per request, so the embedding cache never answers;
+    - greengate_auto_repeat (`--auto-repeat`): `model: auto` with the one repeated prompt
+      (embedding-cache hits after the first request);
     - litellm: the LiteLLM proxy, `model: fake-small`.
 
     The systems are interleaved per cell: each cell is `--rounds` rounds, every round gives each
@@ -228,6 +231,7 @@ class System:
     model: str
     headers: dict[str, str]
     pid: int | None  # the server process whose CPU is charged
+    unique: bool = False  # a distinct prompt per request (no cache can answer it)
 
 
 @dataclass
@@ -240,9 +244,10 @@ class CellResult:
     first_error: str | None = None
 
 
-def body_for(system: System, stream: bool) -> bytes:
+def body_for(system: System, stream: bool, n: int = 0) -> bytes:
+    prompt = f"{PROMPT} (request {n})" if system.unique else PROMPT
     body: dict[str, Any] = {"model": system.model,
-                            "messages": [{"role": "user", "content": PROMPT}]}
+                            "messages": [{"role": "user", "content": prompt}]}
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -274,6 +279,7 @@ async def one(session: aiohttp.ClientSession, system: System, body: bytes,
 async def drive(session: aiohttp.ClientSession, system: System, stream: bool,
                 concurrency: int, seconds: float, out: CellResult) -> None:
     body = body_for(system, stream)
+    counter = iter(range(10**9))
     stop_at = time.perf_counter() + seconds
     cpu0 = cpu_s(system.pid) if system.pid else 0.0
     t0 = time.perf_counter()
@@ -281,7 +287,8 @@ async def drive(session: aiohttp.ClientSession, system: System, stream: bool,
     async def worker() -> None:
         while time.perf_counter() < stop_at:
             try:
-                out.latencies_ms.append(await one(session, system, body, stream))
+                b = body_for(system, stream, next(counter)) if system.unique else body
+                out.latencies_ms.append(await one(session, system, b, stream))
                 out.requests += 1
             except (BenchError, aiohttp.ClientError, TimeoutError) as e:
                 out.errors += 1
@@ -391,6 +398,10 @@ def targets(doc: dict[str, Any]) -> dict[str, Any]:
         t["auto_adds_le_10ms_p50_c1"] = (
             (g("c1_plain", "greengate_auto", "p50_ms") or 0) - (g("c1_plain", "greengate",
                                                                  "p50_ms") or 0), 10.0)
+    if "c16_plain" in cells:
+        t["auto_adds_le_10ms_p50_c16"] = (
+            (g("c16_plain", "greengate_auto", "p50_ms") or 0) - (g("c16_plain", "greengate",
+                                                                  "p50_ms") or 0), 10.0)
     for stream in ("plain", "stream"):
         a, b = cells.get(f"c16_{stream}"), cells.get(f"c64_{stream}")
         if a and b:
@@ -545,7 +556,11 @@ def start(stack: ExitStack, workdir: Path, args: argparse.Namespace) -> list[Sys
         url = f"http://{HOST}:{port}/v1/chat/completions"
         systems.append(System("greengate", url, "fake-small", hdr, gg.proc.pid))
         if args.auto:
-            systems.append(System("greengate_auto", url, "auto", hdr, gg.proc.pid))
+            # every auto request its own prompt: the embedding cache cannot answer it, so the
+            # figure is the cost of features + bandit per new prompt
+            systems.append(System("greengate_auto", url, "auto", hdr, gg.proc.pid, True))
+            if args.auto_repeat:  # one prompt repeated: embedding-cache hits after the first
+                systems.append(System("greengate_auto_repeat", url, "auto", hdr, gg.proc.pid))
     if "litellm" in args.systems:
         exe = ensure_litellm_venv()
         port = free_port()
@@ -584,6 +599,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    choices=["greengate", "litellm"])
     p.add_argument("--no-auto", dest="auto", action="store_false",
                    help="skip the `model: auto` system")
+    p.add_argument("--auto-repeat", action="store_true",
+                   help="also `model: auto` with one repeated prompt (embedding-cache hits)")
     p.add_argument("--gg-workers", type=int, default=1,
                    help="greengate worker processes (> 1 uses --redis-url)")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")

@@ -272,9 +272,15 @@ class FeatureExtractor:
         first request (about 1 s)."""
         classifier = TaskClassifier.load()
         emb_cfg = classifier.meta.get("embedder", {})
+        # One torch thread: with intra-op parallelism on the cores the event loop also needs,
+        # libgomp's workers spin-wait between ops; on the 2-core host, one new prompt per
+        # request (`model: auto` at concurrency 1) cost 90 ms of process CPU per request with
+        # 2 threads and 3.5 ms with 1, p99 408 ms vs 13 ms (bench/vs_litellm.py). Batches under
+        # concurrency were cheaper on 1 thread too (2.0 vs 0.8 ms CPU per request at 16).
         embedder = Embedder(
             max_seq_length=int(emb_cfg.get("max_seq_length", 64)),
             head_fraction=float(emb_cfg.get("head_fraction", 0.25)),
+            num_threads=1,
         )
         kmeans = OnlineKMeans.from_artifact(k, dim=classifier.dim)
         fx = cls(embedder, classifier, kmeans, MicroBatcher(embedder, **batcher_kw))

@@ -69,3 +69,13 @@ async def test_cached_text_skips_the_budget_queue(fx: FeatureExtractor) -> None:
         fx.extract(body, budget_ms=0.0, update_clusters=False))
     assert burst[0].embedded and not any(f.embedded for f in burst[1:4])  # queue too long
     assert burst[4].embedded and burst[4].task == full.task  # cached: no wait, same features
+
+
+def test_gateway_embedder_runs_torch_on_one_thread(fx: FeatureExtractor) -> None:
+    """Intra-op threads spin on the cores the event loop needs (90 ms CPU per request on the
+    2-core host): the gateway's embedder runs every forward on one torch thread."""
+    import torch
+
+    assert fx.embedder.num_threads == 1
+    fx.embedder.encode(["warm the torch thread"])
+    assert fx.embedder.executor.submit(torch.get_num_threads).result() == 1
