@@ -28,6 +28,7 @@ class CoServeConfig:
     increase: float = 0.05
     decrease: float = 0.5
     baseline_decay: float = 0.9
+    observed_decay: float = 0.7  # smoothing of the with-training ITL the target is checked on
     refresh_every: int = 16  # every so many decode steps, one runs alone to re-measure
     # Run training slices on a worker thread beside the step instead of inside it: on the CPU
     # the resource is cores, not a GPU's kernel slots, so a slice on the second core costs
@@ -43,6 +44,7 @@ class CoServePlanner:
         self._baseline: dict[int, float] = {}  # decode-count bucket -> ITL without training
         self.last_target_s: float | None = None
         self._decode_steps = 0
+        self._with_training: dict[int, float] = {}  # bucket -> smoothed ITL with training
 
     def tokens(self, leftover: int, num_decodes: int) -> int:
         """Training tokens for this step, given the budget inference left and its decodes."""
@@ -70,7 +72,13 @@ class CoServePlanner:
         if target is None:
             return
         self.last_target_s = target
-        if seconds > target:
+        # Compared smoothed: one slow step is the machine's noise as often as training's cost,
+        # and halving on every one keeps the share far below what the target allows.
+        d = self.config.observed_decay
+        old = self._with_training.get(bucket)
+        smooth = seconds if old is None else d * old + (1 - d) * seconds
+        self._with_training[bucket] = smooth
+        if smooth > target:
             self.share = max(self.config.min_share, self.share * self.config.decrease)
         else:
             self.share = min(1.0, self.share + self.config.increase)
