@@ -8,7 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser run test fuzz lint bench bench-engine bench-replay bench-routing bench-reports bench-safety bench-cache clean bench-spec bench-vs-litellm bench-scaleout soak bench-batch-carbon
+.PHONY: bench-coserve bench-replicas setup browser run test fuzz lint bench bench-engine bench-replay bench-routing bench-reports bench-safety bench-cache clean bench-spec bench-vs-litellm bench-scaleout soak bench-batch-carbon
 
 setup: $(STAMP)
 
@@ -54,6 +54,12 @@ bench-engine: setup
 # Trains the benchmark's target/draft pair on first run (~30 min here), cached in .greengate/models/.
 bench-spec: setup
 	$(BIN)/python bench/spec_decode.py --out bench/results/spec_decode.json
+
+bench-coserve: setup
+	$(BIN)/python bench/coserve.py --out bench/results/coserve.json
+
+bench-replicas: setup
+	$(BIN)/python bench/replicas.py --out bench/results/replicas.json
 
 bench-replay: setup
 	$(BIN)/python bench/replay.py --out bench/results/replay.json
