@@ -78,10 +78,15 @@ def create_app(
         try:
             yield
         finally:
-            if listener is not None:
-                listener.stop()
-            await app.state.rt.stop()
-            gc.unfreeze()  # what this app held can be collected again once it is gone
+            try:
+                if listener is not None:
+                    listener.stop()
+                await app.state.rt.stop()
+            finally:
+                # The app object may outlive its serving (a test harness, a server that keeps
+                # it): drop the runtime, its models and stores, so they do not go with it.
+                app.state.rt = None
+                gc.unfreeze()  # what this app held can be collected again once it is gone
 
     app = FastAPI(
         title="greengate",
