@@ -45,7 +45,7 @@ from backends.engine.finetune.job import (  # noqa: E402
     TrainingJobSpec,
     TrainingProgress,
 )
-from backends.engine.lora import LoraWeights, save_adapter  # noqa: E402
+from backends.engine.lora import LoraWeights, save_adapter, target_shapes  # noqa: E402
 from backends.engine.sampler import SamplingParams  # noqa: E402
 
 PROMPT_TOKENS = 48
@@ -154,10 +154,7 @@ def figures(cells: list[Cell]) -> dict[str, Any]:
 
 def random_adapters(engine: Engine, n: int, work: Path) -> list[str]:
     cfg = engine.runner.model.config
-    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    h, inter = cfg.hidden_size, cfg.intermediate_size
-    dims = {"q": (h, q), "k": (h, kv), "v": (h, kv), "o": (q, h), "gate": (h, inter),
-            "up": (h, inter), "down": (inter, h)}
+    dims = target_shapes(cfg)
     names = []
     for i in range(n):
         g = torch.Generator().manual_seed(i)

@@ -26,6 +26,7 @@ from backends.engine.lora import (
     UnknownAdapter,
     load_adapter,
     save_adapter,
+    target_shapes,
 )
 from backends.engine.runner import GATHER_MAX_ROWS, RunItem
 from backends.engine.sampler import SamplingParams
@@ -52,10 +53,7 @@ def random_adapter(model: torch.nn.Module, rank: int = 4, alpha: float = 8.0, se
                    targets: tuple[str, ...] = TARGETS) -> LoraWeights:
     """Non-zero A and B (a trained-looking adapter), sized from the model's layers."""
     cfg = model.config
-    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    h, inter = cfg.hidden_size, cfg.intermediate_size
-    dims = {"q": (h, q), "k": (h, kv), "v": (h, kv), "o": (q, h), "gate": (h, inter),
-            "up": (h, inter), "down": (inter, h)}
+    dims = target_shapes(cfg)
     g = torch.Generator().manual_seed(seed)
     tensors = {}
     for layer in range(cfg.num_hidden_layers):

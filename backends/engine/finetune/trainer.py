@@ -33,8 +33,8 @@ from backends.engine.finetune.job import (
     TrainingJobSpec,
     TrainingProgress,
 )
-from backends.engine.lora.layers import AdapterTensors, LoraContext
-from backends.engine.lora.weights import LoraWeights, save_adapter
+from backends.engine.lora.layers import AdapterTensors, LoraContext, target_shapes
+from backends.engine.lora.weights import LoraWeights, load_adapter, save_adapter
 
 __all__ = ["LoraTrainer"]
 
@@ -291,8 +291,6 @@ class LoraTrainer:
                        key=lambda p: int(p.name.split("-")[1]))
         if not found:
             return
-        from backends.engine.lora.weights import load_adapter
-
         folder = found[-1]
         saved = load_adapter(folder)
         with torch.no_grad():
@@ -328,19 +326,12 @@ class LoraTrainer:
 
     def _init_params(self, cfg: object, gen: torch.Generator
                      ) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
-        dims = {}
-        for module, parts in self.slices.items():
-            for target, start, end in parts:
-                dims[target] = (module, end - start)
-        hidden = cfg.hidden_size
-        in_dim = {"qkv": hidden, "gate_up": hidden, "o": cfg.num_attention_heads * cfg.head_dim,
-                  "down": cfg.intermediate_size}
+        shapes = target_shapes(cfg)
         params = {}
         r = self.hp.rank
         for layer in range(self.num_layers):
             for target in self.hp.targets:
-                module, out = dims[target]
-                fan_in = in_dim[module]
+                fan_in, out = shapes[target]
                 # PEFT's init: A Kaiming-uniform, B zero, so training starts at the base model.
                 bound = 1 / math.sqrt(fan_in)
                 a = (torch.rand(r, fan_in, generator=gen) * 2 - 1) * bound

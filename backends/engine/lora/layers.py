@@ -23,7 +23,7 @@ from torch import nn
 from backends.engine.lora.weights import LoraWeights
 
 __all__ = ["AdapterTensors", "FusedDelta", "LoraContext", "LoraLinear", "StackedDelta",
-           "enable_lora", "module_slices", "row_groups", "stack_deltas"]
+           "enable_lora", "module_slices", "row_groups", "stack_deltas", "target_shapes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +178,14 @@ def module_slices(q_size: int, kv_size: int, hidden: int, inter: int
         "gate_up": [("gate", 0, inter), ("up", inter, 2 * inter)],
         "down": [("down", 0, hidden)],
     }
+
+
+def target_shapes(cfg: object) -> dict[str, tuple[int, int]]:
+    """Each LoRA target's (in, out) features for a decoder config: A is [r, in], B [out, r]."""
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    h, inter = cfg.hidden_size, cfg.intermediate_size
+    return {"q": (h, q), "k": (h, kv), "v": (h, kv), "o": (q, h), "gate": (h, inter),
+            "up": (h, inter), "down": (inter, h)}
 
 
 def enable_lora(model: nn.Module, ctx: LoraContext) -> dict[str, list[tuple[str, int, int]]]:
