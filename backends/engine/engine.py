@@ -765,22 +765,13 @@ class Engine:
                     self._after_tokens(it.seq, reqs[it.seq.seq_id], out)
             self._report_jobs(trained)
 
-    def _train(self, items: Seq[TrainItem], jobs: dict[str, _Job] | None = None
-               ) -> dict[str, int]:
-        """Run the step's training slices (outside inference mode); a failing job fails alone."""
+    def _train(self, items: Seq[TrainItem]) -> dict[str, int]:
+        """Run the step's training slices in the step (outside inference mode)."""
         done: dict[str, int] = {}
-        jobs = self._jobs if jobs is None else jobs
         for item in items:
-            job = jobs.get(item.job_id)
-            if job is None or job.cancelled or job.trainer.done:
-                continue
-            try:
-                done[item.job_id] = job.trainer.run(item.num_tokens)
-            except Exception as e:
-                log.exception("fine-tuning job %s failed", item.job_id)
-                job.trainer.status = JobStatus.FAILED
-                job.trainer.error = f"{type(e).__name__}: {e}"
-                job.trainer.release()
+            job = self._jobs.get(item.job_id)
+            if job is not None and not job.cancelled and not job.trainer.done:
+                done[item.job_id] = self._run_slice(job, item.num_tokens)
         return done
 
     def _launch_slice(self, item: TrainItem) -> None:
@@ -796,9 +787,15 @@ class Engine:
         future.add_done_callback(lambda _f: self._wake())
 
     def _run_slice(self, job: _Job, n: int) -> int:
-        out = self._train([TrainItem(job.trainer.spec.job_id, n)], jobs={job.trainer.spec.job_id:
-                                                                          job})
-        return out.get(job.trainer.spec.job_id, 0)
+        """One slice of a job, in the step or on the worker; a failing job fails alone."""
+        try:
+            return job.trainer.run(n)
+        except Exception as e:
+            log.exception("fine-tuning job %s failed", job.trainer.spec.job_id)
+            job.trainer.status = JobStatus.FAILED
+            job.trainer.error = f"{type(e).__name__}: {e}"
+            job.trainer.release()
+            return 0
 
     def _wake(self) -> None:
         with self._cv:
