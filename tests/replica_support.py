@@ -8,12 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
+import sqlalchemy as sa
 import yaml
 
 from tests.servers import free_port
@@ -175,3 +179,24 @@ def wait_until(pred: Any, timeout: float, step: float = 0.01) -> float | None:
         if time.monotonic() - t0 > timeout:
             return None
         time.sleep(step)
+
+
+@contextmanager
+def isolated_stores(tag: str, pg_base: str, redis_url: str) -> Iterator[tuple[str, str]]:
+    """A PostgreSQL schema and a Redis key prefix of one test module's own, (schema, prefix),
+    dropped and deleted afterwards, so replica tests never see each other's rows or keys."""
+    schema = f"gg_{tag}_" + uuid.uuid4().hex[:10]
+    admin = sa.create_engine(pg_base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    prefix = f"ggtest:{uuid.uuid4().hex[:10]}:"
+    try:
+        yield schema, prefix
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+        r = redis.Redis.from_url(redis_url)
+        keys = list(r.scan_iter(prefix + "*"))
+        if keys:
+            r.delete(*keys)

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
@@ -20,6 +19,7 @@ from tests.conftest import PG_BASE
 from tests.faults import TcpProxy
 from tests.replica_support import (
     Replica,
+    isolated_stores,
     new_replica,
     replica_env,
     start_all,
@@ -49,38 +49,28 @@ class Cluster:
 def cluster(fake_server, tmp_path_factory) -> Iterator[Cluster]:
     server, _ = fake_server
     folder = tmp_path_factory.mktemp("replicas")
-    schema = "gg_rep_" + uuid.uuid4().hex[:10]
-    admin = sa.create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    pg_url = make_url(PG_BASE)
-    pg = TcpProxy(pg_url.host or "127.0.0.1", pg_url.port or 5432)
-    rd = TcpProxy("127.0.0.1", 6379)
-    via_pg = pg_url.set(host="127.0.0.1", port=pg.port).render_as_string(hide_password=False)
-    db_proxy = f"{via_pg}?options=-csearch_path%3D{schema}"
-    db_direct = f"{PG_BASE}?options=-csearch_path%3D{schema}"
-    prefix = f"ggtest:{uuid.uuid4().hex[:10]}:"
-    cfg = write_pool(folder / "pool.yaml", server.url + "/v1")
-    env = replica_env(db_proxy, f"redis://127.0.0.1:{rd.port}/0", prefix, folder / "state",
-                      cfg, log_flush_interval_s=0.05, cooldown_failures=2,
-                      cooldown_failure_ratio=0.5, cooldown_s=30, retries=1)
-    reps = [new_replica(f"r{i}", folder, {**env, "GREENGATE_STATE_DIR": str(
-        folder / f"state-{i}")}) for i in range(3)]
-    try:
-        start_all(reps)
-        yield Cluster(reps, pg, rd, db_direct, prefix)
-    finally:
-        for r in reps:
-            r.stop()
-        pg.close()
-        rd.close()
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-        r_ = redis.Redis.from_url(REDIS)
-        keys = list(r_.scan_iter(prefix + "*"))
-        if keys:
-            r_.delete(*keys)
+    with isolated_stores("rep", PG_BASE, REDIS) as (schema, prefix):
+        pg_url = make_url(PG_BASE)
+        pg = TcpProxy(pg_url.host or "127.0.0.1", pg_url.port or 5432)
+        rd = TcpProxy("127.0.0.1", 6379)
+        via_pg = pg_url.set(host="127.0.0.1", port=pg.port).render_as_string(
+            hide_password=False)
+        db_proxy = f"{via_pg}?options=-csearch_path%3D{schema}"
+        db_direct = f"{PG_BASE}?options=-csearch_path%3D{schema}"
+        cfg = write_pool(folder / "pool.yaml", server.url + "/v1")
+        env = replica_env(db_proxy, f"redis://127.0.0.1:{rd.port}/0", prefix, folder / "state",
+                          cfg, log_flush_interval_s=0.05, cooldown_failures=2,
+                          cooldown_failure_ratio=0.5, cooldown_s=30, retries=1)
+        reps = [new_replica(f"r{i}", folder, {**env, "GREENGATE_STATE_DIR": str(
+            folder / f"state-{i}")}) for i in range(3)]
+        try:
+            start_all(reps)
+            yield Cluster(reps, pg, rd, db_direct, prefix)
+        finally:
+            for r in reps:
+                r.stop()
+            pg.close()
+            rd.close()
 
 
 def _key(r: Replica, team: str) -> str:

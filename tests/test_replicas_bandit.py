@@ -5,16 +5,14 @@ starts late begins from the merged snapshot in SQL."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
-import redis
-import sqlalchemy as sa
 
 from tests.conftest import PG_BASE
 from tests.replica_support import (
     Replica,
+    isolated_stores,
     new_replica,
     replica_env,
     start_all,
@@ -29,30 +27,19 @@ REDIS = os.environ.get("GREENGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 def pair(fake_server, tmp_path_factory) -> Iterator[tuple[list[Replica], dict]]:
     server, _ = fake_server
     folder = tmp_path_factory.mktemp("bandit-replicas")
-    schema = "gg_bandit_" + uuid.uuid4().hex[:10]
-    admin = sa.create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    db = f"{PG_BASE}?options=-csearch_path%3D{schema}"
-    prefix = f"ggtest:{uuid.uuid4().hex[:10]}:"
-    cfg = write_pool(folder / "pool.yaml", server.url + "/v1")
-    env = replica_env(db, REDIS, prefix, folder / "state", cfg, router="bandit",
-                      bandit_save_interval_s=0.2, log_flush_interval_s=0.05)
-    reps = [new_replica(f"b{i}", folder, {**env, "GREENGATE_STATE_DIR": str(
-        folder / f"state-{i}")}) for i in range(2)]
-    try:
-        start_all(reps)
-        yield reps, env
-    finally:
-        for r in reps:
-            r.stop()
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-        r_ = redis.Redis.from_url(REDIS)
-        keys = list(r_.scan_iter(prefix + "*"))
-        if keys:
-            r_.delete(*keys)
+    with isolated_stores("bandit", PG_BASE, REDIS) as (schema, prefix):
+        db = f"{PG_BASE}?options=-csearch_path%3D{schema}"
+        cfg = write_pool(folder / "pool.yaml", server.url + "/v1")
+        env = replica_env(db, REDIS, prefix, folder / "state", cfg, router="bandit",
+                          bandit_save_interval_s=0.2, log_flush_interval_s=0.05)
+        reps = [new_replica(f"b{i}", folder, {**env, "GREENGATE_STATE_DIR": str(
+            folder / f"state-{i}")}) for i in range(2)]
+        try:
+            start_all(reps)
+            yield reps, env
+        finally:
+            for r in reps:
+                r.stop()
 
 
 def _arms(r: Replica) -> dict[str, int]:

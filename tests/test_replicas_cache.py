@@ -11,12 +11,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import redis
 import sqlalchemy as sa
 
 from tests.conftest import PG_BASE
 from tests.replica_support import (
     Replica,
+    isolated_stores,
     new_replica,
     replica_env,
     start_all,
@@ -31,34 +31,23 @@ REDIS = os.environ.get("GREENGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 def duo(fake_server, tmp_path_factory) -> Iterator[tuple[list[Replica], sa.Engine]]:
     server, _ = fake_server
     folder = tmp_path_factory.mktemp("cache-replicas")
-    schema = "gg_cache_" + uuid.uuid4().hex[:10]
-    admin = sa.create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    db = f"{PG_BASE}?options=-csearch_path%3D{schema}"
-    prefix = f"ggtest:{uuid.uuid4().hex[:10]}:"
-    cfg = write_pool(folder / "pool.yaml", server.url + "/v1",
-                     timeouts={"first_byte_s": 1.0, "total_s": 5.0})
-    env = replica_env(db, REDIS, prefix, folder / "state", cfg, cache=True, cache_redis=True,
-                      log_flush_interval_s=0.05, retries=0, cooldown_failures=3,
-                      cooldown_failure_ratio=0.5, cooldown_s=30)
-    reps = [new_replica(f"c{i}", folder, {**env, "GREENGATE_STATE_DIR": str(
-        folder / f"state-{i}")}) for i in range(2)]
-    engine = sa.create_engine(db)
-    try:
-        start_all(reps)
-        yield reps, engine
-    finally:
-        for r in reps:
-            r.stop()
-        engine.dispose()
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-        r_ = redis.Redis.from_url(REDIS)
-        keys = list(r_.scan_iter(prefix + "*"))
-        if keys:
-            r_.delete(*keys)
+    with isolated_stores("cache", PG_BASE, REDIS) as (schema, prefix):
+        db = f"{PG_BASE}?options=-csearch_path%3D{schema}"
+        cfg = write_pool(folder / "pool.yaml", server.url + "/v1",
+                         timeouts={"first_byte_s": 1.0, "total_s": 5.0})
+        env = replica_env(db, REDIS, prefix, folder / "state", cfg, cache=True,
+                          cache_redis=True, log_flush_interval_s=0.05, retries=0,
+                          cooldown_failures=3, cooldown_failure_ratio=0.5, cooldown_s=30)
+        reps = [new_replica(f"c{i}", folder, {**env, "GREENGATE_STATE_DIR": str(
+            folder / f"state-{i}")}) for i in range(2)]
+        engine = sa.create_engine(db)
+        try:
+            start_all(reps)
+            yield reps, engine
+        finally:
+            for r in reps:
+                r.stop()
+            engine.dispose()
 
 
 def _key(r: Replica, team: str) -> str:

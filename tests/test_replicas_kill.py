@@ -9,17 +9,23 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import redis
 import sqlalchemy as sa
 
 from tests.conftest import PG_BASE
-from tests.replica_support import ADMIN, Replica, new_replica, replica_env, start_all, write_pool
+from tests.replica_support import (
+    ADMIN,
+    Replica,
+    isolated_stores,
+    new_replica,
+    replica_env,
+    start_all,
+    write_pool,
+)
 
 REDIS = os.environ.get("GREENGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -28,30 +34,19 @@ REDIS = os.environ.get("GREENGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 def two(fake_server, tmp_path_factory) -> Iterator[tuple[list[Replica], str]]:
     server, _ = fake_server
     folder = tmp_path_factory.mktemp("kill")
-    schema = "gg_kill_" + uuid.uuid4().hex[:10]
-    admin = sa.create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    db = f"{PG_BASE}?options=-csearch_path%3D{schema}"
-    prefix = f"ggtest:{uuid.uuid4().hex[:10]}:"
-    cfg = write_pool(folder / "pool.yaml", server.url + "/v1")
-    env = replica_env(db, REDIS, prefix, folder / "state", cfg,
-                      log_flush_interval_s=2.0, log_batch_size=100_000)
-    reps = [new_replica(f"k{i}", folder, {**env, "GREENGATE_STATE_DIR": str(
-        folder / f"state-{i}")}) for i in range(2)]
-    try:
-        start_all(reps)
-        yield reps, db
-    finally:
-        for r in reps:
-            r.stop()
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-        r_ = redis.Redis.from_url(REDIS)
-        keys = list(r_.scan_iter(prefix + "*"))
-        if keys:
-            r_.delete(*keys)
+    with isolated_stores("kill", PG_BASE, REDIS) as (schema, prefix):
+        db = f"{PG_BASE}?options=-csearch_path%3D{schema}"
+        cfg = write_pool(folder / "pool.yaml", server.url + "/v1")
+        env = replica_env(db, REDIS, prefix, folder / "state", cfg,
+                          log_flush_interval_s=2.0, log_batch_size=100_000)
+        reps = [new_replica(f"k{i}", folder, {**env, "GREENGATE_STATE_DIR": str(
+            folder / f"state-{i}")}) for i in range(2)]
+        try:
+            start_all(reps)
+            yield reps, db
+        finally:
+            for r in reps:
+                r.stop()
 
 
 def _load(reps: list[Replica], stop: threading.Event, ok: list[str], other: list[int],
