@@ -281,6 +281,20 @@ class TunedModel:
         self._lock = threading.Lock()
 
     @classmethod
+    def load_artifact(cls, path: Path | str | None, default_dir: Path, name: str,
+                      trainer: str) -> TunedModel:
+        """A shipped artifact: `path` is its folder, its `.json` or its stem (None: `name` in
+        `default_dir`); a missing one says which `train.` module makes it."""
+        p = Path(path) if path else default_dir
+        stem = p / name if p.is_dir() else p.with_suffix("")
+        if not stem.with_suffix(".safetensors").exists():
+            raise FileNotFoundError(
+                f"{stem}.safetensors not found: train it with "
+                f"`python -m {trainer} --data ../shared/data`"
+            )
+        return cls.load(stem)
+
+    @classmethod
     def load(cls, path: Path | str, precision: str = "auto") -> TunedModel:
         from safetensors.torch import load_file
 

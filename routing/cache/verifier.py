@@ -65,14 +65,7 @@ class PairVerifier:
     def load(cls, path: Path | str | None = None) -> PairVerifier:
         from routing.minilm import TunedModel
 
-        p = Path(path) if path else ARTIFACTS
-        stem = p / NAME if p.is_dir() else p.with_suffix("")
-        if not stem.with_suffix(".safetensors").exists():
-            raise FileNotFoundError(
-                f"{stem}.safetensors not found: train it with "
-                "`python -m train.cache_verifier --data ../shared/data`"
-            )
-        model = TunedModel.load(stem)
+        model = TunedModel.load_artifact(path, ARTIFACTS, NAME, "train.cache_verifier")
         modes = {
             k: ModeRule(float(v["cosine_floor"]), float(v["threshold"]))
             for k, v in model.meta.get("modes", {}).items()

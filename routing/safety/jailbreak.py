@@ -94,14 +94,7 @@ class SafetyClassifier:
         """The shipped artifact by default; `path` is its folder or its `.json`/stem."""
         from routing.minilm import TunedModel
 
-        p = Path(path) if path else ARTIFACTS
-        stem = p / NAME if p.is_dir() else p.with_suffix("")
-        if not stem.with_suffix(".safetensors").exists():
-            raise FileNotFoundError(
-                f"{stem}.safetensors not found: train it with "
-                "`python -m train.jailbreak --data ../shared/data`"
-            )
-        model = TunedModel.load(stem)
+        model = TunedModel.load_artifact(path, ARTIFACTS, NAME, "train.jailbreak")
         ch = model.meta.get("chunking", {})
         return cls(
             model,

@@ -66,14 +66,7 @@ class PersonTagger:
     def load(cls, path: Path | str | None = None) -> PersonTagger:
         from routing.minilm import TunedModel
 
-        p = Path(path) if path else ARTIFACTS
-        stem = p / NAME if p.is_dir() else p.with_suffix("")
-        if not stem.with_suffix(".safetensors").exists():
-            raise FileNotFoundError(
-                f"{stem}.safetensors not found: train it with "
-                "`python -m train.person_names --data ../shared/data`"
-            )
-        model = TunedModel.load(stem)
+        model = TunedModel.load_artifact(path, ARTIFACTS, NAME, "train.person_names")
         return cls(
             model,
             float(model.meta.get("threshold", 0.5)),
