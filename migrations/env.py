@@ -4,7 +4,7 @@ from store.schema (the bottom package, which imports nothing of ours)."""
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 from store import Base
 
@@ -25,6 +25,12 @@ def run_online() -> None:
             connection=conn, target_metadata=target_metadata, render_as_batch=True
         )
         with context.begin_transaction():
+            if conn.dialect.name == "postgresql":
+                # Replicas started together on a fresh database would otherwise each find it
+                # empty and race to create the same tables; the second waits here, then finds
+                # the version table at head. Keyed by schema, so unrelated schemas don't queue.
+                conn.execute(text("SELECT pg_advisory_xact_lock("
+                                  "hashtext('greengate-migrations:' || current_schema()))"))
             context.run_migrations()
     engine.dispose()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,28 @@ def test_decision_indexes_exist(db_url: str) -> None:
     engine.dispose()
     assert {"ix_decisions_created_at", "ix_decisions_team_created",
             "ix_decisions_member_created"} <= names
+
+
+def test_replicas_starting_together_upgrade_once(pg_url: str) -> None:
+    """Several processes upgrading one fresh schema at once (replicas started together) all
+    succeed: each waits on the schema's migration lock, so none races another's CREATE TABLE.
+    The test holds that lock first, so the waiting is observed rather than left to timing."""
+    schema = pg_url.rsplit("%3D", 1)[1]
+    code = "import sys; from migrations import runner; runner.upgrade(sys.argv[1])"
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.connect() as conn, conn.begin():
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                         {"k": f"greengate-migrations:{schema}"})
+            procs = [subprocess.Popen([sys.executable, "-c", code, pg_url],
+                                      cwd=Path(__file__).parent.parent,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                     for _ in range(3)]
+            time.sleep(4.0)  # ample for an unlocked upgrade to have created its tables
+            assert all(p.poll() is None for p in procs), "an upgrade ran without the lock"
+            assert _tables(pg_url) == set()
+        outs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    finally:
+        engine.dispose()
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert _tables(pg_url) == TABLES
