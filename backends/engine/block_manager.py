@@ -6,6 +6,11 @@ prefixes up to that block; a later sequence with the same prefix reuses those bl
 count > 1) instead of recomputing them. A block whose ref count drops to 0 keeps its KV and
 hash and stays findable until its slot is needed for something else: uncached free blocks are
 handed out first, then cached ones in least-recently-freed order.
+
+While a sequence prefills, the hashes of the full prompt blocks it is computing are known as
+*pending*: a waiting sequence whose next blocks after its cached prefix are pending elsewhere
+would compute the same KV a second time, so the scheduler may hold it back a step or a few
+until those blocks are committed and it hits them (in-batch prefix caching).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from collections.abc import Sequence as Seq
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from backends.engine.sequence import Sequence
@@ -48,6 +54,16 @@ class _Plan:
     free_hits: int            # hits that currently sit in the free list (taking them uses it up)
 
 
+@dataclass(frozen=True)
+class PrefixStatus:
+    """What a waiting sequence's prompt would find: tokens in the prefix cache now, and the
+    tokens right after them that another sequence is computing at this moment."""
+
+    cached_tokens: int
+    pending_tokens: int
+    pending_owner: int | None  # seq_id computing the first pending block
+
+
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True) -> None:
         if num_blocks < 1 or block_size < 1:
@@ -64,6 +80,10 @@ class BlockManager:
         # Hashes of each live sequence's full blocks so far; a copied block is not registered
         # under its hash, so the chain can't be rebuilt from the blocks themselves.
         self._seq_hashes: dict[int, list[int]] = {}
+        # Full blocks being computed right now: hash -> the seq_id computing it, and each
+        # sequence's own entries (dropped as they commit, or when the sequence is freed).
+        self._pending: dict[int, int] = {}
+        self._seq_pending: dict[int, list[int]] = {}
         self.hit_tokens = 0
 
     # --- queries -------------------------------------------------------------------------
@@ -109,6 +129,29 @@ class BlockManager:
             return seq.num_computed
         return self._plan(seq, 0).start
 
+    def prefix_status(self, seq: Sequence, owners: AbstractSet[int]) -> PrefixStatus:
+        """For a sequence without blocks: its cached prefix, and how many tokens right after
+        it are full blocks that a sequence in `owners` (other than itself) is computing. A
+        pending match is by hash only: a collision costs at most a bounded wait, never KV."""
+        if seq.block_table or not self.prefix_caching:
+            return PrefixStatus(seq.num_computed if seq.block_table else 0, 0, None)
+        hits, hashes = self._lookup(seq)
+        bs = self.block_size
+        cached = min(len(hits) * bs, seq.num_tokens - 1)
+        prev = hashes[-1] if hashes else None
+        pending = 0
+        owner: int | None = None
+        # The last known token is always recomputed, so only blocks before it can be reused.
+        for idx in range(len(hits), (seq.num_tokens - 1) // bs):
+            h = block_hash(prev, seq.tokens(idx * bs, (idx + 1) * bs), seq.adapter_id)
+            who = self._pending.get(h)
+            if who is None or who == seq.seq_id or who not in owners:
+                break
+            owner = who if owner is None else owner
+            pending += bs
+            prev = h
+        return PrefixStatus(cached, pending, owner)
+
     def can_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
         plan = self._plan(seq, num_new_tokens)
         return plan.new_blocks <= self.num_free_blocks - plan.free_hits
@@ -133,6 +176,8 @@ class BlockManager:
             seq.num_computed = plan.start
             seq.num_cached = plan.start
             self.hit_tokens += plan.start
+            if self.prefix_caching:
+                self._register_pending(seq, plan.hit_hashes)
         copies = []
         first, end = seq.num_computed, seq.num_computed + num_new_tokens
         if num_new_tokens > 0:
@@ -166,6 +211,8 @@ class BlockManager:
             block_tokens = tuple(seq.tokens(idx * bs, (idx + 1) * bs))
             h = block_hash(prev, block_tokens, seq.adapter_id)
             hashes.append(h)
+            if self._pending.get(h) == seq.seq_id:
+                del self._pending[h]
             bid = seq.block_table[idx]
             block = self._blocks[bid]
             # Another block may already hold this content (two sequences prefilling the same
@@ -184,6 +231,7 @@ class BlockManager:
         seq.num_computed = 0
         seq.num_draft_computed = 0
         self._seq_hashes.pop(seq.seq_id, None)
+        self._drop_pending(seq.seq_id)
 
     def trim(self, seq: Sequence) -> int:
         """Release the blocks past `seq.num_computed` (slots of rejected draft tokens); returns
@@ -196,6 +244,28 @@ class BlockManager:
         return released
 
     # --- internals -----------------------------------------------------------------------
+
+    def _register_pending(self, seq: Sequence, hit_hashes: list[int]) -> None:
+        """Record the full blocks of the sequence's known tokens past its hits, which it is
+        about to compute; the first sequence to claim a hash keeps it."""
+        self._drop_pending(seq.seq_id)
+        bs = self.block_size
+        prev = hit_hashes[-1] if hit_hashes else None
+        mine: list[int] = []
+        for idx in range(len(hit_hashes), seq.num_tokens // bs):
+            h = block_hash(prev, seq.tokens(idx * bs, (idx + 1) * bs), seq.adapter_id)
+            prev = h
+            if h in self._by_hash or h in self._pending:
+                continue
+            self._pending[h] = seq.seq_id
+            mine.append(h)
+        if mine:
+            self._seq_pending[seq.seq_id] = mine
+
+    def _drop_pending(self, seq_id: int) -> None:
+        for h in self._seq_pending.pop(seq_id, ()):
+            if self._pending.get(h) == seq_id:
+                del self._pending[h]
 
     def _plan(self, seq: Sequence, num_new_tokens: int) -> _Plan:
         hits: list[int] = []

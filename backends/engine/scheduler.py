@@ -12,6 +12,15 @@ preempted by recompute: its blocks are freed and it re-enters the waiting queue 
 output, to be prefilled again (prompt plus output) later -- usually cheaply, from the prefix
 cache.
 
+In-batch prefix caching (SGLang's idea, held across steps): a waiting sequence whose next
+blocks after its cached prefix are being computed right now by a sequence prefilling in this
+very step (running, or admitted just before it) would compute the same KV twice, and under a
+burst of requests sharing a system prompt every one of them would miss. It is passed over for
+this step instead (others behind it may go), and admitted once those blocks are committed, as
+a prefix hit. The wait is bounded: at most `prefix_wait_steps` steps per sequence, and only
+while the prefill it waits for is scheduled in the step; a shared part under
+`prefix_wait_min_tokens` is not worth a step.
+
 `complete` takes the step's `StepOutput`: a verify item advances by its accepted tokens only,
 and the slots of rejected drafts are released before any block hash is computed, so the prefix
 cache only ever holds accepted tokens.
@@ -56,15 +65,22 @@ class TrainPlanner(Protocol):
 class Scheduler:
     def __init__(
         self, blocks: BlockManager, *, max_num_seqs: int, token_budget: int, max_waiting: int,
-        chunked_prefill: bool = True,
+        chunked_prefill: bool = True, prefix_wait_steps: int = 4,
+        prefix_wait_min_tokens: int = 32,
     ) -> None:
         if max_num_seqs < 1 or token_budget < 1 or max_waiting < 0:
             raise ValueError("max_num_seqs and token_budget must be >= 1, max_waiting >= 0")
+        if prefix_wait_steps < 0 or prefix_wait_min_tokens < 1:
+            raise ValueError("prefix_wait_steps must be >= 0, prefix_wait_min_tokens >= 1")
         self.blocks = blocks
         self.max_num_seqs = max_num_seqs
         self.token_budget = token_budget
         self.max_waiting = max_waiting
         self.chunked_prefill = chunked_prefill
+        self.prefix_wait_steps = prefix_wait_steps
+        self.prefix_wait_min_tokens = prefix_wait_min_tokens
+        self._waits: dict[int, int] = {}  # seq_id -> steps it was passed over for a prefix
+        self.num_prefix_waits = 0
         self._running: list[Sequence] = []
         self._waiting: list[Sequence] = []  # kept sorted by Sequence.sort_key
         self.num_preemptions = 0
@@ -104,6 +120,7 @@ class Scheduler:
 
     def finish(self, seq: Sequence, reason: str) -> None:
         self.blocks.free(seq)
+        self._waits.pop(seq.seq_id, None)
         if seq.status is SeqStatus.RUNNING:
             self._running.remove(seq)
         elif seq.status is SeqStatus.WAITING and seq in self._waiting:
@@ -179,8 +196,15 @@ class Scheduler:
         return budget
 
     def _admit(self, plan: SchedulerOutput, budget: int) -> int:
-        while self._waiting and budget > 0 and len(self._running) < self.max_num_seqs:
-            seq = self._waiting[0]
+        # Sequences prefilling in this step: the only ones whose pending blocks will be
+        # committed when it completes, so the only ones worth waiting for.
+        prefilling = {it.seq.seq_id for it in plan.items if it.kind is ItemKind.PREFILL}
+        i = 0
+        while i < len(self._waiting) and budget > 0 and len(self._running) < self.max_num_seqs:
+            seq = self._waiting[i]
+            if self._waits_for_prefix(seq, prefilling):
+                i += 1
+                continue
             remaining = seq.num_tokens - self.blocks.cached_prefix_tokens(seq)
             # A preempted sequence (it has outputs) may exceed any budget on recompute; it is
             # chunked regardless, or it would wait forever and block the queue behind it.
@@ -191,13 +215,28 @@ class Scheduler:
             # can't be starved by a stream of short ones.
             if not self.blocks.can_allocate(seq, n):
                 break
-            self._waiting.pop(0)
+            self._waiting.pop(i)
+            self._waits.pop(seq.seq_id, None)
             plan.copies.extend(self.blocks.allocate(seq, n))
             seq.status = SeqStatus.RUNNING
             self._running.append(seq)
             plan.items.append(ScheduledItem(seq, ItemKind.PREFILL, n))
+            prefilling.add(seq.seq_id)
             budget -= n
         return budget
+
+    def _waits_for_prefix(self, seq: Sequence, prefilling: set[int]) -> bool:
+        """Pass `seq` over this step: the blocks after its cached prefix are being computed in
+        this step by another sequence, and it has not used up its waits."""
+        waited = self._waits.get(seq.seq_id, 0)
+        if waited >= self.prefix_wait_steps or not prefilling:
+            return False
+        status = self.blocks.prefix_status(seq, prefilling)
+        if status.pending_tokens < self.prefix_wait_min_tokens:
+            return False
+        self._waits[seq.seq_id] = waited + 1
+        self.num_prefix_waits += 1
+        return True
 
     def _make_room(
         self, seq: Sequence, n: int, scheduled: set[int], plan: SchedulerOutput
