@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
-Endpoint = Literal["chat/completions", "completions", "embeddings"]
+# "responses": only for members with `responses: native`, which serve the Responses API.
+Endpoint = Literal["chat/completions", "completions", "embeddings", "responses"]
 
 
 EXTENSION_FIELD = "greengate"  # greengate's own request options, e.g. {"speculative": false}

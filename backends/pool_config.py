@@ -167,6 +167,12 @@ class MemberConfig(BaseModel):
         "(greengate engine servers, vLLM, SGLang, TGI...), each an OpenAI base URL; requests "
         "are placed among them by load and prefix affinity (`replicas`).")
     replicas: ReplicaOptions | None = None
+    responses: Literal["translate", "native"] = Field(
+        "translate", description="How POST /v1/responses reaches this member. translate: as "
+        "chat completions (any member); native: the member serves the Responses API itself "
+        "(OpenAI, vLLM, another greengate), so the request goes to its /responses and the "
+        "streamed events pass through. Chat requests still go to /chat/completions. kind "
+        "'openai' with base_url only.")
     engine: EngineOptions | None = Field(
         None, description="kind 'engine' only; `model` is then a checkpoint folder, or "
         "'tiny-random-llama' for the built-in random one.")
@@ -181,6 +187,10 @@ class MemberConfig(BaseModel):
             raise ValueError("endpoints must be distinct")
         if self.replicas is not None and not self.endpoints:
             raise ValueError("'replicas' options need endpoints")
+        if self.responses == "native" and (self.kind != "openai" or self.endpoints
+                                           or self.mode != "chat"):
+            raise ValueError("responses: native is for kind 'openai' chat members with "
+                             "base_url (not endpoints)")
         if self.kind != "engine" and self.engine is not None:
             raise ValueError("'engine' options are for kind 'engine' only")
         if self.kind == "engine" and self.mode != "chat":

@@ -215,13 +215,15 @@ class Proxy:
 
     async def handle_translated(self, request: Request, endpoint: Endpoint,
                                 prepare: Callable[[Principal, Any], Awaitable[dict]],
-                                row_endpoint: str) -> Response:
+                                row_endpoint: str, native: Any = None) -> Response:
         """A request in another protocol (the Responses API) served by this path: `prepare`
         turns the caller's body into `endpoint`'s (raising GatewayError naming the field)
         inside the same try, so a refused request still has its decision row, which says
-        `row_endpoint`."""
+        `row_endpoint`. `native` (gateway.responses_native.NativeCall) serves the members
+        that speak the caller's protocol themselves: the plan's members are tried in order,
+        each in the protocol it speaks."""
         return await self._handle(request, endpoint, prepare=prepare,
-                                  row_endpoint=row_endpoint)
+                                  row_endpoint=row_endpoint, native=native)
 
     async def serve_body(self, principal: Principal, endpoint: Endpoint,
                          body: dict) -> tuple[Response, dict[str, Any] | None]:
@@ -233,7 +235,8 @@ class Proxy:
     async def _handle(self, request: Request | None, endpoint: Endpoint, *,
                       prepare: Callable[[Principal, Any], Awaitable[dict]] | None = None,
                       row_endpoint: str | None = None, principal: Principal | None = None,
-                      body: Any = None, sink: list[DecisionRow] | None = None) -> Response:
+                      body: Any = None, sink: list[DecisionRow] | None = None,
+                      native: Any = None) -> Response:
         t0 = time.perf_counter()
         rid = uuid.uuid4().hex
         row: DecisionRow | None = None
@@ -259,7 +262,8 @@ class Proxy:
             # greengate's own extension: the caller's deadline, never sent upstream.
             wanted_timeout = body.pop("request_timeout_s", None)
             row.stream = bool(body.get("stream"))
-            x = Exchange(rid, t0, endpoint, principal, body, row, wanted_timeout)
+            x = Exchange(rid, t0, endpoint, principal, body, row, wanted_timeout,
+                         native=native)
             for stage in self.stages:
                 answer = await stage.run(x)
                 if answer is not None:
@@ -425,7 +429,8 @@ class Proxy:
         return result
 
     async def _call(
-        self, plan: Plan, endpoint: Endpoint, body: dict, stream: bool, row: DecisionRow
+        self, plan: Plan, endpoint: Endpoint, body: dict, stream: bool, row: DecisionRow,
+        native: Any = None,
     ) -> tuple[PoolMember, Any]:
         attempts: list[dict[str, Any]] = row.attempts
         last: UpstreamError | None = None
@@ -440,10 +445,14 @@ class Proxy:
                 cooling.append(m)
                 attempts.append({"member": m.name, "skipped": "cooldown"})
                 continue
-            req = UpstreamRequest(endpoint, {**body, "model": m.backend.upstream_model}, stream)
-            if stream:
-                req.body["stream_options"] = {**(body.get("stream_options") or {}),
-                                              "include_usage": True}
+            if native is not None and native.speaks(m):  # the caller's protocol, as is
+                req = native.request(m, body, stream, plan.redactor is not None)
+            else:
+                req = UpstreamRequest(endpoint, {**body, "model": m.backend.upstream_model},
+                                      stream)
+                if stream:
+                    req.body["stream_options"] = {**(body.get("stream_options") or {}),
+                                                  "include_usage": True}
             try:
                 async for attempt in self._retrying(m, member_end, attempts):
                     with attempt:
@@ -605,7 +614,9 @@ class Proxy:
             x.principal
         plan = x.plan
         assert plan is not None
-        m, resp = await self._call(plan, endpoint, body, False, row)
+        m, resp = await self._call(plan, endpoint, body, False, row, x.native)
+        if x.native is not None and x.native.speaks(m):
+            return await x.native.complete(self, x, m, resp)
         upstream_usage = resp.data.get("usage")
         usage = self._account(row, m, upstream_usage, endpoint, body,
                               None if upstream_usage else completion_text(endpoint, resp.data),
@@ -634,7 +645,9 @@ class Proxy:
             x.principal
         plan = x.plan
         assert plan is not None
-        m, (agen, first) = await self._call(plan, endpoint, body, True, row)
+        m, (agen, first) = await self._call(plan, endpoint, body, True, row, x.native)
+        if x.native is not None and x.native.speaks(m):
+            return x.native.stream(self, x, m, agen, first)
         row.ttft_ms = (time.perf_counter() - t0) * 1000
         row.served_member = m.name
         row.upstream_model = m.backend.upstream_model

@@ -491,3 +491,133 @@ class StreamTranslator:
         self.response = self._snapshot("failed", error={"code": code or "server_error",
                                                         "message": message})
         return [self._event("response.failed", response=self.response)]
+
+
+# ---- members that speak Responses (`responses: native`) -------------------------------------
+# Item types whose `id` names an item the upstream stored; greengate sends store: false, so an
+# upstream that never saw it would refuse the id (OpenAI: "Items are not persisted when store
+# is set to false"). The item's content is all it needs.
+_UNSTORED_ID_ITEMS = {"message", "function_call", "function_call_output"}
+
+
+def _part_to_item(part: dict[str, Any], role: str) -> dict[str, Any]:
+    kind = part.get("type")
+    if kind == "image_url":
+        image = part.get("image_url") or {}
+        out = {"type": "input_image", "image_url": image.get("url")}
+        if image.get("detail"):
+            out["detail"] = image["detail"]
+        return out
+    if kind == "file":
+        f = part.get("file") or {}
+        return {"type": "input_file", "file_data": f.get("file_data"),
+                "filename": f.get("filename")}
+    text_type = "output_text" if role == "assistant" else "input_text"
+    return {"type": text_type, "text": str(part.get("text") or part.get("refusal") or "")}
+
+
+def messages_to_items(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat messages (a stored conversation, or a redacted request) as Responses input items:
+    the inverse of `input_to_messages` for what chat can hold."""
+    items: list[dict[str, Any]] = []
+    for m in messages:
+        role = m.get("role")
+        content = m.get("content")
+        if role == "tool":
+            items.append({"type": "function_call_output", "call_id": m.get("tool_call_id"),
+                          "output": content if isinstance(content, str) else ""})
+            continue
+        if isinstance(content, list):
+            content = [_part_to_item(p, str(role)) for p in content if isinstance(p, dict)]
+        if content:  # an assistant message with only tool calls has no text
+            items.append({"type": "message", "role": role, "content": content})
+        for tc in m.get("tool_calls") or []:
+            fn = tc.get("function") or {}
+            items.append({"type": "function_call", "call_id": tc.get("id"),
+                          "name": fn.get("name"), "arguments": fn.get("arguments") or ""})
+    return items
+
+
+def _turn_items(value: Any) -> list[dict[str, Any]]:
+    """This turn's `input` as items, as the client sent them, less ids the upstream never
+    stored."""
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    out = []
+    for item in value:
+        if item.get("type", "message") in _UNSTORED_ID_ITEMS and "id" in item:
+            item = {k: v for k, v in item.items() if k != "id"}
+        out.append(item)
+    return out
+
+
+# What greengate keeps to itself: its own extension, the state it holds (previous_response_id,
+# store), and how the request reaches the member (stream is set per call).
+_NOT_FORWARDED = ("previous_response_id", "store", "stream", "request_timeout_s")
+
+
+def native_body(req: ResponsesRequest, history: list[dict[str, Any]], model: str,
+                stream: bool, redacted: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The Responses request for a member that speaks Responses: the client's body as sent,
+    with greengate's stored conversation expanded into `input` (the member may never have
+    seen the earlier turns: routing may have served them elsewhere) and store: false (the
+    conversation lives in greengate). `redacted`: the chat messages after PII redaction
+    (instructions first when given), which then replace instructions and input."""
+    b = req.body
+    out = {k: v for k, v in b.items() if k not in _NOT_FORWARDED}
+    out["model"] = model
+    if redacted is not None:
+        msgs = redacted
+        if b.get("instructions"):
+            out["instructions"] = msgs[0].get("content")
+            msgs = msgs[1:]
+        out["input"] = messages_to_items(msgs)
+    elif history:
+        out["input"] = messages_to_items(history) + _turn_items(b["input"])
+    else:
+        out["input"] = b["input"] if isinstance(b["input"], str) else _turn_items(b["input"])
+    out["store"] = False
+    if stream:
+        out["stream"] = True
+    return out
+
+
+def usage_to_chat(usage: Any) -> dict[str, Any] | None:
+    """A Response's usage (input/output tokens) in chat's terms, for the accounting."""
+    if not isinstance(usage, dict) or not isinstance(usage.get("input_tokens"), int):
+        return None
+    inp, out = usage["input_tokens"], int(usage.get("output_tokens") or 0)
+    chat: dict[str, Any] = {"prompt_tokens": inp, "completion_tokens": out,
+                            "total_tokens": int(usage.get("total_tokens") or inp + out)}
+    cached = (usage.get("input_tokens_details") or {}).get("cached_tokens")
+    if cached:
+        chat["prompt_tokens_details"] = {"cached_tokens": int(cached)}
+    return chat
+
+
+def output_text(output: Any) -> str:
+    """The text of a Response's output messages."""
+    if not isinstance(output, list):
+        return ""
+    return "".join(str(p.get("text") or "") for it in output
+                   if isinstance(it, dict) and it.get("type") == "message"
+                   for p in it.get("content") or []
+                   if isinstance(p, dict) and p.get("type") == "output_text")
+
+
+def chat_from_response(response: dict[str, Any], usage: dict[str, Any] | None) -> dict[str, Any]:
+    """A text answer from a Responses member as the chat completion the semantic cache keeps
+    (a hit is served to chat and Responses clients alike)."""
+    finish = "length" if (response.get("incomplete_details") or {}).get(
+        "reason") == "max_output_tokens" else "stop"
+    return {"id": "chatcmpl-" + uuid.uuid4().hex, "object": "chat.completion",
+            "created": int(response.get("created_at") or now()),
+            "model": response.get("model"),
+            "choices": [{"index": 0, "finish_reason": finish, "message": {
+                "role": "assistant", "content": output_text(response.get("output"))}}],
+            "usage": usage}
+
+
+def has_calls(output: Any) -> bool:
+    return isinstance(output, list) and any(
+        isinstance(it, dict) and it.get("type") not in ("message", "reasoning") for it in output)

@@ -2,8 +2,10 @@
 
 The request is translated to one chat request (gateway.responses) and handed to the proxy, so
 routing, the cache, safety, budgets and the decision row (endpoint "responses") apply exactly
-as for chat; the chat answer is translated back. Conversation state (previous_response_id) is
-stored per team unless `store: false`."""
+as for chat; a chat member's answer is translated back, and a member that speaks Responses
+(`responses: native`) is sent the request as Responses and its answer passes through
+(gateway.responses_native). Conversation state (previous_response_id) is stored per team
+unless `store: false`, whichever member answered."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from gateway import responses as rs
 from gateway.errors import GatewayError
 from gateway.files import namespace
 from gateway.response_store import ResponseNotFound, ResponseStore
+from gateway.responses_native import NativeCall
 
 log = logging.getLogger("greengate.responses")
 router = APIRouter(prefix="/v1/responses", tags=["openai"])
@@ -138,19 +141,28 @@ async def create(request: Request) -> Response:
     """Text or items in, a Response out (streamed as Responses events with stream: true)."""
     rt = request.app.state.rt
     turn: Turn | None = None
+    rid = rs.new_id("resp")
 
     async def prepare(principal: Any, body: Any) -> dict[str, Any]:
         nonlocal turn
         turn = Turn(_store(request), body)
         return await turn.prepare(principal.team)
 
+    def state() -> tuple[rs.ResponsesRequest, list[dict[str, Any]]]:
+        assert turn is not None and turn.req is not None
+        return turn.req, turn.history
+
+    async def save(response: dict[str, Any], request_id: str | None) -> None:
+        assert turn is not None
+        await turn.save(response, request_id)
+
+    native = NativeCall(rid, state, save)
     chat = await rt.proxy.handle_translated(request, "chat/completions", prepare,
-                                            row_endpoint="responses")
-    if chat.status_code != 200 or turn is None or turn.req is None:
-        return chat  # an OpenAI-shaped error with its x-request-id
+                                            row_endpoint="responses", native=native)
+    if chat.status_code != 200 or turn is None or turn.req is None or native.served:
+        return chat  # an error, or a member's own Response (already greengate's)
     req = turn.req
     headers = _kept(chat)
-    rid = rs.new_id("resp")
     member = headers.get("x-greengate-member")
     if isinstance(chat, StreamingResponse):
         tr = rs.StreamTranslator(req, rid, member or req.body["model"])

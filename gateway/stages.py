@@ -72,6 +72,8 @@ class Exchange:
     safety: SafetyOutcome = field(default_factory=SafetyOutcome)  # guard
     cache_key: CacheKey | None = None  # cache: where a successful answer is stored
     plan: Plan | None = None  # route
+    # /v1/responses: serves members that speak Responses (gateway.responses_native.NativeCall)
+    native: Any = None
 
 
 class Stage(Protocol):

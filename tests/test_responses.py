@@ -1,4 +1,5 @@
-"""/v1/responses over chat-only members, driven by the official openai SDK (responses.create,
+"""/v1/responses over chat-only members (members that speak Responses themselves:
+tests/test_responses_native.py), driven by the official openai SDK (responses.create,
 responses.stream) and by the openai-agents package running an agent with a function tool;
 previous_response_id, store: false, team scoping, bad input, GET /v1/models/{id}."""
 
@@ -283,4 +284,6 @@ def test_openai_agents_runs_a_tool(agent_gw: Gateway, streamed: bool) -> None:
     out = asyncio.run(run())
     assert calls == ["Paris"]
     assert out == "The tool said: sunny in Paris"
+    # one row per model call; the rows are written in batches, so wait for them
+    assert agent_gw.latest_decision(2)["served_member"] == "agent-member"
     assert agent_gw.count_decisions() == 2
