@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -443,6 +444,76 @@ def test_a_failing_job_fails_alone(path: Path, tmp_path: Path) -> None:
         engine.shutdown()
 
 
+def test_a_dead_training_process_fails_its_jobs_alone(path: Path, tmp_path: Path) -> None:
+    """CPU co-serving trains in a child process: when it dies, its job fails (named why), the
+    engine keeps serving, and the next job starts a new process."""
+    engine = make_engine(path, overlap=True)
+    try:
+        with pytest.raises(ValueError, match="assistant token"):  # refused in the child
+            engine.start_training(TrainingJobSpec("empty", "ft:e", [TrainExample(
+                [1, 2, 3], [False] * 3)], checkpoint_dir=tmp_path / "e"), Listener())
+        first = Listener()
+        engine.start_training(mapping_spec(tmp_path / "a", engine.vocab_size, n_epochs=50),
+                              first)
+        deadline = time.monotonic() + 60
+        while engine.stats()["training_tokens"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc = engine._train_process._proc
+        proc.kill()
+        proc.join(10)
+        assert first.done.wait(60) and first.status is JobStatus.FAILED
+        assert first.error and "training process exited" in first.error
+        assert len(engine.generate_sync([1, 2, 3], GREEDY).token_ids) == GREEDY.max_tokens
+        second = Listener()
+        spec = TrainingJobSpec("job-2", "ft:tiny:map:2", mapping_examples(8, engine.vocab_size, 0),
+                               hyper=LoraHyperparameters(n_epochs=1, batch_size=4),
+                               checkpoint_dir=tmp_path / "b")
+        engine.start_training(spec, second)
+        assert second.done.wait(60) and second.status is JobStatus.SUCCEEDED
+        assert engine._train_process._proc.pid != proc.pid
+    finally:
+        engine.shutdown()
+
+
+def test_remote_trainer_hands_energy_on_and_applies_reports_in_order(tmp_path: Path) -> None:
+    from backends.engine.finetune.worker import RemoteTrainer, SliceReport
+
+    calls: list[object] = []
+    published: list[LoraWeights] = []
+    spec = TrainingJobSpec("j", "ft:j", [], checkpoint_dir=tmp_path)
+
+    def progress(step: int, joules: float | None) -> TrainingProgress:
+        return TrainingProgress(step, 4, 0, None, None, 10 * step, joules)
+
+    snap = LoraWeights(1, 1.0, {})
+    script = [SliceReport("j", progress=progress(2, 5.0), published=[snap],
+                          events=[("info", "resumed from checkpoint step-2")]),
+              SliceReport("j", 7, JobStatus.RUNNING, progress=progress(2, 0.0)),
+              SliceReport("j", 3, JobStatus.SUCCEEDED, progress=progress(4, 0.0),
+                          final_path=tmp_path / "final", checkpoints=[tmp_path / "step-4"])]
+
+    class Worker:
+        def call(self, msg: object) -> SliceReport:
+            calls.append(msg)
+            return script[len(calls) - 1]
+
+        def send(self, msg: object) -> None:
+            calls.append(msg)
+
+    t = RemoteTrainer(Worker(), spec, published.append)  # type: ignore[arg-type]
+    # A resumed job's energy comes from its checkpoint; its snapshot is served at once.
+    assert published == [snap] and t.joules == 5.0 and t.events and not t.done
+    assert t.run(8) == 7 and t.status is JobStatus.RUNNING
+    t.add_energy(1.5)
+    t.add_energy(0.5)
+    assert t.progress().joules == 7.0  # the engine's count, not the child's (a slice behind)
+    assert t.run(8) == 3 and t.done and t.final_path == tmp_path / "final"
+    assert calls[2].energy == (1.5, 0.5) and calls[1].energy == ()
+    assert t.checkpoints == [tmp_path / "step-4"] and t.progress().step == 4
+    t.add_energy(None)  # one unmeasured slice makes the total unknown
+    assert t.progress().joules is None
+
+
 def test_a_job_id_trains_once_at_a_time(path: Path, tmp_path: Path) -> None:
     engine = make_engine(path)
     try:
@@ -482,6 +553,14 @@ def test_planner_measures_inference_alone_first_then_backs_off_and_grows() -> No
     # An SLO, when set, is the target whatever inference alone costs.
     slo = CoServePlanner(CoServeConfig(itl_slo_s=0.05))
     assert slo.tokens(300, num_decodes=2) > 0 and slo.target(2) == 0.05
+
+
+def test_planner_paces_a_worker_by_rests_not_by_smaller_slices() -> None:
+    p = CoServePlanner(CoServeConfig(train_cost=3.0, refresh_every=1000))
+    p.observe(0.010, num_decodes=4, train_tokens=0)
+    p.share = 0.25
+    assert p.tokens(480, num_decodes=4) == 40
+    assert p.tokens(480, num_decodes=4, paced=True) == 160
 
 
 def test_scheduler_gives_training_only_what_inference_leaves(path: Path) -> None:

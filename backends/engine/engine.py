@@ -48,6 +48,7 @@ from backends.engine.finetune.job import (
     TrainingProgress,
 )
 from backends.engine.finetune.trainer import LoraTrainer
+from backends.engine.finetune.worker import RemoteTrainer, TrainWorker, share_weights
 from backends.engine.loader import preferred_dtype
 from backends.engine.runner import RunItem
 from backends.engine.sampler import SamplingParams, TokenLogprobs, is_stop_token
@@ -255,7 +256,7 @@ class TrainingHandle:
 
 @dataclass
 class _Job:
-    trainer: LoraTrainer
+    trainer: LoraTrainer | RemoteTrainer  # in the step (CUDA) or in the worker process (CPU)
     listener: TrainingListener
     cancelled: bool = False
     reported_step: int = -1
@@ -264,7 +265,7 @@ class _Job:
 
 @dataclass
 class _Flight:
-    """A training slice running on the worker thread (overlap mode)."""
+    """A training slice in flight on the worker process (overlap mode; a thread waits on it)."""
 
     job_id: str
     future: Future[int]
@@ -290,7 +291,7 @@ class _JobPlanner:
             if eng._flight is not None or (num_decodes and time.perf_counter() < eng._resume_at):
                 return []
             leftover = self.engine.config.token_budget  # the worker's slice is not the step's
-        n = self.engine.coserve.tokens(leftover, num_decodes)
+        n = self.engine.coserve.tokens(leftover, num_decodes, paced=eng._overlap)
         if n <= 0:
             return []
         self._turn += 1
@@ -340,13 +341,19 @@ class Engine:
             self._enable_lora(model)
         self.coserve = CoServePlanner(self.config.coserve)
         self._jobs: dict[str, _Job] = {}
+        self._starting: set[str] = set()  # job ids whose trainer is being built
         self._ended: dict[str, JobStatus] = {}  # jobs that left `_jobs`, by how they ended
         self._job_planner = _JobPlanner(self)
         self._train_tokens = 0
         overlap = self.config.coserve.overlap
         self._overlap = self.device.type == "cpu" if overlap is None else overlap
-        self._train_worker: ThreadPoolExecutor | None = None
+        self._train_worker: ThreadPoolExecutor | None = None  # waits on the process's slices
+        self._train_process: TrainWorker | None = None
+        if self._overlap and self.lora is not None:
+            share_weights(model)  # now, before any forward pass can run beside the swap
+            self._train_process = TrainWorker(model, self.config.coserve.worker_threads)
         self._flight: _Flight | None = None
+        self._train_busy_s = 0.0  # overlap mode: seconds a slice was in flight
         self._resume_at = 0.0  # overlap mode: when the next slice may start under inference
         self._requests: dict[int, _Request] = {}
         self._ids = itertools.count(1)
@@ -438,16 +445,32 @@ class Engine:
         with self._cv:
             if self._stopping or self._dead is not None:
                 raise EngineClosed("the engine is shut down")
-            if spec.job_id in self._jobs:
+            if spec.job_id in self._jobs or spec.job_id in self._starting:
                 raise ValueError(f"job {spec.job_id} is already training")
-            model = self.runner.model
-            model.requires_grad_(False)
-            trainer = LoraTrainer(spec, model, self._lora_slices, self._lora_ctx,
-                                  lambda w: self._publish(spec.adapter_name, w),
-                                  base_name=str(getattr(model.config, "name", "")))
+            self._starting.add(spec.job_id)
+        try:
+            # Outside the lock: a resume reads files, and the first job starts the process.
+            trainer = self._new_trainer(spec)
+        finally:
+            with self._cv:
+                self._starting.discard(spec.job_id)
+        with self._cv:
+            if self._stopping or self._dead is not None:
+                trainer.release()
+                raise EngineClosed("the engine is shut down")
             self._jobs[spec.job_id] = _Job(trainer, listener)
             self._cv.notify()
         return TrainingHandle(self, spec.job_id)
+
+    def _new_trainer(self, spec: TrainingJobSpec) -> LoraTrainer | RemoteTrainer:
+        model = self.runner.model
+        base_name = str(getattr(model.config, "name", ""))
+        publish = lambda w: self._publish(spec.adapter_name, w)  # noqa: E731
+        if self._train_process is not None:
+            return RemoteTrainer(self._train_process, spec, publish, base_name=base_name)
+        model.requires_grad_(False)
+        return LoraTrainer(spec, model, self._lora_slices, self._lora_ctx, publish,
+                           base_name=base_name)
 
     def cancel_training(self, job_id: str) -> bool:
         with self._cv:
@@ -812,6 +835,7 @@ class Engine:
         e1 = self._read_meter()
         job = self._jobs.get(flight.job_id)
         self._train_tokens += n
+        self._train_busy_s += now - flight.started
         if job is not None:
             if flight.joules0 is None or e1 is None:
                 job.trainer.add_energy(None)
@@ -837,8 +861,8 @@ class Engine:
                 job.listener.on_event(job_id, level, message)
             t.events.clear()
             progress = t.progress()
-            if t.cur.step != job.reported_step:
-                job.reported_step = t.cur.step
+            if progress.step != job.reported_step:
+                job.reported_step = progress.step
                 job.listener.on_metrics(job_id, progress)
             for path in t.checkpoints[job.reported_checkpoints:]:
                 job.listener.on_checkpoint(job_id, path, progress)
@@ -993,6 +1017,11 @@ class Engine:
                 "lora": self.lora.stats() if self.lora is not None else None,
                 "training_tokens": self._train_tokens,
                 "training_share": round(self.coserve.share, 3),
+                # Overlap mode: seconds a slice was in flight, and the CPU seconds the
+                # training process spent on them (the rest is waiting for a core).
+                "training_busy_s": round(self._train_busy_s, 3),
+                "training_cpu_s": round(self._train_process.cpu_s, 3)
+                if self._train_process is not None else None,
                 "training": [{"job_id": j, "status": job.trainer.status.value,
                               **job.trainer.progress().__dict__}
                              for j, job in self._jobs.items()],
@@ -1013,6 +1042,8 @@ class Engine:
             self._thread.join(timeout)
         if self._train_worker is not None:
             self._train_worker.shutdown(wait=True)
+        if self._train_process is not None:
+            self._train_process.close()
         with self._cv:
             pending = list(self._requests)
         self._fail(pending, EngineClosed("the engine was shut down"))

@@ -30,11 +30,12 @@ class CoServeConfig:
     baseline_decay: float = 0.9
     observed_decay: float = 0.7  # smoothing of the with-training ITL the target is checked on
     refresh_every: int = 16  # every so many decode steps, one runs alone to re-measure
-    # Run training slices on a worker thread beside the step instead of inside it: on the CPU
-    # the resource is cores, not a GPU's kernel slots, so a slice on the second core costs
+    # Run training slices in a worker process beside the step instead of inside it: on the
+    # CPU the resource is cores, not a GPU's kernel slots, so a slice on another core costs
     # inference little, where the same tokens inside the step add their time to the ITL.
     # None: on for the CPU, off for CUDA.
     overlap: bool | None = None
+    worker_threads: int = 1  # torch threads of the training process
 
 
 class CoServePlanner:
@@ -46,8 +47,10 @@ class CoServePlanner:
         self._decode_steps = 0
         self._with_training: dict[int, float] = {}  # bucket -> smoothed ITL with training
 
-    def tokens(self, leftover: int, num_decodes: int) -> int:
-        """Training tokens for this step, given the budget inference left and its decodes."""
+    def tokens(self, leftover: int, num_decodes: int, paced: bool = False) -> int:
+        """Training tokens for this step, given the budget inference left and its decodes.
+        `paced`: the share paces how often a slice runs (a worker beside the step), not its
+        size; a smaller slice would pay the same per-slice overhead for fewer tokens."""
         if leftover <= 0:
             return 0
         if num_decodes and self.config.itl_slo_s is None:
@@ -55,7 +58,7 @@ class CoServePlanner:
             if (_bucket(num_decodes) not in self._baseline
                     or self._decode_steps % self.config.refresh_every == 0):
                 return 0  # measure inference alone first (and now and then again)
-        units = leftover if num_decodes == 0 else leftover * self.share
+        units = leftover if num_decodes == 0 or paced else leftover * self.share
         return max(0, math.floor(units / self.config.train_cost))
 
     def observe(self, seconds: float, num_decodes: int, train_tokens: int) -> None:
