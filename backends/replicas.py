@@ -16,6 +16,10 @@ Placement, per request (in the spirit of the SGLang router and Llumnix):
   a long prefix (a system prompt) land where that prefix is already cached, and a replica that
   leaves or joins moves only its own share of prefixes. When the ring's replica is overloaded
   (KV nearly full, or its load well above the least loaded one's), least load wins instead.
+  Requests in flight there with the same prefix count half: they share its prefill (the
+  engine computes a prefix once and the others wait for it and hit it), so a burst on one
+  system prompt is not sent away from its cache the moment its siblings queue up, yet one hot
+  prefix cannot take more than about twice the least loaded replica's load.
 - `round_robin` and `least_load` stay available (the benchmark compares all three).
 
 Migration (Llumnix's idea, simple form): when a replica dies mid-stream, or a greengate engine
@@ -56,6 +60,8 @@ from backends.pool_config import MemberConfig, ReplicaOptions
 log = logging.getLogger("greengate.replicas")
 
 RING_POINTS = 64  # virtual nodes per replica: an even share of the hash space for each
+# What a request in flight with the same prefix key weighs in the overload test (others: 1).
+SIBLING_WEIGHT = 0.5
 
 # Metric names by engine, summed over label sets (vLLM labels by model name).
 RUNNING = ("greengate_engine_running_requests", "vllm:num_requests_running",
@@ -140,6 +146,7 @@ class Replica:
     client: OpenAICompatMember
     load: ReplicaLoad | None = None
     inflight: int = 0
+    inflight_keys: dict[int, int] = field(default_factory=dict)  # prefix key -> in flight
     ejected: bool = False
     ejected_at: float = 0.0
     scrape_failures: int = 0
@@ -253,11 +260,12 @@ class Placer:
         self._by_url = {r.url: r for r in replicas}
         self._rr = itertools.count()
 
-    def overloaded(self, r: Replica, least: float) -> bool:
+    def overloaded(self, r: Replica, least: float, key: int | None = None) -> bool:
         if _kv(r) >= self.opts.overload_kv_usage:
             return True
-        return r.queue() > least + max(self.opts.overload_gap,
-                                       self.opts.overload_ratio * least)
+        siblings = min(r.inflight_keys.get(key, 0), r.queue()) if key is not None else 0
+        load = r.queue() - (1 - SIBLING_WEIGHT) * siblings
+        return load > least + max(self.opts.overload_gap, self.opts.overload_ratio * least)
 
     def choose(self, key: int | None, exclude: AbstractSet[str] = frozenset()
                ) -> Placement | None:
@@ -275,7 +283,7 @@ class Placer:
             r = self._by_url[url]
             if r.ejected or r.url in exclude:
                 continue  # the next point on the ring takes over its keys
-            if self.overloaded(r, least.queue()):
+            if self.overloaded(r, least.queue(), key):
                 return Placement(least, "overloaded")
             return Placement(r, "affinity")
         return Placement(least, "least_load")
@@ -286,6 +294,23 @@ class Placer:
 
 class _Preempted(Exception):
     pass
+
+
+def _enter(r: Replica, key: int | None) -> None:
+    """Count a request on its replica, and under its prefix key, while it runs there."""
+    r.inflight += 1
+    if key is not None:
+        r.inflight_keys[key] = r.inflight_keys.get(key, 0) + 1
+
+
+def _leave(r: Replica, key: int | None) -> None:
+    r.inflight -= 1
+    if key is not None:
+        left = r.inflight_keys.get(key, 0) - 1
+        if left > 0:
+            r.inflight_keys[key] = left
+        else:
+            r.inflight_keys.pop(key, None)
 
 
 @dataclass
@@ -556,7 +581,7 @@ class ReplicaMember(Member):
             r = placed.replica
             hop = _Hop(r.url, placed.reason)
             hops.append(hop)
-            r.inflight += 1
+            _enter(r, key)
             try:
                 resp = await r.client.complete(self._request(req, r, None, False))
             except UpstreamError as e:
@@ -568,7 +593,7 @@ class ReplicaMember(Member):
                 last = e
                 continue
             finally:
-                r.inflight -= 1
+                _leave(r, key)
             hop.end = "done"
             r.served += 1
             data = resp.data
@@ -620,7 +645,7 @@ class ReplicaMember(Member):
             progress.preempted = False
             if len(progress.hops) > 1:
                 r.migrated_in += progress.started
-            r.inflight += 1
+            _enter(r, key)
             try:
                 sub = self._request(req, r, progress, self._others(r))
                 async with contextlib.aclosing(r.client.stream_batches(sub)) as agen:
@@ -651,7 +676,7 @@ class ReplicaMember(Member):
                 self._account(r, hop)
                 continue
             finally:
-                r.inflight -= 1
+                _leave(r, key)
             hop.end = "done"
             r.served += 1
             use = progress.merged_usage(self.opts.policy)

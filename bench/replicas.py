@@ -59,6 +59,7 @@ class Run:
     energy_sources: set[str] = field(default_factory=set)
     window_j: float | None = None
     placed: dict[str, int] = field(default_factory=dict)
+    placed_by: dict[str, int] = field(default_factory=dict)  # affinity | overloaded | ...
     ejections: int = 0
     migrations: int = 0
 
@@ -117,6 +118,9 @@ async def one(m: ReplicaMember, at: float, t0: float, body: dict, run: Run) -> N
                 run.energy_sources.add(str(use.get("energy_source")))
             url = use["replicas"]["served_by"]
             run.placed[url] = run.placed.get(url, 0) + 1
+            for hop in use["replicas"]["hops"]:
+                why = str(hop["placed_by"])
+                run.placed_by[why] = run.placed_by.get(why, 0) + 1
             run.migrations += len(use["replicas"]["migrations"])
     if first is not None:
         run.ttft_ms.append((first - sent) * 1000)
@@ -179,9 +183,22 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
             "meter_window_j": window,
             "energy_vs_window": round(energy / window, 4) if energy and window else None,
             "placed": [r.placed for r in mine],
+            "placed_by": [r.placed_by for r in mine],
             "ejections": sum(r.ejections for r in mine),
             "migrations": sum(r.migrations for r in mine)})
     return rows
+
+
+def per_run(runs: list[Run]) -> list[dict[str, Any]]:
+    """Every run on its own (repeat order), so the spread between repeats shows."""
+    out = []
+    for i, r in enumerate(runs):
+        out.append({"repeat": i // len(POLICIES), "policy": r.policy,
+                    "ttft_p50_ms": pct(r.ttft_ms, 50), "ttft_p99_ms": pct(r.ttft_ms, 99),
+                    "tokens_per_s": round(r.tokens / r.wall_s, 2) if r.wall_s else None,
+                    "prefix_hit_rate": round(r.hit_tokens / r.prompt_tokens, 4)
+                    if r.prompt_tokens else None, "placed_by": r.placed_by})
+    return out
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -205,9 +222,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 jobs = workload(rng, args.prompts, args.per_prompt, args.burst, args.gap_s)
                 runs.append(await run_policy(policy, servers, jobs, args.overload_gap))
                 r = runs[-1]
+                hit = r.hit_tokens / r.prompt_tokens if r.prompt_tokens else float("nan")
                 print(f"repeat {rep} {policy}: {len(r.ttft_ms)} requests, {r.wall_s:.1f} s, "
-                      f"placed {r.placed}, {r.ejections} ejections, {r.migrations} "
-                      "migrations", flush=True)
+                      f"hit rate {hit:.3f}, TTFT p99 {pct(r.ttft_ms, 99)} ms, "
+                      f"placed {r.placed} by {r.placed_by}, {r.ejections} ejections, "
+                      f"{r.migrations} migrations", flush=True)
     finally:
         for s in servers:
             s.stop()
@@ -235,7 +254,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                       "burst_gap_s": args.gap_s, "max_tokens": 16,
                       "kv_cache_gb": args.kv_cache_gb,
                       "overload_gap": args.overload_gap or ReplicaOptions().overload_gap},
-            "rows": rows, "ratios": ratios, "targets": targets}
+            "rows": rows, "runs": per_run(runs), "ratios": ratios, "targets": targets}
 
 
 def table(result: dict[str, Any]) -> str:

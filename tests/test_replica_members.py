@@ -122,6 +122,28 @@ def test_placement_before_any_scrape_counts_in_flight() -> None:
     assert placer.choose(key, exclude={replicas[1].url}) is None
 
 
+def test_siblings_in_flight_count_half_against_overload() -> None:
+    """Requests in flight on the owner with the same prefix share its prefill: a burst on one
+    system prompt stays with its cache a while longer, but not without bound, and requests with
+    another prefix see the owner's whole queue."""
+    from backends.replicas import Placer, Replica, _enter, _leave
+
+    replicas = [Replica(f"http://r{i}/v1", None) for i in range(2)]  # type: ignore[arg-type]
+    placer = Placer(replicas, ReplicaOptions())
+    key, other = [k for k in range(1, 2**64, 2**64 // 997)
+                  if placer.ring.walk(k)[0] == replicas[0].url][:2]
+    for _ in range(4):
+        _enter(replicas[0], key)
+    assert replicas[0].inflight == 4
+    assert placer.choose(key).reason == "affinity"  # 4 - 0.5 * 4 = 2, not > 0 + 2
+    assert placer.choose(other).reason == "overloaded"  # 4 > 2
+    _enter(replicas[0], key)
+    assert placer.choose(key).reason == "overloaded"  # 5 - 2.5 > 2: one hot prefix is bounded
+    for _ in range(5):
+        _leave(replicas[0], key)
+    assert replicas[0].inflight == 0 and replicas[0].inflight_keys == {}
+
+
 async def test_burst_spreads_load(engines: list[EngineServerProcess]) -> None:
     """Under a burst, each replica's queue stays within +-2 of the other's.
 
@@ -186,6 +208,7 @@ async def test_shared_prefix_sticks(engines: list[EngineServerProcess]) -> None:
         await m.aclose()
     served = {u["replicas"]["served_by"] for u in usages}
     assert len(served) == 1
+    assert all(r.inflight == 0 and not r.inflight_keys for r in m.replicas)
     assert all(u["replicas"]["hops"][0]["placed_by"] == "affinity" for u in usages)
     url = served.pop()
     i = next(k for k, e in enumerate(engines) if e.url == url)
