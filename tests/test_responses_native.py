@@ -495,6 +495,26 @@ def test_redacted_prompt_and_restored_answer(ngw: Gateway, native: NativeFake,
     assert EMAIL not in seen and "<EMAIL_ADDRESS_1>" in seen  # the member never saw it
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_budget_is_charged_from_responses_usage(ngw: Gateway, native: NativeFake,
+                                                stream: bool) -> None:
+    key = ngw.create_key("frugal")
+    # "hi": 1001 input tokens at $0.1/1M + 103 output at $0.2/1M = $0.0001207 per call
+    r = ngw.post("/admin/budgets", {"scope": "team", "subject": "frugal", "metric": "usd",
+                                    "period": "day", "limit": 0.0002})
+    assert r.status_code == 201, r.text
+    body = {"model": "native", "input": "hi", "stream": stream}
+    assert ngw.post("/v1/responses", body, key=key).status_code == 200
+    assert ngw.post("/v1/responses", body, key=key).status_code == 200  # $0.00012 < $0.0002
+    refused = ngw.post("/v1/responses", body, key=key)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+    assert len(native.requests) == 2  # the refused request never reached the member
+    row = ngw.decision(refused.headers["x-request-id"])
+    assert (row["endpoint"], row["status"]) == ("responses", 429)
+    listed = httpx.get(ngw.url + "/admin/budgets", headers=ngw.headers(), timeout=10).json()
+    assert listed[0]["spent"] == pytest.approx(2 * (1001 * 0.1 + 103 * 0.2) / 1e6)
+
+
 # ---- the openai-agents package against a member that speaks Responses ------------------------
 @pytest.mark.parametrize("streamed", [False, True])
 def test_openai_agents_runs_a_tool_natively(ngw: Gateway, native: NativeFake,
