@@ -41,6 +41,7 @@ class NativeFake:
     sent: list[bytes] = field(default_factory=list)  # every event's data, as sent
     fail_statuses: list[int] = field(default_factory=list)  # one per request
     stop_after_events: int | None = None  # end the stream early, without response.completed
+    fail_after_events: int | None = None  # then send response.failed, as a member may
     reply: str | None = None
 
     def last(self) -> dict[str, Any]:
@@ -146,6 +147,12 @@ def native_upstream(fake: NativeFake) -> Starlette:
         events = _events(final)
         if fake.stop_after_events is not None:
             events = events[:fake.stop_after_events]
+        if fake.fail_after_events is not None:
+            failed = {**final, "status": "failed", "output": [], "usage": None,
+                      "error": {"code": "server_error", "message": "the member broke"}}
+            events = events[:fake.fail_after_events] + [
+                {"type": "response.failed", "response": failed,
+                 "sequence_number": fake.fail_after_events}]
 
         async def stream() -> AsyncIterator[bytes]:
             for ev in events:
@@ -457,6 +464,13 @@ def test_upstream_errors_are_clean(make_gateway: GatewayFactory, native: NativeF
     row = gw.latest_decision(2)
     assert row["status"] == 502 and "before response.completed" in row["error"]
     assert row["prompt_tokens"] is not None  # billed for what it generated
+    native.stop_after_events, native.fail_after_events = None, 5  # the member's own failure
+    with client.responses.stream(model="native", input="a b") as s:
+        failed = [ev for ev in s if ev.type == "response.failed"]
+    assert failed[0].response.error.message == "the member broke"
+    assert failed[0].response.id.startswith("resp_") and len(failed[0].response.id) <= 40
+    row = gw.latest_decision(3)
+    assert row["status"] == 502 and row["error"] == "the member broke"
     native.fail_statuses = [500] * 10  # no fallback left: a clean 502, not a 500
     r = gw.post("/v1/responses", {"model": "native", "input": "x"})
     assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
