@@ -3,7 +3,9 @@
 Newer clients (the OpenAI Agents SDK, `client.responses.create`) speak Responses; most members
 speak chat completions. A Responses request becomes one chat request, so routing, the cache,
 safety, budgets and the decision row all apply as for chat, and the chat answer (whole or
-streamed) becomes a Response object or the Responses stream events the SDK accumulates."""
+streamed) becomes a Response object or the Responses stream events the SDK accumulates. For a
+member that speaks Responses itself, `native_body` (at the end) is the request it gets instead
+(gateway.responses_native)."""
 
 from __future__ import annotations
 
