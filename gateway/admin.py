@@ -253,6 +253,7 @@ def pool_status(rt: Rt, p: Caller) -> list[dict]:
                 "input_per_1m": m.prices.input_per_1m, "output_per_1m": m.prices.output_per_1m,
                 "source": m.prices.source},
             "context_window": m.context_window, "tags": m.cfg.tags,
+            "responses": m.cfg.responses,  # translate (via chat) | native (passed through)
             "energy": m.cfg.energy.model_dump() if m.cfg.energy else None,
             "engine": _engine_state(m.backend) if m.is_engine else None,
             # A member with several endpoints: each replica's state, load and energy.

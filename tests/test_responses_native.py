@@ -568,3 +568,10 @@ def test_openai_agents_runs_a_tool_natively(ngw: Gateway, native: NativeFake,
     # the agent sends the call back as an item with the member's ids: passed on without them
     assert all("id" not in i for i in native.last()["input"] if isinstance(i, dict)
                and i.get("type") in ("function_call", "function_call_output", "message"))
+
+
+def test_admin_pool_shows_each_members_protocol(ngw: Gateway) -> None:
+    pool_rows = httpx.get(ngw.url + "/admin/pool", headers=ngw.headers(), timeout=10).json()
+    members = pool_rows["members"] if isinstance(pool_rows, dict) else pool_rows
+    assert {m["name"]: m["responses"] for m in members} == {"native": "native",
+                                                            "chat": "translate"}
