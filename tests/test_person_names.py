@@ -168,3 +168,29 @@ def test_a_names_only_artifact_still_loads(tmp_path: Path, tagger: PersonTagger)
     ent = old.entities(text)
     assert ent.addresses == []
     assert any(text[n.start : n.end].startswith("Priya Raman") for n in ent.names)
+
+
+def test_even_windows_with_overlap_cover_share_and_have_one_length() -> None:
+    from routing.safety.jailbreak import even_windows
+
+    for n in (127, 200, 512, 1000, 3000):
+        wins = even_windows(n, 126, 32, 16)
+        assert wins is not None and wins[0][0] == 0 and wins[-1][1] == n
+        assert len({e - s for s, e in wins}) == 1 and wins[0][1] - wins[0][0] <= 126
+        assert all(a[1] - b[0] >= 16 for a, b in zip(wins, wins[1:], strict=False))
+        assert len(wins) == -(-(n - 16) // 110)  # the fewest that share 16 tokens
+    assert even_windows(100, 126, 32, 16) == [(0, 100)]
+    assert even_windows(126 * 40, 126, 32, 16) is None  # then the capped, spaced windows
+
+
+def test_tagger_windows_cost_less_than_the_stride_layout(tagger: PersonTagger) -> None:
+    assert tagger.layout == "even"
+    old = tagger.with_precision("reference")
+    assert old.layout == "even"  # the same windows: with_precision changes precision only
+    stride = PersonTagger(tagger.model, tagger.threshold, layout="stride", precision="fp32")
+    assert sum(e - s for s, e in tagger.windows(512)) < 0.8 * sum(
+        e - s for s, e in stride.windows(512)
+    )
+    assert tagger.windows(0) == [] and tagger.windows(5) == [(0, 5)]
+    huge = tagger.windows(100_000)
+    assert len(huge) == 32 and huge[0][0] == 0 and huge[-1][1] == 100_000

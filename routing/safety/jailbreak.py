@@ -36,16 +36,27 @@ MAX_CHUNKS = 16
 LAYOUTS = ("even", "stride")
 
 
-def even_windows(n: int, body: int, max_chunks: int) -> list[tuple[int, int]] | None:
-    """The fewest windows of at most `body` tokens covering `n`, of nearly equal length and
-    without overlap; None when that takes more than `max_chunks` (then spaced windows)."""
+def even_windows(
+    n: int, body: int, max_chunks: int, overlap: int = 0
+) -> list[tuple[int, int]] | None:
+    """The fewest windows of at most `body` tokens covering `n`, of nearly equal length;
+    None when that takes more than `max_chunks` (then spaced windows). `overlap` 0: no
+    overlap (lengths differ by at most one). `overlap` > 0: neighbours share at least that
+    many tokens and all windows have the same length (a batch of them needs no padding)."""
     if n <= body:
         return [(0, n)]
-    k = -(-n // body)
+    if overlap <= 0:
+        k = -(-n // body)
+        if k > max_chunks:
+            return None
+        cuts = [round(i * n / k) for i in range(k + 1)]
+        return [(cuts[i], cuts[i + 1]) for i in range(k)]
+    k = -(-(n - overlap) // (body - overlap))
     if k > max_chunks:
         return None
-    cuts = [round(i * n / k) for i in range(k + 1)]
-    return [(cuts[i], cuts[i + 1]) for i in range(k)]
+    size = -(-(n + (k - 1) * overlap) // k)
+    starts = [(i * (n - size)) // (k - 1) for i in range(k)]
+    return [(s, s + size) for s in starts]
 
 
 def clean(text: str) -> str:
@@ -73,13 +84,17 @@ class SafetyClassifier:
         stride: int = STRIDE,
         max_chunks: int = MAX_CHUNKS,
         layout: str = "stride",
+        precision: str = "auto",
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError("threshold must be in [0, 1]")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}")
+        from routing.safety.serving import encoder
+
         self.layout = layout
-        self.model = model
+        self.model = model  # the TunedModel: tokenizer, special ids, meta
+        self.encoder = encoder(model, precision)  # what scores (routing/safety/serving.py)
         self.threshold = float(threshold)
         self.chunk_tokens = chunk_tokens
         self.stride = stride
@@ -90,8 +105,9 @@ class SafetyClassifier:
         return self.model.meta
 
     @classmethod
-    def load(cls, path: Path | str | None = None) -> SafetyClassifier:
-        """The shipped artifact by default; `path` is its folder or its `.json`/stem."""
+    def load(cls, path: Path | str | None = None, precision: str = "auto") -> SafetyClassifier:
+        """The shipped artifact by default; `path` is its folder or its `.json`/stem.
+        `precision`: routing/safety/serving.py (`auto`: bf16 on native-BF16 CPUs, else int8)."""
         from routing.minilm import TunedModel
 
         model = TunedModel.load_artifact(path, ARTIFACTS, NAME, "train.jailbreak")
@@ -103,6 +119,19 @@ class SafetyClassifier:
             stride=int(ch.get("stride", STRIDE)),
             max_chunks=int(ch.get("max_chunks", MAX_CHUNKS)),
             layout=str(ch.get("layout", "stride")),
+            precision=precision,
+        )
+
+    def with_precision(self, precision: str) -> SafetyClassifier:
+        """The same model and chunking scored in another precision (benchmarks compare)."""
+        return SafetyClassifier(
+            self.model,
+            self.threshold,
+            chunk_tokens=self.chunk_tokens,
+            stride=self.stride,
+            max_chunks=self.max_chunks,
+            layout=self.layout,
+            precision=precision,
         )
 
     def chunks(self, text: str) -> tuple[list[list[int]], int]:
@@ -131,16 +160,14 @@ class SafetyClassifier:
             cs, n = self.chunks(t) if clean(t).strip() else ([], 0)
             per.append((len(cs), n))
             seqs.extend(cs)
-        scores: list[float] = []
+        # Sorted by length, so a batch pads little; a prompt's chunks are one batch.
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        out_s = [0.0] * len(seqs)
+        scores = [0.0] * len(seqs)
         for k in range(0, len(order), 32):
             idx = order[k : k + 32]
-            ids, mask, _ = self.model.batch([seqs[i] for i in idx])
-            z = torch.sigmoid(self.model.logits(ids, mask)[:, 0]).tolist()
+            z = torch.sigmoid(self.encoder.logits([seqs[i] for i in idx])[:, 0]).tolist()
             for i, v in zip(idx, z, strict=True):
-                out_s[i] = float(v)
-        scores = out_s
+                scores[i] = float(v)
         res, pos = [], 0
         for n_chunks, n_tok in per:
             s = scores[pos : pos + n_chunks]
