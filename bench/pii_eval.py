@@ -183,6 +183,29 @@ def chunk_2kb(texts: list[str]) -> list[str]:
     return prompts
 
 
+def long_records(records: list[dict], chars: int = 2048) -> list[dict]:
+    """Consecutive records joined (one per line) into documents of about `chars` characters,
+    spans shifted: long texts are tagged in windows, and a name near a window's edge must
+    still be found."""
+    out: list[dict] = []
+    text, spans = "", []
+    for rec in records:
+        off = len(text) + (1 if text else 0)
+        text = f"{text}\n{rec['full_text']}" if text else rec["full_text"]
+        spans += [
+            {
+                **sp,
+                "start_position": sp["start_position"] + off,
+                "end_position": sp["end_position"] + off,
+            }
+            for sp in rec.get("spans", [])
+        ]
+        if len(text) >= chars:
+            out.append({"full_text": text, "spans": spans})
+            text, spans = "", []
+    return out
+
+
 def time_detect(
     prompts: list[str], kinds: frozenset[str], reps: int, names: object = None
 ) -> dict[str, object]:
@@ -295,8 +318,26 @@ def main(argv: list[str] | None = None) -> int:
         help="detections (unlabelled, N examples per kind) on in-the-wild jailbreak prompts",
     )
     ap.add_argument("--reps", type=int, default=5, help="repetitions of the 2 KB latency run")
+    ap.add_argument("--no-latency", action="store_true", help="quality only")
     ap.add_argument("--names", choices=("shipped", "none"), default="shipped")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "int8", "bf16", "fp32", "reference"),
+        help="the tagger's serving precision (routing/safety/serving.py)",
+    )
+    ap.add_argument(
+        "--layout",
+        choices=("even", "stride"),
+        default="even",
+        help="the tagger's windows (routing/safety/person_names.py)",
+    )
     ap.add_argument("--split", choices=("heldout", "all"), default="heldout")
+    ap.add_argument(
+        "--long",
+        action="store_true",
+        help="also score the records joined into ~2 KB documents (window edges)",
+    )
     ap.add_argument("--faker", type=int, default=600, help="held-out faker sentences added")
     args = ap.parse_args(argv)
     names = None
@@ -307,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(1)  # latency on one core, like bench/safety_eval.py
 
-        names = PersonTagger.load()
+        names = PersonTagger.load(precision=args.precision, layout=args.layout)
 
     if not args.data.exists():
         print(f"no data at {args.data}", file=sys.stderr)
@@ -352,17 +393,24 @@ def main(argv: list[str] | None = None) -> int:
     result, errors = evaluate(records, kinds, args.examples, names)
     anchor, _ = evaluate(records, kinds, 0, None)
     result["person_anchor_heuristic"] = anchor["per_kind"].get(pii.PERSON)
+    if args.long:
+        docs = long_records(records)
+        long_result, _ = evaluate(docs, kinds, 0, names)
+        result["long_documents"] = {"documents": len(docs), **long_result}
     result["micro_anchor_heuristic"] = anchor["micro_default_kinds_overlap"]
     texts = [r["full_text"] for r in records]
     latency: dict[str, object] = {}
     for name, k in (("evaluated_kinds", kinds), ("default_kinds", pii.DEFAULT_KINDS)):
+        if args.no_latency:
+            break
         latency[f"per_record/{name}"] = time_detect(texts, k, args.reps, names)
         latency[f"2kb_pii_dense/{name}"] = time_detect(chunk_2kb(texts), k, args.reps, names)
-    latency["per_record/structured_only_anchor"] = time_detect(
-        texts, pii.DEFAULT_KINDS, args.reps, None
-    )
+    if not args.no_latency:
+        latency["per_record/structured_only_anchor"] = time_detect(
+            texts, pii.DEFAULT_KINDS, args.reps, None
+        )
     benign = benign_prompts(args.benign_limit) if args.benign else []
-    if benign:
+    if benign and not args.no_latency:
         prompts = chunk_2kb(benign)[:500]
         latency["2kb_benign/default_kinds"] = time_detect(
             prompts, pii.DEFAULT_KINDS, args.reps, names
@@ -373,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         "records": len(records),
         "split": args.split,
         "names": args.names,
+        "precision": names.encoder.precision if names is not None else None,
+        "layout": names.layout if names is not None else None,
         "mean_record_chars": round(statistics.fmean(len(r["full_text"]) for r in records), 1),
         "kinds": sorted(kinds),
         "matching": {
@@ -396,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{args.data.name}: {len(records)} records, kinds={','.join(sorted(kinds))}")
     print_table(result)
+    if "long_documents" in result:
+        print(f"records joined into {result['long_documents']['documents']} ~2 KB documents:")
+        print_table(result["long_documents"])
     print("detect() latency, us (p50 / p99), wall and thread CPU time:")
     for name, d in latency.items():
         w, c = d["wall"], d["cpu"]

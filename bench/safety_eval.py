@@ -12,9 +12,14 @@ evaluates that file instead.
 Latency: p50 / p90 of `score()` on one torch thread for prompts of 64, 128, 512 and 2,048
 MiniLM tokens and CPU time per request, interleaved with an anchor: the full 6-layer MiniLM
 forward over the same 512 tokens (what a full-depth fine-tune would cost); ratio reported.
+`--compare` adds, in the same rounds, the path before routing/safety/serving.py (`reference/`)
+and the person-name tagger at 512 tokens, new and old (old: reference precision and its
+stride-96 windows), with per-round new / old CPU ratios.
+`--precision` picks the serving precision (default `auto`) for the quality run too.
 Bad input: empty, 1 MB, undecodable bytes, emoji only, code only: score, decision, time.
 
     .venv/bin/python bench/safety_eval.py --out bench/results/safety_eval.json
+    .venv/bin/python bench/safety_eval.py --no-quality --compare --reps 40
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 
 from routing.safety.jailbreak import SafetyClassifier  # noqa: E402
+from routing.safety.serving import PRECISIONS  # noqa: E402
 
 
 def evaluate_shared(clf: SafetyClassifier, data_dir: Path) -> dict[str, Any]:
@@ -130,41 +136,76 @@ def _time(fn: Any) -> tuple[float, float]:
     return (time.perf_counter() - w0) * 1000, (time.process_time() - c0) * 1000
 
 
-def latency(clf: SafetyClassifier, reps: int) -> dict[str, Any]:
+def _q(xs: list[float], f: float) -> float:
+    return round(float(np.quantile(xs, f)), 2)
+
+
+def latency(clf: SafetyClassifier, reps: int, compare: bool = False) -> dict[str, Any]:
+    """p50 / p90 wall and CPU ms per call on one torch thread. `compare`: the path before
+    routing/safety/serving.py (`reference/...`) and the person-name tagger (new and old, 512
+    tokens) run in the same rounds, and each new / old ratio is the median of per-round
+    ratios of CPU time (load drifts alike for both within a round)."""
     import torch
 
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     prompts = {n: _prompt(n, clf) for n in (64, 128, 512, 2048)}
-    anchor = _anchor(512)
-    for p in prompts.values():  # warm-up: oneDNN builds kernels per shape
-        clf.score(p)
-    anchor()
-    res: dict[str, dict[str, list[float]]] = {
-        k: {"wall": [], "cpu": []} for k in [*map(str, prompts), "anchor_6layer_512"]
-    }
-    for _ in range(reps):  # interleaved: load changes hit both alike
+    runs: dict[str, Any] = {f"tokens_{n}": (lambda p=p: clf.score(p)) for n, p in prompts.items()}
+    chunks = {f"tokens_{n}": clf.explain(p).chunks for n, p in prompts.items()}
+    if compare:
+        from routing.safety.person_names import PersonTagger
+
+        old = clf.with_precision("reference")
         for n, p in prompts.items():
-            w, c = _time(lambda p=p: clf.score(p))
-            res[str(n)]["wall"].append(w)
-            res[str(n)]["cpu"].append(c)
-        w, c = _time(anchor)
-        res["anchor_6layer_512"]["wall"].append(w)
-        res["anchor_6layer_512"]["cpu"].append(c)
-
-    def q(xs: list[float], f: float) -> float:
-        return round(float(np.quantile(xs, f)), 2)
-
-    out: dict[str, Any] = {"threads": 1, "reps": reps}
+            runs[f"reference/tokens_{n}"] = lambda p=p: old.score(p)
+        tagger = PersonTagger.load()
+        old_tagger = PersonTagger(  # the path before: fp32/bf16 TunedModel, stride windows
+            tagger.model,
+            tagger.threshold,
+            tagger.address_threshold,
+            precision="reference",
+            layout="stride",
+        )
+        p512 = prompts[512]
+        runs["person_tagger/tokens_512"] = lambda: tagger.entities(p512)
+        runs["reference/person_tagger/tokens_512"] = lambda: old_tagger.entities(p512)
+    runs["anchor_6layer_512"] = _anchor(512)
+    for fn in runs.values():  # warm-up: oneDNN builds kernels per shape
+        fn()
+        fn()
+    res: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in runs}
+    for _ in range(reps):  # interleaved: load changes hit all alike
+        for k, fn in runs.items():
+            w, c = _time(fn)
+            res[k]["wall"].append(w)
+            res[k]["cpu"].append(c)
+    out: dict[str, Any] = {"threads": 1, "reps": reps, "precision": clf.encoder.precision}
+    if hasattr(os, "getloadavg"):
+        out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     for k, v in res.items():
-        out[k if k.startswith("anchor") else f"tokens_{k}"] = {
-            "p50_ms": q(v["wall"], 0.5),
-            "p90_ms": q(v["wall"], 0.9),
-            "cpu_ms_p50": q(v["cpu"], 0.5),
-            "chunks": clf.explain(prompts[int(k)]).chunks if k.isdigit() else None,
+        out[k] = {
+            "p50_ms": _q(v["wall"], 0.5),
+            "p90_ms": _q(v["wall"], 0.9),
+            "cpu_ms_p50": _q(v["cpu"], 0.5),
+            "cpu_ms_p90": _q(v["cpu"], 0.9),
+            "chunks": chunks.get(k.removeprefix("reference/")),
+        }
+    if compare:
+        out["new_over_reference_cpu"] = {
+            k: round(
+                statistics.median(
+                    n / o
+                    for n, o in zip(res[k]["cpu"], res[f"reference/{k}"]["cpu"], strict=True)
+                    if o > 0
+                ),
+                3,
+            )
+            for k in res
+            if f"reference/{k}" in res
         }
     out["ratio_512_vs_anchor_p50"] = round(
-        statistics.median(res["512"]["wall"]) / statistics.median(res["anchor_6layer_512"]["wall"]),
+        statistics.median(res["tokens_512"]["wall"])
+        / statistics.median(res["anchor_6layer_512"]["wall"]),
         3,
     )
     out["target_p50_512_ms"] = 15.0
@@ -228,14 +269,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--no-quality", action="store_true")
+    ap.add_argument(
+        "--compare",
+        action="store_true",
+        help="latency of the path before routing/safety/serving.py, and of the person-name "
+        "tagger, interleaved in the same rounds",
+    )
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="serving precision (routing/safety/serving.py); reference: the path before it",
+    )
     args = ap.parse_args(argv)
-    clf = SafetyClassifier.load(args.artifact)
+    import torch
+
+    torch.set_num_threads(1)  # one core, also for the quality pass (a shared machine)
+    clf = SafetyClassifier.load(args.artifact, args.precision)
     result: dict[str, Any] = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "artifact": {
             "threshold": clf.threshold,
             "lora": clf.meta.get("lora"),
             "chunking": clf.meta.get("chunking"),
+            "precision": clf.encoder.precision,
         },
     }
     if not args.no_quality:
@@ -243,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_csv(clf, args.data) if args.data else evaluate_shared(clf, args.shared)
         )
     if not args.no_latency:
-        result["latency"] = latency(clf, args.reps)
+        result["latency"] = latency(clf, args.reps, args.compare)
         result["bad_input"] = bad_inputs(clf)
     print_table(result)
     if args.out:
