@@ -409,3 +409,19 @@ def test_served_requests_leave_no_cyclic_garbage(make_gateway, fake) -> None:  #
         assert [a["status"] for a in gw.decision(rid)["attempts"]] == [503, 200]
 
     assert any(name.startswith("tenacity.") for name in _cyclic_garbage_of_the_path(retried))
+
+
+def test_serving_raises_the_young_collection_threshold(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    """While a gateway serves, young collections wait for GC_GEN0_THRESHOLD net allocations
+    (the in-flight requests' objects are not re-walked every 700); its shutdown puts back
+    what was there."""
+    import gc
+
+    from gateway.app import GC_GEN0_THRESHOLD
+
+    before = gc.get_threshold()
+    assert before[0] < GC_GEN0_THRESHOLD
+    gw = make_gateway()
+    assert gc.get_threshold() == (GC_GEN0_THRESHOLD, *before[1:])
+    gw.server.stop()
+    assert gc.get_threshold() == before
