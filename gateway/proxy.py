@@ -341,10 +341,14 @@ class Proxy:
             member = self.pool.get(row.served_member) if row.served_member else None
             self.org.tracing.record(d, _system(member))
 
+    def _logs_requests(self, row: DecisionRow) -> bool:
+        """Whether `_log_request` may keep this row's prompt and answer (a team's request)."""
+        return self.org is not None and row.team is not None
+
     def _log_request(self, row: DecisionRow, endpoint: str, body: dict,
                      answer: str | None) -> None:
         """The prompt and answer for the team's request log (only if it opted in)."""
-        if self.org is not None and row.team is not None:
+        if self._logs_requests(row):
             self.org.request_logs.submit(row.as_row(), row.endpoint or endpoint, body, answer)
 
     def _remember(self, key: CacheKey | None, response: dict | None, member: str) -> None:
@@ -744,7 +748,8 @@ class Proxy:
             row.status = 200
             finished = True
             row.latency_ms = (time.perf_counter() - t0) * 1000
-            self._log_request(row, endpoint, body, streamed_text(endpoint, seen)[0])
+            if self._logs_requests(row):  # the answer's text costs a parse of every chunk
+                self._log_request(row, endpoint, body, streamed_text(endpoint, seen)[0])
             self._finish(row, principal)
             logged = True
             yield b"data: [DONE]\n\n"
