@@ -9,6 +9,11 @@ the trainer's tokens (forward and backward) per second of the cell. Co-served ce
 same inference load with a job training in the leftover budget under the engine's default
 policy (no SLO set: ITL may grow 10% over inference alone, measured as it runs).
 
+On the CPU the training slices run in the engine's worker process; each cell also reports how
+the worker spent the cell (seconds per second with a slice in flight, CPU seconds the process
+spent on them, the rest resting to keep the co-serving share), the mean share, engine steps per
+second and the machine's 1-minute load average before and after.
+
 The model is the engine's built-in tiny checkpoint with random weights (throughput does not
 depend on what the weights mean; the fine-tuning tests show learning). Examples are random
 token sequences of 64-192 tokens, the loss on their second half.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import tempfile
@@ -62,6 +68,11 @@ class Cell:
     seconds: float = 0.0
     train_tokens: int = 0
     itl: list[float] = field(default_factory=list)
+    steps: int = 0
+    busy_s: float = 0.0  # a training slice in flight
+    cpu_s: float = 0.0  # CPU seconds the training process spent on the cell's slices
+    shares: list[float] = field(default_factory=list)
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before, after
 
 
 class Quiet:
@@ -120,7 +131,8 @@ def run_cell(engine: Engine, cell: Cell, seconds: float, vocab: int, adapters: l
              work: Path, job_seq: list[int]) -> None:
     handle = None
     listener = Quiet()
-    before = engine.stats()["training_tokens"]
+    load0 = os.getloadavg()[0]
+    before = engine.stats()
     if cell.training:
         job_seq[0] += 1
         spec = TrainingJobSpec(
@@ -128,27 +140,53 @@ def run_cell(engine: Engine, cell: Cell, seconds: float, vocab: int, adapters: l
             hyper=LoraHyperparameters(n_epochs=50, batch_size=8, rank=8, checkpoint_every=10**6),
             checkpoint_dir=work / f"job-{job_seq[0]}", resume=False)
         handle = engine.start_training(spec, listener)
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_share, args=(engine, cell, stop))
+    sampler.start()
     t0 = time.perf_counter()
     if cell.concurrency:
         asyncio.run(inference_load(engine, cell, seconds, vocab, adapters))
     else:
         time.sleep(seconds)
         cell.seconds = time.perf_counter() - t0
-    cell.train_tokens = engine.stats()["training_tokens"] - before
+    after = engine.stats()
+    stop.set()
+    sampler.join()
+    cell.train_tokens = after["training_tokens"] - before["training_tokens"]
+    cell.steps = after["steps"] - before["steps"]
+    cell.busy_s = after["training_busy_s"] - before["training_busy_s"]
+    cell.cpu_s = (after["training_cpu_s"] or 0.0) - (before["training_cpu_s"] or 0.0)
+    cell.load = (load0, os.getloadavg()[0])
     if handle is not None:
         handle.cancel()
         listener.ended.wait(30)
 
 
+def sample_share(engine: Engine, cell: Cell, stop: threading.Event) -> None:
+    while not stop.wait(0.05):
+        cell.shares.append(engine.coserve.share)
+
+
 def figures(cells: list[Cell]) -> dict[str, Any]:
     secs = sum(c.seconds for c in cells)
     itl = np.array([x for c in cells for x in c.itl]) * 1000
+    shares = [x for c in cells for x in c.shares]
+    training = any(c.training for c in cells)
+    worker = {
+        "in_flight_s_per_s": round(sum(c.busy_s for c in cells) / secs, 3),
+        "cpu_s_per_s": round(sum(c.cpu_s for c in cells) / secs, 3),
+        "share_mean": round(float(np.mean(shares)), 3) if shares else None,
+    } if training and secs else None
     return {
         "tokens_per_s": round(sum(c.tokens for c in cells) / secs, 1) if secs else None,
         "itl_p50_ms": round(float(np.percentile(itl, 50)), 2) if itl.size else None,
         "itl_p99_ms": round(float(np.percentile(itl, 99)), 2) if itl.size else None,
         "training_tokens_per_s": round(sum(c.train_tokens for c in cells) / secs, 1)
         if secs else None,
+        "steps_per_s": round(sum(c.steps for c in cells) / secs, 1) if secs else None,
+        "worker": worker,
+        "load_1min": [round(min(c.load[0] for c in cells), 2),
+                      round(max(c.load[1] for c in cells), 2)] if cells else None,
     }
 
 
@@ -192,7 +230,9 @@ def main() -> None:
             ("training_alone", 0, True)]
     lora_plan = [0, 1, 4, 16]
     cells: dict[str, list[Cell]] = {}
-    # Warm-up: the co-serving planner measures inference alone per batch size first.
+    # Warm-up: the training process starts, and the co-serving planner measures inference
+    # alone per batch size first.
+    run_cell(engine, Cell("warm", 0, True), 2.0, vocab, [None], work, job_seq)
     run_cell(engine, Cell("warm", args.heavy, False), 2.0, vocab, [None], work, job_seq)
     run_cell(engine, Cell("warm", args.light, False), 2.0, vocab, [None], work, job_seq)
     for rep in range(args.repeats):
@@ -225,7 +265,9 @@ def main() -> None:
         "model": "built-in tiny llama (random weights), float32",
         "seconds_per_cell": args.seconds,
         "repeats": args.repeats,
+        "per_repeat": {name: [figures([c]) for c in cs] for name, cs in cells.items()},
         "training_alone_tokens_per_s": train_alone,
+        "training_alone": figures(cells["training_alone"]),
         "inference_alone": {k: alone_h[k] for k in inf_keys},
         "inference_alone_light": {k: alone_l[k] for k in inf_keys},
         "inference_alone_heavy": {k: alone_h[k] for k in inf_keys},

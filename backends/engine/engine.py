@@ -347,11 +347,16 @@ class Engine:
         self._train_tokens = 0
         overlap = self.config.coserve.overlap
         self._overlap = self.device.type == "cpu" if overlap is None else overlap
-        self._train_worker: ThreadPoolExecutor | None = None  # waits on the process's slices
+        self._train_worker: ThreadPoolExecutor | None = None  # runs or waits on the slices
         self._train_process: TrainWorker | None = None
+        # Now, before any forward pass can run beside the swap into shared memory.
         if self._overlap and self.lora is not None:
-            share_weights(model)  # now, before any forward pass can run beside the swap
-            self._train_process = TrainWorker(model, self.config.coserve.worker_threads)
+            if share_weights(model):
+                cs = self.config.coserve
+                self._train_process = TrainWorker(model, cs.worker_threads, cs.worker_nice)
+            else:  # slices then run on the worker thread, in this process
+                log.warning("shared memory cannot hold the model's weights: co-served "
+                            "training runs on a thread of the engine's process")
         self._flight: _Flight | None = None
         self._train_busy_s = 0.0  # overlap mode: seconds a slice was in flight
         self._resume_at = 0.0  # overlap mode: when the next slice may start under inference
@@ -798,7 +803,8 @@ class Engine:
         return done
 
     def _launch_slice(self, item: TrainItem) -> None:
-        """Overlap mode: start a job's slice on the worker thread (under the lock)."""
+        """Overlap mode: start a job's slice on the worker thread (under the lock), which waits
+        on the training process running it (or runs it, where shared memory was short)."""
         job = self._jobs.get(item.job_id)
         if job is None or self._flight is not None:
             return

@@ -36,6 +36,9 @@ class CoServeConfig:
     # None: on for the CPU, off for CUDA.
     overlap: bool | None = None
     worker_threads: int = 1  # torch threads of the training process
+    # Added to the training process's nice value: where it and inference want the same core,
+    # the kernel runs inference first (on an idle core training runs at full speed anyway).
+    worker_nice: int = 19
 
 
 class CoServePlanner:

@@ -16,7 +16,9 @@ the trainer's own.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -79,21 +81,30 @@ class SliceReport:
     refused: tuple[str, str] | None = None  # a job the child could not start: (type, message)
 
 
-def share_weights(model: nn.Module) -> None:
+def share_weights(model: nn.Module, shm: Path = Path("/dev/shm")) -> bool:
     """Move the model's weights into shared memory, in place (call before any forward runs on
-    another thread: the storage is swapped under the tensors)."""
-    for t in model.state_dict().values():
+    another thread: the storage is swapped under the tensors). False, and nothing moved, when
+    the shared-memory filesystem cannot hold them (a container's default is 64 MiB), since a
+    full tmpfs kills the process on the copy rather than raising."""
+    tensors = list(model.state_dict().values())
+    need = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in tensors}.values())
+    if shm.is_dir() and need * 1.05 > shutil.disk_usage(shm).free:
+        return False
+    for t in tensors:
         t.share_memory_()
+    return True
 
 
 class TrainWorker:
     """The child process and its two queues, started on the first job; one call at a time."""
 
-    def __init__(self, model: nn.Module, threads: int = 1) -> None:
+    def __init__(self, model: nn.Module, threads: int = 1, nice: int = 0) -> None:
         self._model_cls = type(model)
         self._config = model.config
         self._state = model.state_dict()  # the tensors the parent serves with, shared
         self._threads = threads
+        self._nice = nice
         self._lock = threading.Lock()
         self._proc: Any = None
         self._inbox: Any = None
@@ -139,8 +150,8 @@ class TrainWorker:
         self._inbox, self._outbox = ctx.Queue(), ctx.Queue()
         self._proc = ctx.Process(
             target=_serve, name="engine-train",
-            args=(self._model_cls, self._config, self._state, self._threads, self._inbox,
-                  self._outbox),
+            args=(self._model_cls, self._config, self._state, self._threads, self._nice,
+                  self._inbox, self._outbox),
             daemon=True)
         self._proc.start()
 
@@ -207,11 +218,13 @@ class RemoteTrainer:
 
 
 def _serve(model_cls: type, config: Any, state: dict[str, torch.Tensor], threads: int,
-           inbox: Any, outbox: Any) -> None:
+           nice: int, inbox: Any, outbox: Any) -> None:
     from backends.engine.finetune.trainer import LoraTrainer
     from backends.engine.lora.layers import LoraContext, enable_lora
 
     torch.set_num_threads(threads)
+    if nice:
+        os.nice(nice)  # the kernel caps it at 19
     with torch.device("meta"):
         model = model_cls(config)
     ctx = LoraContext()

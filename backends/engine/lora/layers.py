@@ -102,7 +102,8 @@ class AdapterTensors:
 class LoraContext:
     """What the wrapped layers read during one forward pass: per adapter, the rows of the flat
     batch it applies to (None: every row). Set by the runner or the trainer, cleared after;
-    per thread, since a trainer may run its slice on a worker beside the inference forward."""
+    per thread, since a trainer may run its slice on a thread beside the inference forward (the
+    engine's fallback on the CPU when shared memory cannot hold the weights for its process)."""
 
     def __init__(self) -> None:
         self._local = threading.local()
