@@ -39,6 +39,7 @@ import hashlib
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -62,6 +63,10 @@ log = logging.getLogger("greengate.replicas")
 RING_POINTS = 64  # virtual nodes per replica: an even share of the hash space for each
 # What a request in flight with the same prefix key weighs in the overload test (others: 1).
 SIBLING_WEIGHT = 0.5
+# A new prefix goes to its ring owner unless another replica has more than this many fewer
+# requests; then to the least loaded one.
+NEW_PREFIX_SLACK = 1.0
+HOMES = 4096  # prefix keys whose first replica a member remembers
 
 # Metric names by engine, summed over label sets (vLLM labels by model name).
 RUNNING = ("greengate_engine_running_requests", "vllm:num_requests_running",
@@ -253,12 +258,21 @@ def _kv(r: Replica) -> float:
 
 
 class Placer:
+    """Placement for one member. Under `affinity` a prefix key this member has not placed yet
+    goes to its ring owner unless another replica has more than `NEW_PREFIX_SLACK` fewer
+    requests: with a handful of system prompts a hash alone splits them unevenly (8 keys land
+    6:2 or worse on two replicas 29% of the time) and the crowded owner then spills them. Where
+    a key went first is remembered (LRU, `HOMES` keys) and it sticks there, as in the SGLang
+    router's cache-aware policy; gateways that do not share this table still agree through
+    the ring whenever the replicas' loads are close."""
+
     def __init__(self, replicas: list[Replica], opts: ReplicaOptions) -> None:
         self.replicas = replicas
         self.opts = opts
         self.ring = HashRing([r.url for r in replicas])
         self._by_url = {r.url: r for r in replicas}
         self._rr = itertools.count()
+        self._homes: OrderedDict[int, str] = OrderedDict()  # prefix key -> first replica
 
     def overloaded(self, r: Replica, least: float, key: int | None = None) -> bool:
         if _kv(r) >= self.opts.overload_kv_usage:
@@ -279,14 +293,28 @@ class Placer:
         least = min(live, key=lambda r: (r.queue(), _kv(r)))
         if policy == "least_load" or key is None:
             return Placement(least, "least_load")
-        for url in self.ring.walk(key):
-            r = self._by_url[url]
-            if r.ejected or r.url in exclude:
-                continue  # the next point on the ring takes over its keys
-            if self.overloaded(r, least.queue(), key):
-                return Placement(least, "overloaded")
-            return Placement(r, "affinity")
-        return Placement(least, "least_load")
+        urls = {r.url for r in live}
+        home = self._homes.get(key)
+        if home is not None and self._by_url[home].ejected:
+            del self._homes[key]  # its cache is gone with it: placed anew
+            home = None
+        if home is not None:
+            self._homes.move_to_end(key)
+        # A request moving off its home (migration) follows the ring among the others.
+        target = self._by_url[home] if home in urls else next(
+            self._by_url[u] for u in self.ring.walk(key) if u in urls)
+        if home is None:
+            reason = "affinity"
+            if target is not least and (target.queue() > least.queue() + NEW_PREFIX_SLACK
+                                        or _kv(target) >= self.opts.overload_kv_usage):
+                target, reason = least, "least_load"
+            self._homes[key] = target.url
+            if len(self._homes) > HOMES:
+                self._homes.popitem(last=False)
+            return Placement(target, reason)
+        if self.overloaded(target, least.queue(), key):
+            return Placement(least, "overloaded")
+        return Placement(target, "affinity")
 
 
 # --- one request's progress across replicas ------------------------------------------------

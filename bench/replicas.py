@@ -3,9 +3,11 @@ affinity, on two greengate engine servers (subprocesses, tiny random model) and 
 
 The workload is what prefix affinity is for: many requests share a long system prompt (a team's
 assistant, an agent's instructions), several system prompts are in use at once, and requests
-arrive in bursts. Each run draws fresh system prompts, so no policy profits from prefixes an
-earlier run left in the caches; runs are interleaved (every repeat runs each policy once, the
-order rotated) so the shared machine's noise hits all policies alike.
+arrive in bursts. Within a repeat every policy gets the same workload (the same system prompts,
+questions, order and arrival times), except that each run's system prompts carry the run's
+own number, so no policy profits from prefixes an earlier run left in the caches; runs are
+interleaved (every repeat runs each policy once, the order rotated) so the shared machine's
+noise hits all policies alike.
 
 Per policy: TTFT p50/p99 (request sent to first content chunk, through the member), output
 tokens/s over the run's wall time, and the prefix-cache hit rate (prompt tokens served from the
@@ -64,19 +66,20 @@ class Run:
     migrations: int = 0
 
 
-def system_prompt(rng: random.Random) -> str:
-    """A long, distinctive system prompt (~700 characters)."""
+def system_prompt(rng: random.Random, salt: str = "") -> str:
+    """A long, distinctive system prompt (~700 characters); `salt` (same width in every run)
+    makes it the run's own without changing anything else."""
     rules = " ".join(f"Rule {i}: when asked about {rng.choice(WORDS)} mention the "
                      f"{rng.choice(WORDS)} policy and the {rng.choice(WORDS)} form."
                      for i in range(10))
-    return f"You are assistant {rng.randrange(10**9)} of a bicycle shop. {rules}"
+    return f"You are assistant {salt}{rng.randrange(10**9)} of a bicycle shop. {rules}"
 
 
 def workload(rng: random.Random, prompts: int, per_prompt: int, burst: int,
-             gap_s: float) -> list[tuple[float, dict]]:
+             gap_s: float, salt: str = "") -> list[tuple[float, dict]]:
     """(arrival offset, body): each system prompt used `per_prompt` times, in random order,
     arriving in bursts of `burst` requests every `gap_s` seconds."""
-    systems = [system_prompt(rng) for _ in range(prompts)]
+    systems = [system_prompt(rng, salt) for _ in range(prompts)]
     order = [s for s in systems for _ in range(per_prompt)]
     rng.shuffle(order)
     out = []
@@ -218,8 +221,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         for rep in range(args.repeats):
             order = POLICIES[rep % 3:] + POLICIES[:rep % 3]
             for policy in order:
-                rng = random.Random(f"{rep}-{policy}")
-                jobs = workload(rng, args.prompts, args.per_prompt, args.burst, args.gap_s)
+                jobs = workload(random.Random(rep), args.prompts, args.per_prompt, args.burst,
+                                args.gap_s, salt=f"{len(runs):03d}-")
                 runs.append(await run_policy(policy, servers, jobs, args.overload_gap))
                 r = runs[-1]
                 hit = r.hit_tokens / r.prompt_tokens if r.prompt_tokens else float("nan")

@@ -110,10 +110,11 @@ def test_placement_before_any_scrape_counts_in_flight() -> None:
 
     replicas = [Replica(f"http://r{i}/v1", None) for i in range(2)]  # type: ignore[arg-type]
     placer = Placer(replicas, ReplicaOptions())
-    replicas[0].inflight = 3
-    assert placer.choose(None).replica is replicas[1]
     key = next(k for k in range(1, 2**64, 2**64 // 997)
                if placer.ring.walk(k)[0] == replicas[0].url)
+    assert placer.choose(key).replica is replicas[0]  # its first placement: the ring owner
+    replicas[0].inflight = 3
+    assert placer.choose(None).replica is replicas[1]
     assert placer.choose(key).reason == "overloaded"  # 3 > 0 + max(2, 0)
     replicas[0].inflight = 1
     assert placer.choose(key).replica is replicas[0]
@@ -132,6 +133,7 @@ def test_siblings_in_flight_count_half_against_overload() -> None:
     placer = Placer(replicas, ReplicaOptions())
     key, other = [k for k in range(1, 2**64, 2**64 // 997)
                   if placer.ring.walk(k)[0] == replicas[0].url][:2]
+    assert placer.choose(key).replica is placer.choose(other).replica is replicas[0]
     for _ in range(4):
         _enter(replicas[0], key)
     assert replicas[0].inflight == 4
@@ -144,6 +146,38 @@ def test_siblings_in_flight_count_half_against_overload() -> None:
     assert replicas[0].inflight == 0 and replicas[0].inflight_keys == {}
 
 
+def test_new_prefixes_spread_by_load_then_stick() -> None:
+    """A prefix this member has not placed goes to its ring owner unless another replica has
+    more than one request fewer; wherever it went first, it stays (a few system prompts would
+    otherwise split as unevenly as their hashes fall)."""
+    from backends.replicas import Placer, Replica
+
+    replicas = [Replica(f"http://r{i}/v1", None) for i in range(2)]  # type: ignore[arg-type]
+    placer = Placer(replicas, ReplicaOptions())
+    a, b, c = [k for k in range(1, 2**64, 2**64 // 997)
+               if placer.ring.walk(k)[0] == replicas[0].url][:3]
+    first = placer.choose(a)
+    assert (first.replica, first.reason) == (replicas[0], "affinity")
+    replicas[0].inflight = 1
+    assert placer.choose(b).replica is replicas[0]  # 1 more than r1: within the slack
+    replicas[0].inflight = 2
+    moved = placer.choose(c)
+    assert (moved.replica, moved.reason) == (replicas[1], "least_load")
+    replicas[0].inflight = replicas[1].inflight = 0
+    # Each sticks where it went first, even with the loads even again.
+    assert [placer.choose(k).replica for k in (a, b, c)] == [replicas[0], replicas[0],
+                                                             replicas[1]]
+    assert placer.choose(c).reason == "affinity"
+    # Migrating off its home (excluded), c follows the ring; its home is kept.
+    assert placer.choose(c, exclude={replicas[1].url}).replica is replicas[0]
+    assert placer.choose(c).replica is replicas[1]
+    # A home that is ejected is forgotten: the key is placed anew (its ring owner, r0).
+    replicas[1].ejected = True
+    assert placer.choose(c).replica is replicas[0]
+    replicas[1].ejected = False
+    assert placer.choose(c).replica is replicas[0]
+
+
 async def test_burst_spreads_load(engines: list[EngineServerProcess]) -> None:
     """Under a burst, each replica's queue stays within +-2 of the other's.
 
@@ -154,19 +188,26 @@ async def test_burst_spreads_load(engines: list[EngineServerProcess]) -> None:
     m = member([e.url for e in engines])
     seen: list[tuple[int, int]] = []  # the member's in-flight per replica, same tick
     depths: list[tuple[float, float]] = []  # each engine's running + waiting
-    arriving = True
+    arriving, finished = True, False
     gap_s, n = 0.015, 16
 
     async def depth(client: httpx.AsyncClient, e: EngineServerProcess) -> float:
         v = parse_metrics((await client.get(e.root + "/metrics")).text)
         return v["greengate_engine_running_requests"] + v["greengate_engine_waiting_requests"]
 
-    async def sample() -> None:
-        # While requests arrive: after the last one, each replica's drain speed alone decides.
+    async def sample_member() -> None:
+        # The member's own counts, every few ms while requests arrive (no I/O in between).
+        while arriving:
+            a, b = (r.inflight for r in m.replicas)
+            seen.append((a, b))
+            await asyncio.sleep(0.005)
+
+    async def sample_engines() -> None:
+        # While requests arrive (after the last one, each replica's drain speed alone decides),
+        # and on until a reading saw the burst: on a loaded machine one scrape of two busy
+        # engines can outlast the whole arrival window.
         async with httpx.AsyncClient() as client:
-            while arriving:
-                a, b = (r.inflight for r in m.replicas)
-                seen.append((a, b))
+            while arriving or not (finished or any(sum(d) > 0 for d in depths)):
                 depths.append(tuple(await asyncio.gather(*(depth(client, e)
                                                            for e in engines))))
                 await asyncio.sleep(0.01)
@@ -182,9 +223,11 @@ async def test_burst_spreads_load(engines: list[EngineServerProcess]) -> None:
         httpx.post(e.url + "/chat/completions", json=chat("warm up", 2), timeout=60)
     try:
         await m.start()
-        sampler = asyncio.create_task(sample())
+        samplers = [asyncio.create_task(sample_member()),
+                    asyncio.create_task(sample_engines())]
         results = await asyncio.gather(*(arrive(i) for i in range(n)))
-        await sampler
+        finished = True
+        await asyncio.gather(*samplers)
     finally:
         await m.aclose()
     served = [r["served"] for r in m.stats()["replicas"]]
