@@ -595,8 +595,9 @@ class ReplicaMember(Member):
         body[EXTENSION_FIELD] = ext
         return _WholeBody(req.endpoint, body, req.stream)
 
-    def _others(self, r: Replica) -> bool:
-        return any(o is not r and not o.ejected for o in self.replicas)
+    def _others(self, r: Replica, tried: AbstractSet[str] = frozenset()) -> bool:
+        """Whether a preempted stream could move on: the last replica left recomputes it."""
+        return any(o is not r and not o.ejected and o.url not in tried for o in self.replicas)
 
     async def complete(self, req: UpstreamRequest) -> UpstreamResponse:
         await self._ensure_started()
@@ -675,7 +676,7 @@ class ReplicaMember(Member):
                 r.migrated_in += progress.started
             _enter(r, key)
             try:
-                sub = self._request(req, r, progress, self._others(r))
+                sub = self._request(req, r, progress, self._others(r, tried))
                 async with contextlib.aclosing(r.client.stream_batches(sub)) as agen:
                     async for batch in agen:
                         out = [p for payload in batch

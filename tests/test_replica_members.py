@@ -439,6 +439,27 @@ async def test_preempting_replica_hands_over_token_exactly(
     assert usage["completion_tokens"] == 40
 
 
+def test_the_last_untried_replica_keeps_a_preempted_stream() -> None:
+    """A stream preempted everywhere else is not asked to move again: with nowhere left to go
+    the request would fail; the last replica recomputes it itself."""
+    from backends.replicas import ReplicaLoad
+
+    m = member(["http://a/v1", "http://b/v1"])
+    a, b = m.replicas
+    for r in m.replicas:
+        r.load = ReplicaLoad.from_metrics({"greengate_engine_running_requests": 0.0}, 0.0)
+    req = UpstreamRequest("chat/completions", chat("x", 4), True)
+
+    def migrates(r: object, tried: set[str]) -> bool:
+        body = m._request(req, r, None, m._others(r, tried)).body  # type: ignore[arg-type]
+        return body["greengate"]["migrate_on_preempt"]
+
+    assert migrates(a, set()) is True
+    assert migrates(b, {a.url}) is False
+    b.ejected = True
+    assert migrates(a, set()) is False
+
+
 # --- through the gateway ---------------------------------------------------------------------
 
 
