@@ -108,3 +108,17 @@ def test_detectors_agree_with_the_reference_path() -> None:
     want = [(s.start, s.end) for s in old_tagger.spans(TEXTS[2])]
     assert [(s.start, s.end) for s in tagger.spans(TEXTS[2])] == want
     assert len(want) == 3
+
+
+def test_auto_falls_back_to_fp32_when_int8_cannot_pack(
+    jb_model: TunedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("no per-channel dynamic linear in this engine")
+
+    monkeypatch.setattr(serving, "bf16_supported", lambda: False)
+    monkeypatch.setattr(serving, "int8_supported", lambda: True)
+    monkeypatch.setattr(torch.ops.quantized, "linear_prepack", broken)
+    assert serving.encoder(jb_model, "auto").precision == "fp32"
+    with pytest.raises(RuntimeError, match="per-channel"):
+        serving.encoder(jb_model, "int8")  # asked for by name: no silent fallback

@@ -26,6 +26,7 @@ the per-family quality of the int8 form). `precision="reference"` keeps the old 
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 
 from routing.minilm import EPS, HEADS, HIDDEN, TunedModel, bf16_supported, pool
 
+log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "int8", "bf16", "fp32", "reference")
 
 
@@ -259,7 +261,16 @@ class ReferenceEncoder:
 
 
 def encoder(model: TunedModel, precision: str = "auto") -> Any:
-    """The encoder for `precision` (see `resolve`); "reference" is the old path."""
-    if resolve(precision) == "reference":
+    """The encoder for `precision` (see `resolve`); "reference" is the old path. `auto`
+    falls back to fp32 when this torch's quantised engine cannot pack the weights (an
+    engine without per-channel dynamic linear): a slower detector, not a gateway down."""
+    chosen = resolve(precision)
+    if chosen == "reference":
         return ReferenceEncoder(model)
-    return ServingEncoder(model, precision)
+    try:
+        return ServingEncoder(model, chosen)
+    except RuntimeError as e:
+        if precision != "auto" or chosen != "int8":
+            raise
+        log.warning("int8 safety model unavailable (%s); serving fp32", e)
+        return ServingEncoder(model, "fp32")
