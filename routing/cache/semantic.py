@@ -16,10 +16,11 @@ A request is looked up with a `CacheKey` (see `make_key`):
 * `embedding`: the MiniLM embedding of the last user turn. Within the team and context, the
   most similar live entry is the candidate.
 * `text` and `mode`: with a pair verifier (routing/cache/verifier.py), the candidate is
-  served when its cosine reaches the mode's floor and the verifier, reading both questions,
-  says they ask the same thing (`strict` / `balanced`, per team policy; `off`: exact hits
-  only). Without a verifier, the candidate is served when its cosine is >= the threshold of
-  the request's task (the behaviour before the verifier; `off` still means exact only).
+  served when its cosine reaches the mode's floor and the verifier, reading both questions
+  and both embeddings, says they ask the same thing (`strict` / `balanced`, per team
+  policy; `off`: exact hits only). Without a verifier, the candidate is served when its
+  cosine is >= the threshold of the request's task (the behaviour before the verifier;
+  `off` still means exact only).
   Each lookup reports the candidate's similarity and the verifier's score (`Lookup`), which
   the gateway writes into the decision row, hit or miss.
 
@@ -163,7 +164,9 @@ class SemanticCache:
                     if e is not None and e.context_hash == key.context_hash:
                         ok, score, reason = True, None, "threshold"
                         if self.verifier is not None:
-                            v = self.verifier.decide(key.mode, key.text, e.query, sim)
+                            v = self.verifier.decide(
+                                key.mode, key.text, e.query, sim, vec, e.embedding
+                            )
                             ok, score, reason = v.hit, v.score, v.reason
                         if ok:
                             self._count("semantic_hits")
