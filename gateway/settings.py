@@ -96,6 +96,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="An idle pooled connection is closed after this long.")
     workers: int = Field(
         1, ge=1, description="Worker processes for `serve` (> 1 needs GREENGATE_REDIS_URL).")
+    client_keepalive_s: float = Field(
+        75.0, gt=0, description="An idle client connection is kept open this long (uvicorn's "
+        "own default is 5 s: a client pausing longer reconnects, and many at once reconnect "
+        "together).")
 
     redis_url: str | None = Field(
         None, description="Redis for the state replicas share (redis://host:6379/0): budget "

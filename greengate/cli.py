@@ -119,7 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uvloop and httptools when installed (uvicorn[standard]); asyncio and h11 otherwise.
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
                   timeout_graceful_shutdown=30, access_log=False, loop="auto", http="auto",
-                  backlog=4096)
+                  backlog=4096, timeout_keep_alive=settings.client_keepalive_s)
     if workers == 1:
         uvicorn.run(create_app(settings, pool, key), **common)
         return 0

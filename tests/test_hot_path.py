@@ -27,6 +27,7 @@ import pytest
 from backends.base import UpstreamRequest
 from backends.openai_compat import HttpLimits, OpenAICompatMember
 from backends.pool_config import MemberConfig
+from gateway.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 REPLY = orjson.dumps(
@@ -425,3 +426,66 @@ def test_serving_raises_the_young_collection_threshold(make_gateway) -> None:  #
     assert gc.get_threshold() == (GC_GEN0_THRESHOLD, *before[1:])
     gw.server.stop()
     assert gc.get_threshold() == before
+
+
+def _keep_alive_answers(sock: object, port: int) -> bool:
+    """One GET /health/live on an open keep-alive socket: True when it is answered."""
+    import socket
+
+    assert isinstance(sock, socket.socket)
+    try:
+        sock.sendall(f"GET /health/live HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\r\n".encode())
+        got = b""
+        while b"\r\n\r\n" not in got:  # headers and body may come in separate reads
+            part = sock.recv(65536)
+            if not part:
+                return False
+            got += part
+        head, _, body = got.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        while len(body) < length:
+            part = sock.recv(65536)
+            if not part:
+                return False
+            body += part
+        return head.startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def test_serve_keeps_idle_client_connections_for_the_setting(tmp_path: Path, fake_url: str) -> None:
+    """`serve` hands GREENGATE_CLIENT_KEEPALIVE_S to uvicorn (whose own default, 5 s, closed
+    every idle connection between the benchmark's slots: the next slot at concurrency 64 began
+    with 64 reconnections at once). Here 1.5 s: a connection idle 0.5 s is still served, one idle
+    3 s was closed by the gateway."""
+    import socket
+
+    assert Settings(_env_file=None).client_keepalive_s > 5
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "pool.yaml"
+    cfg.write_text(f"pool:\n  - name: fake\n    kind: openai\n    model: up\n"
+                   f"    base_url: {fake_url}\n")
+    proc = _serve(tmp_path, {"GREENGATE_CLIENT_KEEPALIVE_S": "1.5", "GREENGATE_CACHE": "false",
+                             "GREENGATE_SAFETY_CLASSIFIER": "false"},
+                  "--config", str(cfg), "--port", str(port))
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            assert _keep_alive_answers(sock, port)
+            time.sleep(0.5)
+            assert _keep_alive_answers(sock, port)
+            time.sleep(3)
+            assert not _keep_alive_answers(sock, port)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
