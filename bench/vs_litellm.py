@@ -464,9 +464,9 @@ def markdown(doc: dict[str, Any]) -> str:
     """The README table: one row per cell, greengate (routing off), auto and LiteLLM."""
     lines = ["| cell | direct p50 ms | greengate ovh p50 / p99 ms | auto ovh p50 / p99 ms | "
              "LiteLLM ovh p50 / p99 ms | RPS direct / greengate / auto / LiteLLM | "
-             "CPU ms/req greengate / auto / LiteLLM | greengate RPS x LiteLLM | "
-             "greengate p99 ovh / LiteLLM's |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "CPU ms/req direct / greengate / auto / LiteLLM | greengate p99 / p50 | "
+             "greengate RPS x LiteLLM | greengate p99 ovh / LiteLLM's |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(v: Any, p: int = 1) -> str:
         return f"{v:.{p}f}" if isinstance(v, (int, float)) else "-"
@@ -482,8 +482,10 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{f(a.get('overhead_p50_ms'), 2)} / {f(a.get('overhead_p99_ms'), 2)} | "
             f"{f(lt.get('overhead_p50_ms'))} / {f(lt.get('overhead_p99_ms'))} | "
             f"{f(d.get('rps'), 0)} / {f(g.get('rps'), 0)} / {f(a.get('rps'), 0)} / "
-            f"{f(lt.get('rps'), 0)} | {f(g.get('cpu_ms_per_request'), 2)} / "
+            f"{f(lt.get('rps'), 0)} | {f(d.get('cpu_ms_per_request'), 2)} / "
+            f"{f(g.get('cpu_ms_per_request'), 2)} / "
             f"{f(a.get('cpu_ms_per_request'), 2)} / {f(lt.get('cpu_ms_per_request'), 2)} | "
+            f"{f(g.get('p99_over_p50'), 2)} | "
             f"{f(r.get('rps_x_litellm'))} | {f(r.get('p99_overhead_fraction_of_litellm'), 3)} |")
     return "\n".join(lines)
 
@@ -604,11 +606,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gg-workers", type=int, default=1,
                    help="greengate worker processes (> 1 uses --redis-url)")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    p.add_argument("--table", type=Path, help="print the README table of this JSON and exit")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.table:  # the README table of an earlier run, no measuring
+        print(markdown(json.loads(args.table.read_text())))
+        return 0
     signal.signal(signal.SIGTERM, lambda s, f: sys.exit(128 + s))
     try:
         import uvloop
