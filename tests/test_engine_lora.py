@@ -458,9 +458,12 @@ def test_a_dead_training_process_fails_its_jobs_alone(path: Path, tmp_path: Path
         with pytest.raises(ValueError, match="assistant token"):  # refused in the child
             engine.start_training(TrainingJobSpec("empty", "ft:e", [TrainExample(
                 [1, 2, 3], [False] * 3)], checkpoint_dir=tmp_path / "e"), Listener())
-        first = Listener()
+        first, other = Listener(), Listener()
         engine.start_training(mapping_spec(tmp_path / "a", engine.vocab_size, n_epochs=50),
                               first)
+        engine.start_training(TrainingJobSpec(
+            "job-o", "ft:o", mapping_examples(8, engine.vocab_size, 2),
+            hyper=LoraHyperparameters(n_epochs=50), checkpoint_dir=tmp_path / "o"), other)
         deadline = time.monotonic() + 60
         while engine.stats()["training_tokens"] == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -468,7 +471,9 @@ def test_a_dead_training_process_fails_its_jobs_alone(path: Path, tmp_path: Path
         proc.kill()
         proc.join(10)
         assert first.done.wait(60) and first.status is JobStatus.FAILED
-        assert first.error and "training process exited" in first.error
+        assert first.error and "WorkerDied" in first.error and "exited" in first.error
+        # The other job's state died with the process too: failed, not silently cancelled.
+        assert other.done.wait(60) and other.status is JobStatus.FAILED
         assert len(engine.generate_sync([1, 2, 3], GREEDY).token_ids) == GREEDY.max_tokens
         second = Listener()
         spec = TrainingJobSpec("job-2", "ft:tiny:map:2", mapping_examples(8, engine.vocab_size, 0),
@@ -513,7 +518,7 @@ def test_remote_trainer_hands_energy_on_and_applies_reports_in_order(tmp_path: P
                           final_path=tmp_path / "final", checkpoints=[tmp_path / "step-4"])]
 
     class Worker:
-        def call(self, msg: object) -> SliceReport:
+        def call(self, msg: object, generation: int | None = None) -> SliceReport:
             calls.append(msg)
             return script[len(calls) - 1]
 

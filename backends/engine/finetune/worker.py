@@ -78,6 +78,7 @@ class SliceReport:
     progress: TrainingProgress | None = None
     published: list[LoraWeights] = field(default_factory=list)  # in order, for serving
     cpu_s: float = 0.0  # CPU time the slice took in the child
+    generation: int = 0  # which process answered (set by the parent)
     refused: tuple[str, str] | None = None  # a job the child could not start: (type, message)
 
 
@@ -110,10 +111,16 @@ class TrainWorker:
         self._inbox: Any = None
         self._outbox: Any = None
         self.cpu_s = 0.0  # CPU seconds the child spent on calls, all jobs
+        self.generation = 0  # processes started so far: a job lives in one of them
 
-    def call(self, msg: _Start | _Run) -> SliceReport:
+    def call(self, msg: _Start | _Run, generation: int | None = None) -> SliceReport:
+        """Send and wait for the reply; a `generation` other than the running process's means
+        the process that held the job is gone (and with it the job's state)."""
         with self._lock:
-            self._ensure_started()
+            if generation is None:
+                self._ensure_started()
+            elif generation != self.generation or self._proc is None:
+                raise WorkerDied("the training process that held this job exited")
             self._inbox.put(msg)
             while True:
                 try:
@@ -125,7 +132,7 @@ class TrainWorker:
                         raise WorkerDied(f"the training process exited (code {code})") from None
                     continue
                 self.cpu_s += report.cpu_s
-                return report
+                return replace(report, generation=self.generation)
 
     def send(self, msg: _Drop) -> None:
         """No reply expected: the child handles it in order, after the call in flight."""
@@ -147,6 +154,7 @@ class TrainWorker:
         if self._proc is not None and self._proc.is_alive():
             return
         ctx = mp.get_context("spawn")  # fork would copy the engine's threads' locks mid-use
+        self.generation += 1
         self._inbox, self._outbox = ctx.Queue(), ctx.Queue()
         self._proc = ctx.Process(
             target=_serve, name="engine-train",
@@ -171,6 +179,7 @@ class RemoteTrainer:
         self.final_path: Path | None = None
         self._energy: list[float | None] = []
         report = worker.call(_Start(spec, base_name))
+        self._generation = report.generation
         if report.refused is not None:
             kind, message = report.refused
             # A bad spec is the caller's error, as when the trainer is built in-process.
@@ -186,7 +195,8 @@ class RemoteTrainer:
         return self.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
     def run(self, budget: int) -> int:
-        report = self._worker.call(_Run(self.spec.job_id, budget, tuple(self._energy)))
+        report = self._worker.call(_Run(self.spec.job_id, budget, tuple(self._energy)),
+                                   self._generation)
         self._energy.clear()
         self._apply(report)
         return report.tokens
