@@ -172,6 +172,23 @@ def test_verifier_rejects_a_different_question_above_the_floor(
     assert same.verifier_score is not None and same.verifier_score > found.verifier_score
 
 
+def test_embeddings_of_another_size_fall_back_to_cosine(verifier: PairVerifier) -> None:
+    """A stand-in embedder (another dimension) never reaches the head: the legacy cosine rule
+    decides, and the lookup is a hit or a miss, not an error."""
+    rule = ModeRule(cosine_floor=0.8, threshold=0.5)
+    ver = PairVerifier(verifier.head, {"balanced": rule}, verifier.meta)
+    v = unit(11, dim=16)
+    near, far = (
+        ver.decide("balanced", "a b", "a b c", 0.99, v, v),
+        ver.decide("balanced", "a b", "x y", 0.9, v, at_cosine(v, 0.9)),
+    )
+    assert (near.hit, near.reason, far.hit, far.reason) == (True, "legacy", False, "legacy")
+    cache = SemanticCache(MemoryStore(), verifier=ver)
+    cache.put(key("What is the capital of France?", v), {"a": 1}, "m", now=T0)
+    found = cache.lookup_detail(key("What's the capital of France?", at_cosine(v, 0.99)), now=T0)
+    assert found.hit is not None and found.reason == "legacy" and cache.stats()["errors"] == 0
+
+
 def test_without_a_verifier_the_threshold_rules() -> None:
     cache = SemanticCache(MemoryStore(), threshold=0.9)
     v = unit(3)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from routing.cache.pair_features import pair_matrix
+from routing.cache.pair_features import LEXICAL, pair_matrix
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 NAME = "cache_pair_head"
@@ -135,6 +135,11 @@ class PairVerifier:
         s = float(self.score_many([(a, b)], [cosine], va[None, :], vb[None, :])[0])
         return s if math.isfinite(s) else 0.0
 
+    def _fits(self, va: np.ndarray, vb: np.ndarray) -> bool:
+        """The head was fitted on embeddings of one size (cosine, lexical, 2 x dim)."""
+        dim = (len(self.head.coef) - 1 - len(LEXICAL)) // 2
+        return va.shape == vb.shape == (dim,)
+
     def floor(self, mode: str) -> float:
         """Lowest cosine worth verifying in `mode` (above 1: no semantic hits)."""
         rule = self.modes.get(mode)
@@ -157,7 +162,10 @@ class PairVerifier:
             return Verdict(False, None, "below_floor")
         if rule.threshold <= 0.0:  # this mode is cosine alone (chosen so on validation)
             return Verdict(True, None, "cosine")
-        if b is None or va is None or vb is None:  # an older row without its question
+        va = None if va is None else np.asarray(va, np.float32).reshape(-1)
+        vb = None if vb is None else np.asarray(vb, np.float32).reshape(-1)
+        if b is None or va is None or vb is None or not self._fits(va, vb):
+            # an older row without its question, or embeddings of another model: cosine only
             return Verdict(cosine >= float(self.meta.get("legacy_threshold", 0.97)), None, "legacy")
-        s = self.score(a, b, cosine, np.asarray(va, np.float32), np.asarray(vb, np.float32))
+        s = self.score(a, b, cosine, va, vb)
         return Verdict(s >= rule.threshold, s, "verified" if s >= rule.threshold else "rejected")
