@@ -21,6 +21,7 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from backends.engine.finetune.job import JobStatus, TrainingJobSpec, TrainingProgress
+from backends.engine.finetune.trainer import LoraTrainer
+from backends.engine.lora.layers import LoraContext, enable_lora
 from backends.engine.lora.weights import LoraWeights
 
 __all__ = ["RemoteTrainer", "SliceReport", "TrainWorker", "WorkerDied", "share_weights"]
@@ -168,7 +171,7 @@ class RemoteTrainer:
     """A job trained in the worker process, seen from the engine as a `LoraTrainer`."""
 
     def __init__(self, worker: TrainWorker, spec: TrainingJobSpec,
-                 publish: Any, *, base_name: str = "") -> None:
+                 publish: Callable[[LoraWeights], None], *, base_name: str = "") -> None:
         self.spec = spec
         self._worker = worker
         self._publish = publish
@@ -229,9 +232,6 @@ class RemoteTrainer:
 
 def _serve(model_cls: type, config: Any, state: dict[str, torch.Tensor], threads: int,
            nice: int, inbox: Any, outbox: Any) -> None:
-    from backends.engine.finetune.trainer import LoraTrainer
-    from backends.engine.lora.layers import LoraContext, enable_lora
-
     torch.set_num_threads(threads)
     if nice:
         os.nice(nice)  # the kernel caps it at 19
@@ -270,7 +270,7 @@ def _serve(model_cls: type, config: Any, state: dict[str, torch.Tensor], threads
             del trainers[job_id]
 
 
-def _run(trainer: Any, msg: _Run) -> int:
+def _run(trainer: LoraTrainer, msg: _Run) -> int:
     """One slice; a failing job fails alone, as in the engine's own `_run_slice`."""
     for joules in msg.energy:
         trainer.add_energy(joules)
@@ -284,7 +284,7 @@ def _run(trainer: Any, msg: _Run) -> int:
         return 0
 
 
-def _report(trainer: Any, job_id: str, tokens: int, published: list[LoraWeights],
+def _report(trainer: LoraTrainer | None, job_id: str, tokens: int, published: list[LoraWeights],
             cpu_s: float) -> SliceReport:
     if trainer is None:  # dropped meanwhile
         return SliceReport(job_id, status=JobStatus.CANCELLED, cpu_s=cpu_s)
