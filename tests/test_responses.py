@@ -5,7 +5,6 @@ previous_response_id, store: false, team scoping, bad input, GET /v1/models/{id}
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 
@@ -19,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from backends.mock_upstream import MockBehaviour
+from tests.agent_support import run_weather_agent
 from tests.conftest import Gateway, GatewayFactory
 from tests.servers import ServerThread
 
@@ -255,33 +255,7 @@ def agent_gw(make_gateway: GatewayFactory) -> Iterator[Gateway]:
 
 @pytest.mark.parametrize("streamed", [False, True])
 def test_openai_agents_runs_a_tool(agent_gw: Gateway, streamed: bool) -> None:
-    agents = pytest.importorskip("agents")
-    from openai import AsyncOpenAI
-
-    agents.set_tracing_disabled(True)
-    calls: list[str] = []
-
-    @agents.function_tool
-    def get_weather(city: str) -> str:
-        """The weather in a city."""
-        calls.append(city)
-        return f"sunny in {city}"
-
-    async def run() -> str:
-        client = AsyncOpenAI(base_url=agent_gw.v1, api_key=agent_gw.admin_key, max_retries=0)
-        model = agents.OpenAIResponsesModel(model="agent-member", openai_client=client)
-        agent = agents.Agent(name="weather", instructions="Use the tool.", tools=[get_weather],
-                             model=model)
-        if streamed:
-            result = agents.Runner.run_streamed(agent, "Weather in Paris?")
-            async for _ in result.stream_events():
-                pass
-        else:
-            result = await agents.Runner.run(agent, "Weather in Paris?")
-        await client.close()
-        return str(result.final_output)
-
-    out = asyncio.run(run())
+    out, calls = run_weather_agent(agent_gw.v1, agent_gw.admin_key, "agent-member", streamed)
     assert calls == ["Paris"]
     assert out == "The tool said: sunny in Paris"
     # one row per model call; the rows are written in batches, so wait for them

@@ -7,7 +7,6 @@ and upstream failures."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from starlette.routing import Route
 from backends import MemberConfig
 from backends.mock_upstream import MockBehaviour
 from gateway import responses as rs
+from tests.agent_support import run_weather_agent
 from tests.conftest import Gateway, GatewayFactory
 from tests.servers import ServerThread
 
@@ -533,33 +533,7 @@ def test_budget_is_charged_from_responses_usage(ngw: Gateway, native: NativeFake
 @pytest.mark.parametrize("streamed", [False, True])
 def test_openai_agents_runs_a_tool_natively(ngw: Gateway, native: NativeFake,
                                             streamed: bool) -> None:
-    agents = pytest.importorskip("agents")
-    from openai import AsyncOpenAI
-
-    agents.set_tracing_disabled(True)
-    calls: list[str] = []
-
-    @agents.function_tool
-    def get_weather(city: str) -> str:
-        """The weather in a city."""
-        calls.append(city)
-        return f"sunny in {city}"
-
-    async def run() -> str:
-        client = AsyncOpenAI(base_url=ngw.v1, api_key=ngw.admin_key, max_retries=0)
-        model = agents.OpenAIResponsesModel(model="native", openai_client=client)
-        agent = agents.Agent(name="weather", instructions="Use the tool.", tools=[get_weather],
-                             model=model)
-        if streamed:
-            result = agents.Runner.run_streamed(agent, "Weather in Paris?")
-            async for _ in result.stream_events():
-                pass
-        else:
-            result = await agents.Runner.run(agent, "Weather in Paris?")
-        await client.close()
-        return str(result.final_output)
-
-    out = asyncio.run(run())
+    out, calls = run_weather_agent(ngw.v1, ngw.admin_key, "native", streamed)
     assert calls == ["Paris"]
     assert out == "The tool said: sunny in Paris"
     assert len(native.requests) == 2
