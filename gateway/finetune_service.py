@@ -356,11 +356,12 @@ class FineTuningService:
         if lock is None and not await asyncio.to_thread(run.lock.acquire):
             raise RuntimeError(f"job {job.id} is locked by another process")  # a fresh id
         self._runs[job.id] = run
-        from backends.engine.engine import EngineClosed
-
         try:
             run.handle = await asyncio.to_thread(base.engine.start_training, spec, self._bridge)
-        except (ValueError, EngineClosed) as e:
+        except (ValueError, RuntimeError, OSError) as e:
+            # ValueError: the engine refused the spec; RuntimeError: it is shut down
+            # (EngineClosed) or its training process died (WorkerDied); OSError: the process
+            # could not be started. The job fails with the reason, the request does not.
             self._runs.pop(job.id, None)
             run.lock.release()
             await asyncio.to_thread(self._fail, job.id, f"the engine refused the job: {e}",
