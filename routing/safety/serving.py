@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from routing.minilm import EPS, HEADS, HIDDEN, TunedModel, bf16_supported, pool
+from routing.minilm import EPS, HEADS, HIDDEN, TunedModel, add_norm, bf16_supported, pool
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "int8", "bf16", "fp32", "reference")
@@ -221,21 +221,9 @@ class ServingEncoder:
             q, k, v = lin("qkv", x).view(b, t, 3, HEADS, hd).permute(2, 0, 3, 1, 4)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
             a = lin("out", a.transpose(1, 2).reshape(b, t, HIDDEN))
-            x = F.layer_norm(
-                x + a,
-                (HIDDEN,),
-                w[p + "attention.output.LayerNorm.weight"],
-                w[p + "attention.output.LayerNorm.bias"],
-                EPS,
-            )
+            x = add_norm(w, p + "attention.output.LayerNorm", x, a)
             f = lin("down", F.gelu(lin("up", x)))
-            x = F.layer_norm(
-                x + f,
-                (HIDDEN,),
-                w[p + "output.LayerNorm.weight"],
-                w[p + "output.LayerNorm.bias"],
-                EPS,
-            )
+            x = add_norm(w, p + "output.LayerNorm", x, f)
         return x
 
     def logits(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
