@@ -323,6 +323,26 @@ def test_cancel_frees_the_job(make_gateway: GatewayFactory, checkpoint: Path,
     assert job.id[-8:] not in " ".join(m.id for m in c.models.list().data)
 
 
+
+def test_a_dead_training_process_fails_the_job_not_the_request(
+        make_gateway: GatewayFactory, checkpoint: Path, fake_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from backends.engine.finetune.worker import WorkerDied
+
+    gw = gateway(make_gateway, checkpoint, fake_url)
+    c = client(gw, gw.create_key("team-a"))
+
+    def died(*_: Any) -> None:
+        raise WorkerDied("the training process exited (code -9)")
+
+    monkeypatch.setattr(engine_of(gw), "start_training", died)
+    job = create_job(c, upload(c, jsonl(PAIRS)), **LEARN)  # no 500: the job says what happened
+    job = wait_status(c, job.id, {"failed"}, timeout=30)
+    assert job.error.code == "engine_refused" and "code -9" in job.error.message
+    assert any(e.message.startswith("Job failed") for e in c.fine_tuning.jobs.list_events(job.id))
+    assert c.chat.completions.create(model="local", max_tokens=2, messages=[
+        {"role": "user", "content": "still serving?"}]).choices  # the engine serves on
+
 REDIS_URL = os.environ.get("GREENGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
