@@ -16,7 +16,7 @@ until those blocks are committed and it hits them (in-batch prefix caching).
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from collections.abc import Sequence as Seq
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -138,18 +138,16 @@ class BlockManager:
         hits, hashes = self._lookup(seq)
         bs = self.block_size
         cached = min(len(hits) * bs, seq.num_tokens - 1)
-        prev = hashes[-1] if hashes else None
         pending = 0
         owner: int | None = None
         # The last known token is always recomputed, so only blocks before it can be reused.
-        for idx in range(len(hits), (seq.num_tokens - 1) // bs):
-            h = block_hash(prev, seq.tokens(idx * bs, (idx + 1) * bs), seq.adapter_id)
+        for _, _, h in self._chain(seq, len(hits), (seq.num_tokens - 1) // bs,
+                                   hashes[-1] if hashes else None):
             who = self._pending.get(h)
             if who is None or who == seq.seq_id or who not in owners:
                 break
             owner = who if owner is None else owner
             pending += bs
-            prev = h
         return PrefixStatus(cached, pending, owner)
 
     def can_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
@@ -205,11 +203,8 @@ class BlockManager:
         full = seq.num_computed // self.block_size
         if len(hashes) >= full:
             return
-        bs = self.block_size
-        for idx in range(len(hashes), full):
-            prev = hashes[-1] if hashes else None
-            block_tokens = tuple(seq.tokens(idx * bs, (idx + 1) * bs))
-            h = block_hash(prev, block_tokens, seq.adapter_id)
+        chain = self._chain(seq, len(hashes), full, hashes[-1] if hashes else None)
+        for idx, (block_tokens, prev, h) in enumerate(chain, start=len(hashes)):
             hashes.append(h)
             if self._pending.get(h) == seq.seq_id:
                 del self._pending[h]
@@ -249,12 +244,9 @@ class BlockManager:
         """Record the full blocks of the sequence's known tokens past its hits, which it is
         about to compute; the first sequence to claim a hash keeps it."""
         self._drop_pending(seq.seq_id)
-        bs = self.block_size
-        prev = hit_hashes[-1] if hit_hashes else None
         mine: list[int] = []
-        for idx in range(len(hit_hashes), seq.num_tokens // bs):
-            h = block_hash(prev, seq.tokens(idx * bs, (idx + 1) * bs), seq.adapter_id)
-            prev = h
+        for _, _, h in self._chain(seq, len(hit_hashes), seq.num_tokens // self.block_size,
+                                   hit_hashes[-1] if hit_hashes else None):
             if h in self._by_hash or h in self._pending:
                 continue
             self._pending[h] = seq.seq_id
@@ -290,15 +282,23 @@ class BlockManager:
                     new_blocks += 1
         return _Plan(hits, hashes, start, new_blocks, free_hits)
 
-    def _lookup(self, seq: Sequence) -> tuple[list[int], list[int]]:
-        tokens = seq.token_ids
+    def _chain(self, seq: Sequence, start: int, stop: int, prev: int | None
+               ) -> Iterator[tuple[tuple[int, ...], int | None, int]]:
+        """(tokens, parent hash, hash) of the sequence's blocks `start..stop-1`, each hash
+        chained on the one before (`prev` is block start-1's); lazy, so a caller that stops
+        at its first miss hashes no further."""
         bs = self.block_size
+        for idx in range(start, stop):
+            tokens = tuple(seq.tokens(idx * bs, (idx + 1) * bs))
+            h = block_hash(prev, tokens, seq.adapter_id)
+            yield tokens, prev, h
+            prev = h
+
+    def _lookup(self, seq: Sequence) -> tuple[list[int], list[int]]:
         hits: list[int] = []
         hashes: list[int] = []
-        prev: int | None = None
-        for idx in range(len(tokens) // bs):
-            block_tokens = tuple(tokens[idx * bs:(idx + 1) * bs])
-            h = block_hash(prev, block_tokens, seq.adapter_id)
+        for block_tokens, prev, h in self._chain(seq, 0, seq.num_tokens // self.block_size,
+                                                 None):
             bid = self._by_hash.get(h)
             if bid is None:
                 break
@@ -308,7 +308,6 @@ class BlockManager:
                 break  # hash collision: different content under the same hash
             hits.append(bid)
             hashes.append(h)
-            prev = h
         return hits, hashes
 
     def _take(self) -> int:
