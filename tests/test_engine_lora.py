@@ -561,20 +561,47 @@ def test_planner_gives_training_the_whole_budget_without_inference() -> None:
 
 
 def test_planner_measures_inference_alone_first_then_backs_off_and_grows() -> None:
-    p = CoServePlanner(CoServeConfig(slack=0.1, refresh_every=1000))
+    p = CoServePlanner(CoServeConfig(slack=0.1, refresh_every=1000, window=4, decrease=0.5))
     assert p.tokens(480, num_decodes=4) == 0  # no baseline for 4 decodes yet
+    p.observe(0.010, num_decodes=4, train_tokens=0)
+    assert p.target(4) == pytest.approx(0.011)
+    for s in (0.009, 0.030, 0.011):  # the baseline is the median: an outlier does not move it
+        p.observe(s, num_decodes=4, train_tokens=0)
+    assert p.target(4) == pytest.approx(0.0105 * 1.1)
     p.observe(0.010, num_decodes=4, train_tokens=0)
     assert p.target(4) == pytest.approx(0.011)
     share = p.share
     assert p.tokens(480, num_decodes=4) == int(480 * share / 3)
-    p.observe(0.020, num_decodes=4, train_tokens=40)  # way over: halve
+    for _ in range(3):
+        p.observe(0.020, num_decodes=4, train_tokens=40)
+    assert p.share == share  # judged per window of 4 steps, not per step
+    p.observe(0.020, num_decodes=4, train_tokens=40)  # a window way over: halve
     assert p.share == pytest.approx(share / 2)
-    for _ in range(20):
+    for _ in range(4):
         p.observe(0.0100, num_decodes=4, train_tokens=20)
-    assert p.share > share  # once the smoothed ITL is back under the target, it grows
+    assert p.share == pytest.approx(share / 2 + 0.1)  # a window under the target: grow
+    # One slow step in a window whose median is under the target is noise, not training's cost.
     before = p.share
-    p.observe(0.0125, num_decodes=4, train_tokens=20)  # one slow step: smoothed still under
-    assert p.share == pytest.approx(before + 0.05)
+    for s in (0.0100, 0.0100, 0.0100, 0.0125):
+        p.observe(s, num_decodes=4, train_tokens=20)
+    assert p.share == pytest.approx(before + 0.1)
+    # Steps of another batch size count in the same window, each against its own target.
+    p.observe(0.020, num_decodes=16, train_tokens=0)
+    before = p.share
+    for s, n in ((0.0100, 4), (0.0200, 16), (0.0105, 4), (0.0215, 16)):
+        p.observe(s, num_decodes=n, train_tokens=20)
+    assert p.share == pytest.approx(before + 0.1)
+    for s, n in ((0.0130, 4), (0.0260, 16), (0.0120, 4), (0.0250, 16)):
+        p.observe(s, num_decodes=n, train_tokens=20)
+    assert p.share == pytest.approx((before + 0.1) / 2)
+    # A new planner doubles its share per window under the target until the first one over.
+    fresh = CoServePlanner(CoServeConfig(slack=0.1, refresh_every=1000, window=2, decrease=0.5))
+    fresh.observe(0.010, num_decodes=4, train_tokens=0)
+    shares = []
+    for s in (0.010, 0.010, 0.010, 0.010, 0.010, 0.010, 0.020, 0.020, 0.010, 0.010):
+        fresh.observe(s, num_decodes=4, train_tokens=20)
+        shares.append(fresh.share)
+    assert shares[1::2] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.6])
     # An SLO, when set, is the target whatever inference alone costs.
     slo = CoServePlanner(CoServeConfig(itl_slo_s=0.05))
     assert slo.tokens(300, num_decodes=2) > 0 and slo.target(2) == 0.05
