@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ from store.wal import DecisionWal
 log = logging.getLogger("greengate.decisions")
 TABLE = Decision.__table__
 QUARANTINE_KEPT = 200  # listed in memory for the admin API; the file keeps them all
+# Rows prepared and inserted per slice of a batch. Between slices the writer thread lets go of
+# the interpreter lock: otherwise the event loop waits up to the switch interval (5 ms) at
+# every wake-up while a batch is prepared, and each flush put 5-20 ms on the requests in flight
+# (the concurrency-1 latency tail, measured: slow requests clustered at the flush interval).
+WRITE_SLICE = 10
 
 
 def is_connection_error(e: BaseException) -> bool:
@@ -47,7 +53,12 @@ def is_connection_error(e: BaseException) -> bool:
 
 
 def _storable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [storable_decision(TABLE, r) for r in rows]
+    out = []
+    for i, r in enumerate(rows):
+        if i and i % WRITE_SLICE == 0:
+            time.sleep(0)  # a thread's sleep releases the lock for a waiting event loop
+        out.append(storable_decision(TABLE, r))
+    return out
 
 
 def _encode(row: dict[str, Any]) -> bytes:
@@ -169,8 +180,11 @@ class DecisionLog:
 
     # ---- the writer --------------------------------------------------------------------
     def _insert(self, rows: list[dict[str, Any]]) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(insert(Decision), rows)
+        with self._engine.begin() as conn:  # one transaction: the batch lands whole or not
+            for i in range(0, len(rows), WRITE_SLICE):
+                if i:
+                    time.sleep(0)  # as in _storable
+                conn.execute(insert(Decision), rows[i:i + WRITE_SLICE])
 
     def _exists(self, rid: str) -> bool:
         with self._engine.connect() as conn:

@@ -367,3 +367,44 @@ def test_nul_in_every_parameter_of_every_operation_is_never_a_500(
             json={"model": "fake-small", "messages": [{"role": "user", "content": "ok"}]},
         )
         assert gw.decision(r.headers["x-request-id"])["status"] == 200
+
+
+# ---- the writer and the event loop: the lock is let go between slices --------------------
+
+
+async def test_the_writer_lets_the_event_loop_in_between_slices_of_a_batch(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is prepared and inserted in slices with a sleep(0) between them (a waiting event
+    loop takes the interpreter lock there, instead of after the 5 ms switch interval), and
+    still lands as one transaction."""
+    from store import decision_log
+
+    await asyncio.to_thread(migrate.upgrade, db_url)
+    engine = database.make_engine(db_url)
+    yields: list[float] = []
+    real_sleep = time.sleep
+
+    def counting_sleep(s: float) -> None:
+        yields.append(s)
+        real_sleep(s)
+
+    monkeypatch.setattr(decision_log, "WRITE_SLICE", 10)
+    monkeypatch.setattr(decision_log.time, "sleep", counting_sleep)
+    dlog = DecisionLog(engine, 1000, 100, 5.0, state_dir=tmp_path / "state")
+    dlog.start()
+    for i in range(25):
+        dlog.submit(_row(f"s{i}", prompt_tokens=i))
+    await dlog.stop()
+    engine.dispose()
+    monkeypatch.undo()
+    assert {f"s{i}" for i in range(25)} <= _ids(db_url)
+    # 25 rows in slices of 10: two yields preparing them, two inserting them.
+    assert yields.count(0) == 4 and dlog.written == 25
+
+
+def test_json_columns_are_written_by_orjson_and_fall_back_to_the_standard_library() -> None:
+    assert database.json_dumps({"a": [1, 2.5, None, "é"]}) == '{"a":[1,2.5,null,"é"]}'
+    assert database.json_dumps({1: "x"}) == '{"1":"x"}'  # as json.dumps: keys become strings
+    # orjson stops at 64-bit integers; the standard library writes them
+    assert json.loads(database.json_dumps({"n": 2**70})) == {"n": 2**70}
