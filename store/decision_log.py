@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,13 +53,16 @@ def is_connection_error(e: BaseException) -> bool:
     return isinstance(e, DBAPIError) and bool(e.connection_invalidated)
 
 
-def _storable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for i, r in enumerate(rows):
-        if i and i % WRITE_SLICE == 0:
+def _in_slices(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """`rows` in slices of WRITE_SLICE; between two, the writer thread lets go of the lock."""
+    for i in range(0, len(rows), WRITE_SLICE):
+        if i:
             time.sleep(0)  # a thread's sleep releases the lock for a waiting event loop
-        out.append(storable_decision(TABLE, r))
-    return out
+        yield rows[i:i + WRITE_SLICE]
+
+
+def _storable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [storable_decision(TABLE, r) for part in _in_slices(rows) for r in part]
 
 
 def _encode(row: dict[str, Any]) -> bytes:
@@ -181,10 +185,8 @@ class DecisionLog:
     # ---- the writer --------------------------------------------------------------------
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         with self._engine.begin() as conn:  # one transaction: the batch lands whole or not
-            for i in range(0, len(rows), WRITE_SLICE):
-                if i:
-                    time.sleep(0)  # as in _storable
-                conn.execute(insert(Decision), rows[i:i + WRITE_SLICE])
+            for part in _in_slices(rows):
+                conn.execute(insert(Decision), part)
 
     def _exists(self, rid: str) -> bool:
         with self._engine.connect() as conn:
