@@ -27,7 +27,12 @@ What it measures
     person-name tagger alone costs ~6 ms of CPU per request here): the regex PII kinds still run;
     the decision log is on (SQLite, batched). The LiteLLM proxy runs in its own venv
     (.greengate/litellm-venv, created on first run; never greengate's .venv), no database,
-    a master key (it refuses to start without one), one worker.
+    a master key (it refuses to start without one).
+
+    Both proxies run `--workers` worker processes (greengate `serve --workers`, LiteLLM
+    `--num_workers`): by default one per core, at most 2, when Redis answers at `--redis-url`
+    (greengate's workers share budgets, keys and the bandit through it), else 1. One event
+    loop is otherwise the ceiling: it saturates one core while the second is half idle.
 
 How to run
     make bench-vs-litellm
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -63,6 +69,7 @@ HOST = "127.0.0.1"
 LITELLM_VENV = REPO / ".greengate" / "litellm-venv"
 LITELLM_SPEC = os.environ.get("GREENGATE_BENCH_LITELLM", "litellm[proxy]")
 PROMPT = "Say hello to the benchmark"
+RUN_ID = secrets.token_hex(4)  # in every unique prompt: no earlier run's cache answers it
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -232,6 +239,9 @@ class System:
     headers: dict[str, str]
     pid: int | None  # the server process whose CPU is charged
     unique: bool = False  # a distinct prompt per request (no cache can answer it)
+    # Numbers the unique prompts across every slot of the run (a counter per slot repeated
+    # the previous slots' prompts, which the gateway's embedding cache then answered).
+    serial: Iterator[int] = field(default_factory=itertools.count, compare=False)
 
 
 @dataclass
@@ -245,7 +255,7 @@ class CellResult:
 
 
 def body_for(system: System, stream: bool, n: int = 0) -> bytes:
-    prompt = f"{PROMPT} (request {n})" if system.unique else PROMPT
+    prompt = f"{PROMPT} (run {RUN_ID}, request {n})" if system.unique else PROMPT
     body: dict[str, Any] = {"model": system.model,
                             "messages": [{"role": "user", "content": prompt}]}
     if stream:
@@ -279,7 +289,6 @@ async def one(session: aiohttp.ClientSession, system: System, body: bytes,
 async def drive(session: aiohttp.ClientSession, system: System, stream: bool,
                 concurrency: int, seconds: float, out: CellResult) -> None:
     body = body_for(system, stream)
-    counter = iter(range(10**9))
     stop_at = time.perf_counter() + seconds
     cpu0 = cpu_s(system.pid) if system.pid else 0.0
     t0 = time.perf_counter()
@@ -287,7 +296,7 @@ async def drive(session: aiohttp.ClientSession, system: System, stream: bool,
     async def worker() -> None:
         while time.perf_counter() < stop_at:
             try:
-                b = body_for(system, stream, next(counter)) if system.unique else body
+                b = body_for(system, stream, next(system.serial)) if system.unique else body
                 out.latencies_ms.append(await one(session, system, b, stream))
                 out.requests += 1
             except (BenchError, aiohttp.ClientError, TimeoutError) as e:
@@ -549,9 +558,9 @@ def start(stack: ExitStack, workdir: Path, args: argparse.Namespace) -> list[Sys
                "GREENGATE_STATE_DIR": str(workdir / "state")}
         cmd = [sys.executable, "-m", "greengate.cli", "serve", "--config",
                str(workdir / "pool.yaml"), "--host", HOST, "--port", str(port)]
-        if args.gg_workers > 1:
+        if args.workers > 1:
             env["GREENGATE_REDIS_URL"] = args.redis_url
-            cmd += ["--workers", str(args.gg_workers)]
+            cmd += ["--workers", str(args.workers)]
         gg = stack.enter_context(running("greengate", cmd, env_with(env), workdir,
                                          f"http://{HOST}:{port}/health/ready", 180))
         hdr = {"authorization": f"Bearer {key}"}
@@ -571,7 +580,7 @@ def start(stack: ExitStack, workdir: Path, args: argparse.Namespace) -> list[Sys
                                                                     master_key=master))
         lite = stack.enter_context(running(
             "litellm", [str(exe), "--config", str(workdir / "litellm.yaml"), "--host", HOST,
-                        "--port", str(port), "--num_workers", "1"],
+                        "--port", str(port), "--num_workers", str(args.workers)],
             env_with({"LITELLM_LOG": "ERROR", "DISABLE_ADMIN_UI": "True"}), workdir,
             f"http://{HOST}:{port}/health/liveliness", 240))
         systems.append(System("litellm", f"http://{HOST}:{port}/v1/chat/completions",
@@ -603,11 +612,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="skip the `model: auto` system")
     p.add_argument("--auto-repeat", action="store_true",
                    help="also `model: auto` with one repeated prompt (embedding-cache hits)")
-    p.add_argument("--gg-workers", type=int, default=1,
-                   help="greengate worker processes (> 1 uses --redis-url)")
+    p.add_argument("--workers", "--gg-workers", type=int, default=None,
+                   help="worker processes of each proxy (default: min(2, cores) when Redis "
+                        "answers at --redis-url, else 1; greengate's > 1 need Redis)")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument("--table", type=Path, help="print the README table of this JSON and exit")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.workers is None:
+        args.workers = min(2, os.cpu_count() or 1) if redis_answers(args.redis_url) else 1
+        if args.workers == 1:
+            print(f"vs_litellm.py: no Redis at {args.redis_url}: one worker per proxy",
+                  file=sys.stderr)
+    return args
+
+
+def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
+    """A PING over a bare socket (the bench needs no Redis client of its own)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    try:
+        with socket.create_connection((u.hostname or HOST, u.port or 6379), timeout_s) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -635,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
             "cpu_count": os.cpu_count(), "loadavg_1m_at_end": os.getloadavg()[0],
             "python": platform.python_version(), "litellm": litellm_version(),
-            "rounds": args.rounds, "slot_s": args.slot_s, "gg_workers": args.gg_workers,
+            "rounds": args.rounds, "slot_s": args.slot_s, "workers": args.workers,
             "note": (f"{os.cpu_count()} CPU cores shared by the load generator, the fake "
                      "provider, the proxy under test and other engineers' work; loopback; "
                      f"{args.rounds} interleaved rounds x {args.slot_s} s per system per "

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from routing.bf16_linear import packed_linear
 from routing.minilm import EPS, HEADS, HIDDEN, TunedModel, add_norm, bf16_supported, pool
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class _Linear:
         else:
             dt = torch.bfloat16 if precision == "bf16" else torch.float32
             self.w, self.b = w.to(dt).contiguous(), b.to(dt).contiguous()
+            self._product = packed_linear(self.w, self.b)  # bf16: packed once
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.int8:
@@ -140,7 +142,7 @@ class _Linear:
                 x = x * self.inv_s
             # reduce_range: fbgemm's u8 x s8 pair sums saturate at 16 bits otherwise
             return torch.ops.quantized.linear_dynamic(x, self.packed, True)
-        return F.linear(x, self.w, self.b)
+        return self._product(x)
 
 
 class ServingEncoder:
