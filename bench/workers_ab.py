@@ -1,0 +1,115 @@
+"""`greengate serve --workers 1` against `--workers N`, side by side in one run.
+
+Both gateways (same pool of two members on one fast fake provider, SQLite decision logs, cache
+and safety models off; the N-worker one shares state through Redis) are driven by one
+aiohttp load generator (bench/vs_litellm.py's), cell by cell, the two alternating slot by slot
+so machine noise falls on both alike. Per cell: RPS, CPU ms per request (the server's
+processes), p50 and p99.
+
+    .venv/bin/python bench/workers_ab.py --out bench/results/workers_ab.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vs_litellm as V  # noqa: E402
+
+
+def gateway(stack: ExitStack, workdir: Path, up_port: int, workers: int,
+            redis_url: str) -> V.System:
+    workdir.mkdir()
+    (workdir / "pool.yaml").write_text(V.GG_POOL.format(host=V.HOST, port=up_port))
+    key = "gg-ab-" + secrets.token_urlsafe(12)
+    port = V.free_port()
+    env = {"GREENGATE_ADMIN_KEY": key, "GREENGATE_CACHE": "false",
+           "GREENGATE_SAFETY_CLASSIFIER": "false", "GREENGATE_PII_NAMES": "false",
+           "GREENGATE_LOG_LEVEL": "warning",
+           "GREENGATE_DATABASE_URL": f"sqlite:///{workdir / 'gg.db'}",
+           "GREENGATE_STATE_DIR": str(workdir / "state")}
+    cmd = [sys.executable, "-m", "greengate.cli", "serve", "--config", str(workdir / "pool.yaml"),
+           "--host", V.HOST, "--port", str(port)]
+    if workers > 1:
+        env |= {"GREENGATE_REDIS_URL": redis_url,
+                "GREENGATE_REDIS_PREFIX": f"gg-ab-{secrets.token_hex(4)}:"}
+        cmd += ["--workers", str(workers)]
+    gg = stack.enter_context(V.running(f"greengate-w{workers}", cmd, V.env_with(env), workdir,
+                                       f"http://{V.HOST}:{port}/health/ready", 180))
+    return V.System(f"workers_{workers}", f"http://{V.HOST}:{port}/v1/chat/completions",
+                    "fake-small", {"authorization": f"Bearer {key}"}, gg.proc.pid)
+
+
+async def measure(systems: list[V.System], args: argparse.Namespace) -> dict[str, Any]:
+    cells: dict[str, Any] = {}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        for s in systems:
+            for stream in (False, True):
+                await V.drive(session, s, stream, max(args.concurrency), args.warmup_s,
+                              V.CellResult())
+        for conc in args.concurrency:
+            for stream in (False, True):
+                key = f"c{conc}_{'stream' if stream else 'plain'}"
+                res = {s.name: V.CellResult() for s in systems}
+                for rnd in range(args.rounds):
+                    for s in systems if rnd % 2 == 0 else systems[::-1]:
+                        await V.drive(session, s, stream, conc, args.slot_s, res[s.name])
+                cells[key] = {n: V.summarise(r, None) for n, r in res.items()}
+                print(key + ": " + ", ".join(
+                    f"{n} {c['rps']:.0f} rps, {c['cpu_ms_per_request']:.2f} ms CPU, "
+                    f"p50 {c['p50_ms']:.1f} p99 {c['p99_ms']:.1f}"
+                    for n, c in cells[key].items()), flush=True)
+    return cells
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path)
+    p.add_argument("--workers", type=int, default=2, help="the N of the second gateway")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--slot-s", type=float, default=2.5)
+    p.add_argument("--warmup-s", type=float, default=2.0)
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    args = p.parse_args(argv)
+    if not V.redis_answers(args.redis_url):
+        print(f"workers_ab.py: --workers {args.workers} needs Redis; none at {args.redis_url}",
+              file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="gg-workers-ab-") as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        up_port = V.free_port()
+        stack.enter_context(V.running(
+            "upstream", [sys.executable, str(V.REPO / "bench" / "fast_upstream.py"), "--host",
+                         V.HOST, "--port", str(up_port)], V.env_with({}), workdir,
+            f"http://{V.HOST}:{up_port}/v1/models", 30))
+        systems = [gateway(stack, workdir / f"w{n}", up_port, n, args.redis_url)
+                   for n in (1, args.workers)]
+        cells = asyncio.run(measure(systems, args))
+    ratios = {k: {"rps_x": c[f"workers_{args.workers}"]["rps"] / c["workers_1"]["rps"]}
+              for k, c in cells.items()}
+    doc = {"meta": {"cpu_count": os.cpu_count(), "loadavg_1m_at_end": os.getloadavg()[0],
+                    "rounds": args.rounds, "slot_s": args.slot_s, "workers": args.workers},
+           "cells": cells, "ratios": ratios}
+    for k, r in ratios.items():
+        print(f"{k}: {args.workers} workers serve {r['rps_x']:.2f}x one worker's RPS")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
