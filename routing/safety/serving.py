@@ -133,8 +133,8 @@ class _Linear:
                 self.packed = torch.ops.quantized.linear_prepack(q, b.float())
         else:
             dt = torch.bfloat16 if precision == "bf16" else torch.float32
-            self.w, self.b = w.to(dt).contiguous(), b.to(dt).contiguous()
-            self._product = packed_linear(self.w, self.b)  # bf16: packed once
+            # bf16: packed once (the plain weight is not kept beside the packed one)
+            self._product = packed_linear(w.to(dt).contiguous(), b.to(dt).contiguous())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.int8:
