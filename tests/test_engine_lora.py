@@ -435,6 +435,43 @@ def test_restart_resumes_from_the_newest_checkpoint(path: Path, tmp_path: Path,
         torch.testing.assert_close(a.tensors[k][1], b.tensors[k][1])
 
 
+def test_a_checkpoint_cut_mid_write_is_not_resumed_from(path: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer's state file is written under another name and renamed: a process that
+    dies while writing it (here: the second checkpoint's write fails after half the bytes)
+    leaves that folder without one, and the resumed job starts from the checkpoint before."""
+    real_save = torch.save
+    writes: list[Path] = []
+
+    def cut_save(obj: object, f: object, *a: object, **kw: object) -> None:
+        writes.append(Path(str(f)))
+        if len(writes) == 2:
+            Path(str(f)).write_bytes(b"\x80\x02half a pickle")
+            raise OSError("killed mid-write")
+        real_save(obj, f, *a, **kw)
+
+    first = make_engine(path, False)
+    try:
+        stopped = Listener()
+        monkeypatch.setattr(torch, "save", cut_save)
+        first.start_training(mapping_spec(tmp_path, first.vocab_size, n_epochs=3), stopped)
+        assert stopped.done.wait(120) and stopped.status is JobStatus.FAILED
+    finally:
+        monkeypatch.setattr(torch, "save", real_save)
+        first.shutdown()
+    cut = writes[1].parent
+    assert not (cut / "trainer_state.pt").exists()  # no state a resume would trust
+    second = make_engine(path, False)
+    try:
+        resumed = Listener()
+        second.start_training(mapping_spec(tmp_path, second.vocab_size, n_epochs=3), resumed)
+        assert resumed.done.wait(120) and resumed.status is JobStatus.SUCCEEDED, resumed.error
+        assert any(f"resumed from checkpoint {writes[0].parent.name} " in e
+                   for e in resumed.events), resumed.events
+    finally:
+        second.shutdown()
+
+
 def test_a_failing_job_fails_alone(path: Path, tmp_path: Path) -> None:
     engine = make_engine(path)
     try:

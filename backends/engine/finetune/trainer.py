@@ -273,9 +273,12 @@ class LoraTrainer:
             return
         folder = Path(self.spec.checkpoint_dir) / f"step-{self.cur.step}"
         save_adapter(folder, snapshot)
+        # STATE last and by rename: `_resume` trusts a folder whose STATE exists, so a process
+        # killed mid-write must leave none rather than half of one.
+        tmp = folder / (STATE + ".tmp")
         torch.save({"cursor": self.cur.__dict__, "optimizer": self.optimizer.state_dict(),
-                    "valid_loss": self.valid_loss, "joules": self.joules},
-                   folder / STATE)
+                    "valid_loss": self.valid_loss, "joules": self.joules}, tmp)
+        tmp.replace(folder / STATE)
         self.checkpoints.append(folder)
         if final:
             self.final_path = Path(self.spec.checkpoint_dir) / "final"
