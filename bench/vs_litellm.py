@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -539,39 +540,56 @@ def write_png(doc: dict[str, Any], path: Path) -> None:
 # ---- main ------------------------------------------------------------------------------------
 
 
-def start(stack: ExitStack, workdir: Path, args: argparse.Namespace) -> list[System]:
-    up_port = free_port()
+def start_upstream(stack: ExitStack, workdir: Path) -> tuple[int, Service]:
+    """The fast fake OpenAI provider every system here calls: its port and its service."""
+    port = free_port()
     up = stack.enter_context(running(
         "upstream", [sys.executable, str(REPO / "bench" / "fast_upstream.py"), "--host", HOST,
-                     "--port", str(up_port)], env_with({}), workdir,
-        f"http://{HOST}:{up_port}/v1/models", 30))
+                     "--port", str(port)], env_with({}), workdir,
+        f"http://{HOST}:{port}/v1/models", 30))
+    return port, up
+
+
+def start_greengate(stack: ExitStack, workdir: Path, up_port: int, workers: int,
+                    redis_url: str, name: str = "greengate") -> System:
+    """`greengate serve` on the two-member pool over the provider at `up_port` (cache and safety
+    models off, SQLite decision log in `workdir`); `workers` > 1 share state through Redis."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (workdir / "pool.yaml").write_text(GG_POOL.format(host=HOST, port=up_port))
+    key = "gg-bench-" + secrets.token_urlsafe(12)
+    env = {"GREENGATE_ADMIN_KEY": key, "GREENGATE_CACHE": "false",
+           "GREENGATE_SAFETY_CLASSIFIER": "false", "GREENGATE_PII_NAMES": "false",
+           "GREENGATE_LOG_LEVEL": "warning",
+           "GREENGATE_DATABASE_URL": f"sqlite:///{workdir / 'gg.db'}",
+           "GREENGATE_STATE_DIR": str(workdir / "state")}
+    cmd = [sys.executable, "-m", "greengate.cli", "serve", "--config",
+           str(workdir / "pool.yaml"), "--host", HOST, "--port", str(port)]
+    if workers > 1:
+        # a prefix of its own: no earlier run's budgets, keys or bandit state in Redis
+        env |= {"GREENGATE_REDIS_URL": redis_url,
+                "GREENGATE_REDIS_PREFIX": f"gg-bench-{secrets.token_hex(4)}:"}
+        cmd += ["--workers", str(workers)]
+    gg = stack.enter_context(running(name, cmd, env_with(env), workdir,
+                                     f"http://{HOST}:{port}/health/ready", 180))
+    return System(name, f"http://{HOST}:{port}/v1/chat/completions", "fake-small",
+                  {"authorization": f"Bearer {key}"}, gg.proc.pid)
+
+
+def start(stack: ExitStack, workdir: Path, args: argparse.Namespace) -> list[System]:
+    up_port, up = start_upstream(stack, workdir)
     systems = [System("direct", f"http://{HOST}:{up_port}/v1/chat/completions", "fake-small",
                       {}, up.proc.pid)]
     if "greengate" in args.systems:
-        port = free_port()
-        (workdir / "pool.yaml").write_text(GG_POOL.format(host=HOST, port=up_port))
-        key = "gg-bench-" + secrets.token_urlsafe(12)
-        env = {"GREENGATE_ADMIN_KEY": key, "GREENGATE_CACHE": "false",
-               "GREENGATE_SAFETY_CLASSIFIER": "false", "GREENGATE_PII_NAMES": "false",
-               "GREENGATE_LOG_LEVEL": "warning",
-               "GREENGATE_DATABASE_URL": f"sqlite:///{workdir / 'gg.db'}",
-               "GREENGATE_STATE_DIR": str(workdir / "state")}
-        cmd = [sys.executable, "-m", "greengate.cli", "serve", "--config",
-               str(workdir / "pool.yaml"), "--host", HOST, "--port", str(port)]
-        if args.workers > 1:
-            env["GREENGATE_REDIS_URL"] = args.redis_url
-            cmd += ["--workers", str(args.workers)]
-        gg = stack.enter_context(running("greengate", cmd, env_with(env), workdir,
-                                         f"http://{HOST}:{port}/health/ready", 180))
-        hdr = {"authorization": f"Bearer {key}"}
-        url = f"http://{HOST}:{port}/v1/chat/completions"
-        systems.append(System("greengate", url, "fake-small", hdr, gg.proc.pid))
+        gg = start_greengate(stack, workdir, up_port, args.workers, args.redis_url)
+        systems.append(gg)
+        url, hdr = gg.url, gg.headers
         if args.auto:
             # every auto request its own prompt: the embedding cache cannot answer it, so the
             # figure is the cost of features + bandit per new prompt
-            systems.append(System("greengate_auto", url, "auto", hdr, gg.proc.pid, True))
+            systems.append(System("greengate_auto", url, "auto", hdr, gg.pid, True))
             if args.auto_repeat:  # one prompt repeated: embedding-cache hits after the first
-                systems.append(System("greengate_auto_repeat", url, "auto", hdr, gg.proc.pid))
+                systems.append(System("greengate_auto_repeat", url, "auto", hdr, gg.pid))
     if "litellm" in args.systems:
         exe = ensure_litellm_venv()
         port = free_port()
@@ -628,8 +646,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
     """A PING over a bare socket (the bench needs no Redis client of its own)."""
-    from urllib.parse import urlsplit
-
     u = urlsplit(url)
     try:
         with socket.create_connection((u.hostname or HOST, u.port or 6379), timeout_s) as s:

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -26,29 +25,6 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vs_litellm as V  # noqa: E402
-
-
-def gateway(stack: ExitStack, workdir: Path, up_port: int, workers: int,
-            redis_url: str) -> V.System:
-    workdir.mkdir()
-    (workdir / "pool.yaml").write_text(V.GG_POOL.format(host=V.HOST, port=up_port))
-    key = "gg-ab-" + secrets.token_urlsafe(12)
-    port = V.free_port()
-    env = {"GREENGATE_ADMIN_KEY": key, "GREENGATE_CACHE": "false",
-           "GREENGATE_SAFETY_CLASSIFIER": "false", "GREENGATE_PII_NAMES": "false",
-           "GREENGATE_LOG_LEVEL": "warning",
-           "GREENGATE_DATABASE_URL": f"sqlite:///{workdir / 'gg.db'}",
-           "GREENGATE_STATE_DIR": str(workdir / "state")}
-    cmd = [sys.executable, "-m", "greengate.cli", "serve", "--config", str(workdir / "pool.yaml"),
-           "--host", V.HOST, "--port", str(port)]
-    if workers > 1:
-        env |= {"GREENGATE_REDIS_URL": redis_url,
-                "GREENGATE_REDIS_PREFIX": f"gg-ab-{secrets.token_hex(4)}:"}
-        cmd += ["--workers", str(workers)]
-    gg = stack.enter_context(V.running(f"greengate-w{workers}", cmd, V.env_with(env), workdir,
-                                       f"http://{V.HOST}:{port}/health/ready", 180))
-    return V.System(f"workers_{workers}", f"http://{V.HOST}:{port}/v1/chat/completions",
-                    "fake-small", {"authorization": f"Bearer {key}"}, gg.proc.pid)
 
 
 async def measure(systems: list[V.System], args: argparse.Namespace) -> dict[str, Any]:
@@ -89,12 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="gg-workers-ab-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
-        up_port = V.free_port()
-        stack.enter_context(V.running(
-            "upstream", [sys.executable, str(V.REPO / "bench" / "fast_upstream.py"), "--host",
-                         V.HOST, "--port", str(up_port)], V.env_with({}), workdir,
-            f"http://{V.HOST}:{up_port}/v1/models", 30))
-        systems = [gateway(stack, workdir / f"w{n}", up_port, n, args.redis_url)
+        up_port, _ = V.start_upstream(stack, workdir)
+        systems = [V.start_greengate(stack, workdir / f"w{n}", up_port, n, args.redis_url,
+                                     name=f"workers_{n}")
                    for n in (1, args.workers)]
         cells = asyncio.run(measure(systems, args))
     ratios = {k: {"rps_x": c[f"workers_{args.workers}"]["rps"] / c["workers_1"]["rps"]}
