@@ -17,6 +17,15 @@ of what the target allowed (measured: 0.42x training alone where 0.82x held the 
 10%). Until the first window over the target the share doubles per window
 (TCP's slow start): from the initial quarter, additive steps alone took longer than a
 benchmark cell to reach what the target allowed.
+
+A window a little over the target (under `clear_over` times it) backs the share off only when
+`confirm` windows in a row are over, and after a back-off the share climbs back to where it
+was at the planner's multiplicative rate before probing on additively (TCP CUBIC's return to
+its last maximum). Why: a trace of the planner at light load on a shared 2-core CPU
+(2026-12-08) had the machine's speed swing by up to 2x within a second, for inference alone as
+much as for inference beside training; single windows crossed 1.1x on that noise, each
+back-off cost ~30% of the share, and climbing back at +0.1 per window (a window of 32
+training steps lasts ~1 s at a low share) took most of a benchmark cell.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ class CoServeConfig:
     decrease: float = 0.7  # per window over it
     baseline_steps: int = 64  # latest steps without training whose median is the baseline
     window: int = 32  # steps with training judged together (their median time over the target)
+    confirm: int = 2  # windows over the target in a row before a back-off...
+    clear_over: float = 1.3  # ...unless one is this far over (then at once)
     refresh_every: int = 16  # every so many decode steps, one runs alone to re-measure
     # Run training slices in a worker process beside the step instead of inside it: on the
     # CPU the resource is cores, not a GPU's kernel slots, so a slice on another core costs
@@ -64,6 +75,8 @@ class CoServePlanner:
         self._decode_steps = 0
         self._window: list[float] = []  # this window's step times over their targets
         self._slow_start = True  # doubling until the first window over the target
+        self._overs = 0  # windows over the target in a row
+        self._regain = 0.0  # the share before the latest back-off: climbed back to fast
 
     def tokens(self, leftover: int, num_decodes: int, paced: bool = False) -> int:
         """Training tokens for this step, given the budget inference left and its decodes.
@@ -98,13 +111,21 @@ class CoServePlanner:
         self._window.append(seconds / target)
         if len(self._window) < self.config.window:
             return
-        over = statistics.median(self._window) > 1.0
+        ratio = statistics.median(self._window)
         self._window.clear()
-        if over:
-            self._slow_start = False
-            self.share = max(self.config.min_share, self.share * self.config.decrease)
-        elif self._slow_start:
+        if ratio > 1.0:
+            self._overs += 1
+            if ratio > self.config.clear_over or self._overs >= self.config.confirm:
+                self._slow_start = False
+                self._overs = 0
+                self._regain = self.share
+                self.share = max(self.config.min_share, self.share * self.config.decrease)
+            return
+        self._overs = 0
+        if self._slow_start:
             self.share = min(1.0, self.share * 2)
+        elif self.share < self._regain:
+            self.share = min(self._regain, self.share / self.config.decrease)
         else:
             self.share = min(1.0, self.share + self.config.increase)
 
