@@ -653,8 +653,13 @@ def test_planner_measures_inference_alone_first_then_backs_off_and_grows() -> No
         shares.append(fresh.share)
     assert shares[1::2] == pytest.approx([0.5, 1.0, 1.0, 0.5, 1.0])
     # An SLO, when set, is the target whatever inference alone costs.
-    slo = CoServePlanner(CoServeConfig(itl_slo_s=0.05))
+    slo = CoServePlanner(CoServeConfig(itl_slo_s=0.05, window=2))
     assert slo.tokens(300, num_decodes=2) > 0 and slo.target(2) == 0.05
+    # ...and a fixed bound needs no second window to confirm that it was passed.
+    before = slo.share
+    for _ in range(2):
+        slo.observe(0.055, num_decodes=2, train_tokens=20)
+    assert slo.share == pytest.approx(before * 0.7)
 
 
 def test_planner_paces_a_worker_by_rests_not_by_smaller_slices() -> None:

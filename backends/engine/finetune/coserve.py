@@ -18,8 +18,9 @@ of what the target allowed (measured: 0.42x training alone where 0.82x held the 
 (TCP's slow start): from the initial quarter, additive steps alone took longer than a
 benchmark cell to reach what the target allowed.
 
-A window a little over the target (under `clear_over` times it) backs the share off only when
-`confirm` windows in a row are over, and after a back-off the share climbs back to where it
+A window a little over the derived target (under `clear_over` times it) backs the share off
+only when `confirm` windows in a row are over (an explicit SLO is a fixed bound: one window
+over it is enough), and after a back-off the share climbs back to where it
 was at the planner's multiplicative rate before probing on additively (TCP CUBIC's return to
 its last maximum). Why: a trace of the planner at light load on a shared 2-core CPU
 (2026-12-08) had the machine's speed swing by up to 2x within a second, for inference alone as
@@ -50,7 +51,7 @@ class CoServeConfig:
     decrease: float = 0.7  # per window over it
     baseline_steps: int = 64  # latest steps without training whose median is the baseline
     window: int = 32  # steps with training judged together (their median time over the target)
-    confirm: int = 2  # windows over the target in a row before a back-off...
+    confirm: int = 2  # windows over the target in a row before a back-off (no SLO set)...
     clear_over: float = 1.3  # ...unless one is this far over (then at once)
     refresh_every: int = 16  # every so many decode steps, one runs alone to re-measure
     # Run training slices in a worker process beside the step instead of inside it: on the
@@ -115,7 +116,9 @@ class CoServePlanner:
         self._window.clear()
         if ratio > 1.0:
             self._overs += 1
-            if ratio > self.config.clear_over or self._overs >= self.config.confirm:
+            # An SLO is a fixed bound, so only the step times are noisy: no confirmation.
+            confirm = 1 if self.config.itl_slo_s is not None else self.config.confirm
+            if ratio > self.config.clear_over or self._overs >= confirm:
                 self._slow_start = False
                 self._overs = 0
                 self._regain = self.share
