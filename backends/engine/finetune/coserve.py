@@ -25,11 +25,12 @@ high). An explicit SLO is a fixed bound, so one window over it always is. Why: a
 planner at light load on a shared 2-core CPU (2026-12-08) had the machine's speed swing by up
 to 2x within a second, for inference alone as much as for inference beside training; single
 windows crossed 1.1x on that noise and each back-off cost 30% of the share. In a simulation
-of the rule (windows over at random, or in spells, or whenever the share passes a real limit),
+of the rule (windows over at random, or whenever the share passes a real limit),
 confirmation kept the share at 0.80-0.99 where the plain rule held 0.64-0.92 on noise alone,
 and the `recent` exemption kept the part of windows over a real limit at 0.28-0.50 (the plain
 rule: 0.26-0.50), where confirmation alone let it rise to 0.42-0.67
-(tests/test_engine_lora.py, `_simulate`).
+(tests/test_engine_lora.py, `_simulate`). "In a row" and "within" count judged windows, not
+time: a pause in training does not reset them.
 """
 
 from __future__ import annotations
