@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vs_litellm as V  # noqa: E402
+from overhead import write_json  # noqa: E402
 
 
 async def measure(systems: list[V.System], args: argparse.Namespace) -> dict[str, Any]:
@@ -78,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, r in ratios.items():
         print(f"{k}: {args.workers} workers serve {r['rps_x']:.2f}x one worker's RPS")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_json(args.out, doc)
     return 0
 
 

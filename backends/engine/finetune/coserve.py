@@ -82,7 +82,8 @@ class CoServePlanner:
         self._window: list[float] = []  # this window's step times over their targets
         self._slow_start = True  # doubling until the first window over the target
         self._overs = 0  # windows over the target in a row
-        self._since_back_off: int | None = None  # windows judged since the latest back-off
+        # windows judged since the latest back-off (none yet: longer ago than `recent`)
+        self._since_back_off = self.config.recent + 1
 
     def tokens(self, leftover: int, num_decodes: int, paced: bool = False) -> int:
         """Training tokens for this step, given the budget inference left and its decodes.
@@ -119,8 +120,7 @@ class CoServePlanner:
             return
         ratio = statistics.median(self._window)
         self._window.clear()
-        if self._since_back_off is not None:
-            self._since_back_off += 1
+        self._since_back_off += 1
         if ratio <= 1.0:
             self._overs = 0
             if self._slow_start:
@@ -131,8 +131,7 @@ class CoServePlanner:
         self._slow_start = False
         self._overs += 1
         at_once = (self.config.itl_slo_s is not None or ratio > self.config.clear_over
-                   or (self._since_back_off is not None
-                       and self._since_back_off <= self.config.recent))
+                   or self._since_back_off <= self.config.recent)
         if at_once or self._overs >= self.config.confirm:
             self._overs = 0
             self._since_back_off = 0
